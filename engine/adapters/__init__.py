@@ -1,0 +1,1 @@
+"""Adapters: the SQLAlchemy store and its migrations."""

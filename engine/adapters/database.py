@@ -1,0 +1,162 @@
+"""The database: engines for SQLite and PostgreSQL, migrations, units of work.
+
+SQLite is the embedded default: ``sqlite://`` (in memory, one shared
+connection) for simulations and tests, a file for a server. PostgreSQL
+(psycopg 3) is the production database: ``postgresql+psycopg://...``.
+
+A unit of work is one transaction: it rolls back on exit unless
+``commit()`` was called. Lower-layer errors are translated to the engine's
+error tree here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.pool import StaticPool
+
+from engine.domain.errors import PaychaosError, StoreUnavailable
+
+DEFAULT_URL = "sqlite:///paychaos.db"
+IN_MEMORY_URL = "sqlite://"
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+class SchemaOutOfDate(PaychaosError):
+    code = "schema_out_of_date"
+    http_status = 503
+
+
+class LedgerGuardRefused(PaychaosError):
+    """The database refused a ledger write (unbalanced, closed or append-only).
+
+    The engine asserts balance before writing, so this means a defect, not bad
+    input: callers should let it stop the world.
+    """
+
+    code = "ledger_guard_refused"
+    http_status = 500
+
+
+def normalize_url(url: str) -> str:
+    """Accept ``postgresql://`` and ``postgres://`` as psycopg 3 URLs."""
+    return re.sub(r"^postgres(ql)?://", "postgresql+psycopg://", url)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event issue BEGIN IMMEDIATE itself: a writer
+    # takes the write lock up front instead of failing to upgrade later.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+    cursor.close()
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_sa_engine(url: str) -> sa.Engine:
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        in_memory = url in {"sqlite://", "sqlite:///:memory:"}
+        engine = sa.create_engine(
+            url,
+            connect_args={"check_same_thread": False},
+            poolclass=StaticPool if in_memory else None,
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+        if not in_memory:
+            with engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA journal_mode = WAL")
+        return engine
+    return sa.create_engine(url, pool_size=20, max_overflow=40, pool_pre_ping=True)
+
+
+def _alembic_config(connection: Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("engine") / "migrations"))
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade(engine: sa.Engine, revision: str = "head") -> None:
+    with engine.begin() as connection:
+        command.upgrade(_alembic_config(connection), revision)
+
+
+def downgrade(engine: sa.Engine, revision: str) -> None:
+    with engine.begin() as connection:
+        command.downgrade(_alembic_config(connection), revision)
+
+
+def schema_revision(engine: sa.Engine) -> tuple[str | None, str | None]:
+    """(the database's revision, the code's head revision)."""
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+        head = ScriptDirectory.from_config(_alembic_config(connection)).get_current_head()
+    return current, head
+
+
+def check_schema(engine: sa.Engine) -> None:
+    current, head = schema_revision(engine)
+    if current != head:
+        raise SchemaOutOfDate(
+            message=f"database schema is at {current or 'nothing'}, this code needs {head}: "
+            "run `paychaos db upgrade`"
+        )
+
+
+class Database:
+    """The engine's handle on one database: where units of work come from."""
+
+    def __init__(self, url: str = IN_MEMORY_URL, *, migrate: bool = False):
+        self.url = normalize_url(url)
+        self.engine = create_sa_engine(self.url)
+        self.dialect = self.engine.dialect.name
+        if migrate:
+            upgrade(self.engine)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A unit of work: commit only by ``connection.commit()``; rollback otherwise."""
+        try:
+            with self.engine.connect() as connection:
+                connection.begin()
+                try:
+                    yield connection
+                finally:
+                    if connection.in_transaction():
+                        connection.rollback()
+        except sa.exc.OperationalError as exc:
+            raise StoreUnavailable(message=f"database unavailable: {exc.orig}") from exc
+        except (sa.exc.IntegrityError, sa.exc.InternalError) as exc:
+            translated = translate_guard_error(exc)
+            if translated is None:
+                raise
+            raise translated from exc
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def translate_guard_error(exc: sa.exc.DBAPIError) -> PaychaosError | None:
+    """A refusal by one of the ledger's triggers, or None for any other error."""
+    text = str(exc.orig)
+    for marker in ("ledger_unbalanced", "ledger_journal_closed", "append_only"):
+        if marker in text:
+            return LedgerGuardRefused(marker, text)
+    return None

@@ -1,0 +1,228 @@
+"""The relational schema, as SQLAlchemy Core tables.
+
+The tables exist in a database only through the Alembic migrations in
+``engine/migrations``; a test checks that the migrations and this module agree.
+What the database itself enforces (append-only ledger, balanced journals) lives
+in the migration as triggers, for SQLite and PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on every dialect."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        assert value.tzinfo is not None, "naive datetimes are refused"
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+Id = sa.String(64)
+Money = sa.BigInteger
+
+payments = sa.Table(
+    "payments",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("merchant_id", sa.String(255), nullable=False),
+    sa.Column("order_id", sa.String(255), nullable=False),
+    # Set while the payment holds (or may hold) the order's money; the unique
+    # index allows at most one such payment per (merchant, order).
+    sa.Column("active_order_id", sa.String(255), nullable=True),
+    sa.Column("amount_minor", Money, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("payment_method", sa.String(128), nullable=False),
+    sa.Column("capture_method", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("authorized_minor", Money, nullable=False, server_default="0"),
+    sa.Column("captured_minor", Money, nullable=False, server_default="0"),
+    sa.Column("refunded_minor", Money, nullable=False, server_default="0"),
+    # Refunds sent to the provider whose outcome is not yet known: reserved so
+    # that concurrent refunds can never add up to more than was captured.
+    sa.Column("refund_reserved_minor", Money, nullable=False, server_default="0"),
+    sa.Column("fee_minor", Money, nullable=False, server_default="0"),
+    sa.Column("disputed_minor", Money, nullable=False, server_default="0"),
+    sa.Column("provider_payment_id", sa.String(255), nullable=True),
+    sa.Column("decline_code", sa.String(64), nullable=True),
+    sa.Column("metadata", sa.JSON, nullable=False),
+    sa.Column("history_count", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.CheckConstraint("amount_minor > 0", name="amount_positive"),
+    sa.CheckConstraint(
+        "authorized_minor >= 0 AND authorized_minor <= amount_minor", name="authorized_in_range"
+    ),
+    sa.CheckConstraint(
+        "captured_minor >= 0 AND captured_minor <= authorized_minor", name="captured_le_authorized"
+    ),
+    sa.CheckConstraint(
+        "refunded_minor >= 0 AND refund_reserved_minor >= 0"
+        " AND refunded_minor + refund_reserved_minor <= captured_minor",
+        name="refunded_le_captured",
+    ),
+    sa.CheckConstraint("fee_minor >= 0 AND disputed_minor >= 0", name="fees_non_negative"),
+    sa.UniqueConstraint("merchant_id", "active_order_id", name="uq_payments_active_order"),
+    sa.UniqueConstraint("provider_payment_id"),
+    sa.Index("ix_payments_merchant_order", "merchant_id", "order_id"),
+    sa.Index("ix_payments_merchant_created", "merchant_id", "created_at"),
+)
+
+payment_history = sa.Table(
+    "payment_history",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("payment_id", Id, sa.ForeignKey("payments.id"), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("from_state", sa.String(32), nullable=True),
+    sa.Column("to_state", sa.String(32), nullable=False),
+    sa.Column("reason", sa.String(64), nullable=False),
+    sa.Column("attempt_id", Id, nullable=True),
+    sa.Column("provider_event_id", sa.String(255), nullable=True),
+    sa.Column("amount_minor", Money, nullable=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("payment_id", "seq", name="uq_payment_history_payment_seq"),
+)
+
+attempts = sa.Table(
+    "attempts",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("payment_id", Id, sa.ForeignKey("payments.id"), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("amount_minor", Money, nullable=False),
+    sa.Column("provider_idempotency_key", sa.String(255), nullable=False),
+    sa.Column("refund_id", Id, nullable=True),
+    sa.Column("idempotency_id", Id, nullable=True),
+    sa.Column("decline_code", sa.String(64), nullable=True),
+    sa.Column("lookup_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("resolved_at", UTCDateTime, nullable=True),
+    sa.CheckConstraint("amount_minor >= 0", name="amount_non_negative"),
+    sa.UniqueConstraint("provider_idempotency_key"),
+    sa.Index("ix_attempts_payment", "payment_id"),
+    sa.Index("ix_attempts_status", "status"),
+)
+
+refunds = sa.Table(
+    "refunds",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("payment_id", Id, sa.ForeignKey("payments.id"), nullable=False),
+    sa.Column("amount_minor", Money, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(255), nullable=True),
+    sa.Column("provider_refund_id", sa.String(255), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.CheckConstraint("amount_minor > 0", name="amount_positive"),
+    sa.Index("ix_refunds_payment", "payment_id"),
+)
+
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("merchant_id", sa.String(255), nullable=False),
+    sa.Column("scope", sa.String(32), nullable=False),
+    sa.Column("key", sa.String(255), nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("resource_id", Id, nullable=True),
+    sa.Column("response_code", sa.Integer, nullable=True),
+    sa.Column("response_body", sa.JSON, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("merchant_id", "scope", "key", name="uq_idempotency_keys_scope_key"),
+    sa.Index("ix_idempotency_keys_expires_at", "expires_at"),
+)
+
+provider_events = sa.Table(
+    "provider_events",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("provider_event_id", sa.String(255), nullable=False),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("payment_id", Id, nullable=True),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("provider_event_id"),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("event_id", Id, nullable=False),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("payment_id", Id, nullable=False),
+    sa.Column("history_seq", sa.Integer, nullable=True),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("published_at", UTCDateTime, nullable=True),
+    sa.UniqueConstraint("event_id"),
+    sa.UniqueConstraint("payment_id", "history_seq", name="uq_outbox_payment_history_seq"),
+)
+
+ledger_journals = sa.Table(
+    "ledger_journals",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("payment_id", Id, nullable=True),
+    sa.Column("history_seq", sa.Integer, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_ledger_journals_payment", "payment_id"),
+)
+
+ledger_entries = sa.Table(
+    "ledger_entries",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    # Deferred: entries are written first and their journal row last, so the
+    # journal's insert trigger can see (and refuse) an unbalanced set.
+    sa.Column(
+        "journal_id",
+        Id,
+        sa.ForeignKey("ledger_journals.id", deferrable=True, initially="DEFERRED"),
+        nullable=False,
+    ),
+    sa.Column("account", sa.String(255), nullable=False),
+    sa.Column("side", sa.String(1), nullable=False),
+    sa.Column("amount_minor", Money, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.CheckConstraint("amount_minor > 0", name="amount_positive"),
+    sa.CheckConstraint("side IN ('D', 'C')", name="side_valid"),
+    sa.Index("ix_ledger_entries_journal", "journal_id"),
+    sa.Index("ix_ledger_entries_account", "account", "currency"),
+)

@@ -1,0 +1,1 @@
+"""The pure domain: no SQLAlchemy, httpx, FastAPI or simpy in here."""

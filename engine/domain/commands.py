@@ -1,0 +1,151 @@
+"""Commands a client sends to the engine, validated on construction.
+
+A command that exists is well formed: each ``__post_init__`` raises
+``InvalidRequest`` naming the field, so nothing malformed reaches a
+transaction. ``fingerprint()`` is the canonical request an idempotency key is
+bound to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+
+from engine.domain.errors import InvalidRequest
+from engine.domain.money import parse_amount_minor, parse_currency
+from engine.domain.validation import (
+    parse_idempotency_key,
+    parse_identifier,
+    parse_metadata,
+    parse_payment_method,
+    refuse_pans,
+)
+
+
+class CaptureMethod(StrEnum):
+    MANUAL = "manual"
+    AUTOMATIC = "automatic"
+
+
+class Operation(StrEnum):
+    """The scope of an idempotency key, next to the merchant."""
+
+    CREATE_PAYMENT = "create_payment"
+    AUTHORIZE = "authorize"
+    CAPTURE = "capture"
+    VOID = "void"
+    REFUND = "refund"
+
+
+def _fingerprint(operation: Operation, body: dict[str, object]) -> str:
+    body = {key: value for key, value in body.items() if key != "idempotency_key"}
+    canonical = json.dumps([operation.value, body], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _set(command: object, name: str, value: object) -> None:
+    object.__setattr__(command, name, value)
+
+
+@dataclass(frozen=True, slots=True)
+class CreatePayment:
+    merchant_id: str
+    idempotency_key: str
+    order_id: str
+    amount_minor: int
+    currency: str
+    payment_method: str
+    capture_method: str = CaptureMethod.MANUAL.value
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    operation = Operation.CREATE_PAYMENT
+
+    def __post_init__(self) -> None:
+        refuse_pans(asdict(self))
+        parse_identifier(self.merchant_id, "merchant_id")
+        parse_idempotency_key(self.idempotency_key)
+        parse_identifier(self.order_id, "order_id")
+        parse_amount_minor(self.amount_minor)
+        _set(self, "currency", parse_currency(self.currency))
+        parse_payment_method(self.payment_method)
+        if self.capture_method not in {m.value for m in CaptureMethod}:
+            raise InvalidRequest(
+                "capture_method_invalid", "capture_method is manual or automatic", "capture_method"
+            )
+        _set(self, "metadata", parse_metadata(self.metadata))
+
+    def fingerprint(self) -> str:
+        return _fingerprint(self.operation, asdict(self))
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentCommand:
+    """A write on an existing payment: authorize, void; base of capture and refund."""
+
+    merchant_id: str
+    idempotency_key: str
+    payment_id: str
+
+    def __post_init__(self) -> None:
+        refuse_pans(asdict(self))
+        parse_identifier(self.merchant_id, "merchant_id")
+        parse_idempotency_key(self.idempotency_key)
+        parse_identifier(self.payment_id, "payment_id")
+
+    @property
+    def operation(self) -> Operation:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        return _fingerprint(self.operation, asdict(self))
+
+
+@dataclass(frozen=True, slots=True)
+class Authorize(PaymentCommand):
+    @property
+    def operation(self) -> Operation:
+        return Operation.AUTHORIZE
+
+
+@dataclass(frozen=True, slots=True)
+class Void(PaymentCommand):
+    @property
+    def operation(self) -> Operation:
+        return Operation.VOID
+
+
+@dataclass(frozen=True, slots=True)
+class Capture(PaymentCommand):
+    """Capture all (``amount_minor=None``) or part of the authorized amount."""
+
+    amount_minor: int | None = None
+
+    def __post_init__(self) -> None:
+        PaymentCommand.__post_init__(self)
+        if self.amount_minor is not None:
+            parse_amount_minor(self.amount_minor)
+
+    @property
+    def operation(self) -> Operation:
+        return Operation.CAPTURE
+
+
+@dataclass(frozen=True, slots=True)
+class Refund(PaymentCommand):
+    """Refund all that is left (``amount_minor=None``) or part of it."""
+
+    amount_minor: int | None = None
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        PaymentCommand.__post_init__(self)
+        if self.amount_minor is not None:
+            parse_amount_minor(self.amount_minor)
+        if self.reason is not None:
+            parse_identifier(self.reason, "reason")
+
+    @property
+    def operation(self) -> Operation:
+        return Operation.REFUND

@@ -1,0 +1,98 @@
+"""The engine's one exception tree.
+
+Expected outcomes are typed errors with a stable machine-readable ``code`` and
+an HTTP status hint; broken invariants are ``assert``s. Lower-layer exceptions
+(SQLAlchemy, drivers) are translated in ``engine.adapters.store`` only.
+
+    PaychaosError                         code              http
+    ├── InvalidRequest                    (field-specific)  400
+    │   ├── CurrencyMismatch              currency_mismatch 400
+    │   └── AmountExceeded                amount_exceeds_*  400
+    ├── NotFound                          *_not_found       404
+    ├── IdempotencyKeyReused              idempotency_key_reused   422
+    ├── Conflict                                            409
+    │   ├── IdempotencyKeyInFlight        idempotency_key_in_flight
+    │   ├── IllegalTransition             illegal_transition
+    │   ├── OperationInProgress           operation_in_progress
+    │   └── OrderAlreadyActive            order_already_active
+    └── StoreUnavailable                  store_unavailable 503
+"""
+
+from __future__ import annotations
+
+
+class PaychaosError(Exception):
+    code: str = "paychaos_error"
+    http_status: int = 500
+
+    def __init__(self, code: str | None = None, message: str = "", field: str | None = None):
+        self.code = code or type(self).code
+        self.message = message or self.code
+        self.field = field
+        super().__init__(self.message)
+
+    def as_dict(self) -> dict[str, object]:
+        body: dict[str, object] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        return body
+
+
+class InvalidRequest(PaychaosError):
+    code = "invalid_request"
+    http_status = 400
+
+    def __init__(self, code: str, message: str, field: str | None = None):
+        super().__init__(code, message, field)
+
+
+class CurrencyMismatch(InvalidRequest):
+    def __init__(self, expected: str, got: str):
+        super().__init__(
+            "currency_mismatch", f"currency {got} does not match {expected}", field="currency"
+        )
+
+
+class AmountExceeded(InvalidRequest):
+    pass
+
+
+class NotFound(PaychaosError):
+    code = "not_found"
+    http_status = 404
+
+
+class IdempotencyKeyReused(PaychaosError):
+    code = "idempotency_key_reused"
+    http_status = 422
+
+
+class Conflict(PaychaosError):
+    code = "conflict"
+    http_status = 409
+
+
+class IdempotencyKeyInFlight(Conflict):
+    code = "idempotency_key_in_flight"
+
+
+class IllegalTransition(Conflict):
+    code = "illegal_transition"
+
+    def __init__(self, from_state: str, to_state: str):
+        self.from_state = from_state
+        self.to_state = to_state
+        super().__init__(message=f"a payment cannot go from {from_state} to {to_state}")
+
+
+class OperationInProgress(Conflict):
+    code = "operation_in_progress"
+
+
+class OrderAlreadyActive(Conflict):
+    code = "order_already_active"
+
+
+class StoreUnavailable(PaychaosError):
+    code = "store_unavailable"
+    http_status = 503

@@ -1,0 +1,111 @@
+"""Double-entry posting rules, two-phase like TigerBeetle's pending/post/void.
+
+An authorization is a *pending hold*: it lives on the ``holds:`` twins of the
+clearing and payable accounts. A capture releases the whole hold and posts the
+captured part on the real accounts (so a partial capture releases the rest); a
+void releases the hold; a refund reverses part of a posted capture; provider
+fees are entries of their own. Balances are derived from entries: an account's
+balance is its debits minus its credits, per currency.
+
+Every journal balances per currency; ``Journal`` asserts it on construction,
+before anything is written, and the database refuses an unbalanced one again.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from enum import StrEnum
+
+from engine.domain.money import Money
+
+
+class Side(StrEnum):
+    DEBIT = "D"
+    CREDIT = "C"
+
+
+PSP_CLEARING = "psp_clearing"
+PROVIDER_FEES = "provider_fees"
+DISPUTES = "disputes"
+HOLDS_PSP_CLEARING = "holds:psp_clearing"
+
+
+def merchant_payable(merchant_id: str) -> str:
+    return f"merchant_payable:{merchant_id}"
+
+
+def holds_merchant_payable(merchant_id: str) -> str:
+    return f"holds:merchant_payable:{merchant_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    account: str
+    side: Side
+    amount_minor: int
+    currency: str
+
+    def signed_minor(self) -> int:
+        return self.amount_minor if self.side is Side.DEBIT else -self.amount_minor
+
+
+@dataclass(frozen=True, slots=True)
+class Journal:
+    kind: str
+    entries: tuple[Entry, ...]
+
+    def __post_init__(self) -> None:
+        assert len(self.entries) >= 2, "a journal has at least two entries"
+        assert all(entry.amount_minor > 0 for entry in self.entries), self.entries
+        assert journal_balances(self.entries), f"unbalanced journal {self}"
+
+
+def journal_balances(entries: tuple[Entry, ...] | list[Entry]) -> bool:
+    totals: dict[str, int] = defaultdict(int)
+    for entry in entries:
+        totals[entry.currency] += entry.signed_minor()
+    return all(total == 0 for total in totals.values())
+
+
+def _pair(debit: str, credit: str, money: Money) -> list[Entry]:
+    if money.amount_minor == 0:
+        return []
+    assert money.amount_minor > 0, money
+    return [
+        Entry(debit, Side.DEBIT, money.amount_minor, money.currency),
+        Entry(credit, Side.CREDIT, money.amount_minor, money.currency),
+    ]
+
+
+def authorization_hold(merchant_id: str, authorized: Money) -> Journal:
+    entries = _pair(HOLDS_PSP_CLEARING, holds_merchant_payable(merchant_id), authorized)
+    return Journal("authorization_hold", tuple(entries))
+
+
+def hold_release(merchant_id: str, held: Money) -> list[Entry]:
+    return _pair(holds_merchant_payable(merchant_id), HOLDS_PSP_CLEARING, held)
+
+
+def capture(merchant_id: str, held: Money | None, captured: Money, fee: Money) -> Journal:
+    """Post ``captured``; release the whole hold (if any); book the provider fee."""
+    entries = hold_release(merchant_id, held) if held is not None else []
+    entries += _pair(PSP_CLEARING, merchant_payable(merchant_id), captured)
+    entries += _pair(PROVIDER_FEES, PSP_CLEARING, fee)
+    return Journal("capture", tuple(entries))
+
+
+def void(merchant_id: str, held: Money) -> Journal:
+    return Journal("void", tuple(hold_release(merchant_id, held)))
+
+
+def refund(merchant_id: str, refunded: Money) -> Journal:
+    return Journal("refund", tuple(_pair(merchant_payable(merchant_id), PSP_CLEARING, refunded)))
+
+
+def dispute_withdrawal(disputed: Money) -> Journal:
+    return Journal("dispute_withdrawal", tuple(_pair(DISPUTES, PSP_CLEARING, disputed)))
+
+
+def dispute_reinstatement(disputed: Money) -> Journal:
+    return Journal("dispute_reinstatement", tuple(_pair(PSP_CLEARING, DISPUTES, disputed)))

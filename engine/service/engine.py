@@ -1,0 +1,834 @@
+"""The payment engine's steps. Each public method is one unit of work.
+
+Money operations are split around the provider call (the sans-IO seam):
+``begin_*`` records the attempt and its provider idempotency key and returns
+the ``ProviderCall`` to make; the caller makes it; ``complete_*`` applies the
+``ProviderOutcome``. An ``unknown`` outcome leaves the attempt open until
+``resolve_attempt`` gets the provider's answer: the engine never guesses.
+
+Every state change writes, in the same transaction, a history row, an outbox
+event and (when money moves) a balanced ledger journal. Every write is
+idempotent per (merchant, operation, key).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from engine.adapters.database import Database
+from engine.adapters.store import OPEN_ATTEMPT, RetryStep, Row, Store, unit_of_work
+from engine.domain import ledger
+from engine.domain.commands import Authorize, Capture, CreatePayment, Refund, Void
+from engine.domain.errors import (
+    AmountExceeded,
+    Conflict,
+    IdempotencyKeyInFlight,
+    IdempotencyKeyReused,
+    IllegalTransition,
+    InvalidRequest,
+    NotFound,
+    OperationInProgress,
+    OrderAlreadyActive,
+)
+from engine.domain.money import Money
+from engine.domain.ports import Clock, IdSource
+from engine.domain.provider import (
+    CallKind,
+    EventType,
+    OutcomeStatus,
+    ProviderCall,
+    ProviderEvent,
+    ProviderOutcome,
+)
+from engine.domain.states import PaymentState, is_legal, transition
+from engine.service.views import (
+    EventResult,
+    PaymentView,
+    StepResult,
+    history_item,
+    refund_item,
+)
+
+T = TypeVar("T")
+S = PaymentState
+O = OutcomeStatus  # noqa: E741
+
+PRE_AUTHORIZATION = frozenset({S.CREATED, S.REQUIRES_ACTION, S.PROCESSING})
+CAPTURED_STATES = frozenset({S.PARTIALLY_CAPTURED, S.CAPTURED, S.PARTIALLY_REFUNDED, S.SETTLED})
+ATTEMPT_STATUS = {
+    O.SUCCEEDED: "succeeded",
+    O.DECLINED: "declined",
+    O.REQUIRES_ACTION: "requires_action",
+    O.UNKNOWN: "unknown",
+}
+EVENT_CALL_KINDS = {
+    EventType.REQUIRES_ACTION: CallKind.AUTHORIZE,
+    EventType.AUTHORIZED: CallKind.AUTHORIZE,
+    EventType.PAYMENT_FAILED: CallKind.AUTHORIZE,
+    EventType.CANCELED: CallKind.VOID,
+    EventType.REFUND_SUCCEEDED: CallKind.REFUND,
+    EventType.REFUND_FAILED: CallKind.REFUND,
+}  # payment_intent.succeeded is an authorization before one, else a capture
+DISPUTE_EVENTS = frozenset(
+    {EventType.DISPUTE_CREATED, EventType.DISPUTE_WON, EventType.DISPUTE_LOST}
+)
+RESPONSE_CODE = {O.SUCCEEDED: 200, O.DECLINED: 402, O.REQUIRES_ACTION: 200, O.UNKNOWN: 202}
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    idempotency_retention: timedelta = timedelta(hours=24)
+    step_retry_max: int = 8
+    page_size_max: int = 100
+    expiry_batch_max: int = 1000
+
+
+class PaymentEngine:
+    def __init__(
+        self,
+        database: Database,
+        clock: Clock,
+        ids: IdSource,
+        settings: EngineSettings | None = None,
+    ):
+        self.db = database
+        self.clock = clock
+        self.ids = ids
+        self.settings = settings or EngineSettings()
+
+    # -- plumbing ---------------------------------------------------------
+    def _run(self, step: Callable[[Store], T]) -> T:
+        """Run a step in its own transaction; retry it when a unique index raced."""
+        for _ in range(self.settings.step_retry_max):
+            try:
+                with unit_of_work(self.db) as store:
+                    result = step(store)
+                    store.commit()
+                    return result
+            except RetryStep:
+                continue
+        raise Conflict("contention", "too many concurrent writers; retry the request")
+
+    def _locked(self, s: Store, payment_id: str, merchant_id: str | None = None) -> Row:
+        payment = s.payment(payment_id, lock=True)
+        if payment is None or (merchant_id is not None and payment["merchant_id"] != merchant_id):
+            raise NotFound("payment_not_found", f"no payment {payment_id}", field="payment_id")
+        return payment
+
+    def _replay(self, s: Store, command: Any) -> StepResult | None:
+        row = s.idempotency_key(
+            command.merchant_id, command.operation.value, command.idempotency_key
+        )
+        if row is None:
+            return None
+        if row["fingerprint"] != command.fingerprint():
+            raise IdempotencyKeyReused(
+                message="this idempotency key was used with a different request",
+                field="idempotency_key",
+            )
+        if row["status"] != "completed":
+            raise IdempotencyKeyInFlight(
+                message="a request with this idempotency key is still in progress",
+                field="idempotency_key",
+            )
+        body = row["response_body"]
+        return StepResult(
+            PaymentView(body["payment"]), row["response_code"], None, True, body.get("refund_id")
+        )
+
+    def _new_key(self, s: Store, command: Any) -> str:
+        key_id = self.ids.new_id("idk")
+        now = self.clock.now()
+        s.insert_idempotency_key(
+            {
+                "id": key_id,
+                "merchant_id": command.merchant_id,
+                "scope": command.operation.value,
+                "key": command.idempotency_key,
+                "fingerprint": command.fingerprint(),
+                "status": "in_flight",
+                "created_at": now,
+                "expires_at": now + self.settings.idempotency_retention,
+            }
+        )
+        return key_id
+
+    def _finish_key(
+        self, s: Store, key_id: str | None, code: int, payment: Row, refund_id: str | None = None
+    ) -> None:
+        if key_id is not None:
+            body = {"payment": PaymentView.of(payment).body, "refund_id": refund_id}
+            s.finish_idempotency_key(key_id, code, body)
+
+    def _move(
+        self,
+        s: Store,
+        payment: Row,
+        to_state: S,
+        reason: str,
+        *,
+        attempt_id: str | None = None,
+        event_id: str | None = None,
+        amount_minor: int | None = None,
+        **changes: Any,
+    ) -> int:
+        """Apply one legal transition: payment row, history row and outbox event."""
+        from_state = S(payment["state"])
+        transition(from_state, to_state)
+        now = self.clock.now()
+        seq = payment["history_count"] + 1
+        s.update_payment(
+            payment["id"],
+            payment["history_count"],
+            state=to_state.value,
+            history_count=seq,
+            updated_at=now,
+            **changes,
+        )
+        payment.update(changes, state=to_state.value, history_count=seq, updated_at=now)
+        self._record(s, payment, from_state.value, reason, attempt_id, event_id, amount_minor)
+        return int(seq)
+
+    def _record(
+        self,
+        s: Store,
+        payment: Row,
+        from_state: str | None,
+        reason: str,
+        attempt_id: str | None,
+        event_id: str | None,
+        amount_minor: int | None,
+    ) -> None:
+        seq, now = payment["history_count"], payment["updated_at"]
+        s.insert_history(
+            {
+                "payment_id": payment["id"], "seq": seq, "from_state": from_state,
+                "to_state": payment["state"], "reason": reason, "attempt_id": attempt_id,
+                "provider_event_id": event_id, "amount_minor": amount_minor, "at": now,
+            }
+        )  # fmt: skip
+        s.insert_outbox(
+            {
+                "event_id": self.ids.new_id("evt"),
+                "type": f"payment.{payment['state']}",
+                "payment_id": payment["id"],
+                "history_seq": seq,
+                "created_at": now,
+                "payload": {
+                    "payment_id": payment["id"], "merchant_id": payment["merchant_id"],
+                    "order_id": payment["order_id"], "seq": seq, "from_state": from_state,
+                    "to_state": payment["state"], "reason": reason,
+                    "amount_minor": amount_minor, "currency": payment["currency"],
+                    "captured_minor": payment["captured_minor"],
+                    "refunded_minor": payment["refunded_minor"],
+                },
+            }
+        )  # fmt: skip
+
+    def _post(self, s: Store, payment: Row, journal: ledger.Journal, seq: int | None) -> None:
+        s.insert_journal(self.ids.new_id("jnl"), journal, payment["id"], seq, self.clock.now())
+
+    @staticmethod
+    def _money(payment: Row, amount_minor: int) -> Money:
+        return Money(amount_minor, payment["currency"])
+
+    def _call(self, payment: Row, attempt: Row) -> ProviderCall:
+        return ProviderCall(
+            attempt_id=attempt["id"],
+            kind=CallKind(attempt["kind"]),
+            idempotency_key=attempt["provider_idempotency_key"],
+            payment_id=payment["id"],
+            merchant_id=payment["merchant_id"],
+            order_id=payment["order_id"],
+            amount_minor=attempt["amount_minor"],
+            currency=payment["currency"],
+            payment_method=payment["payment_method"],
+            capture_method=payment["capture_method"],
+            provider_payment_id=payment["provider_payment_id"],
+            refund_id=attempt["refund_id"],
+        )
+
+    def _new_attempt(
+        self,
+        s: Store,
+        payment: Row,
+        kind: CallKind,
+        amount_minor: int,
+        key_id: str,
+        refund_id: str | None = None,
+    ) -> Row:
+        attempt_id = self.ids.new_id("att")
+        now = self.clock.now()
+        attempt = {
+            "id": attempt_id,
+            "payment_id": payment["id"],
+            "kind": kind.value,
+            "status": "pending",
+            "amount_minor": amount_minor,
+            # One provider key per attempt, reused on every retry and lookup.
+            "provider_idempotency_key": f"paychaos-{attempt_id}",
+            "refund_id": refund_id,
+            "idempotency_id": key_id,
+            "created_at": now,
+            "updated_at": now,
+        }
+        s.insert_attempt(attempt)
+        return attempt
+
+    # -- create ---------------------------------------------------------------
+    def create_payment(self, command: CreatePayment) -> StepResult:
+        def step(s: Store) -> StepResult:
+            replay = self._replay(s, command)
+            if replay is not None:
+                return replay
+            now = self.clock.now()
+            payment: Row = {
+                "id": self.ids.new_id("pay"),
+                "merchant_id": command.merchant_id,
+                "order_id": command.order_id,
+                "active_order_id": None,
+                "amount_minor": command.amount_minor,
+                "currency": command.currency,
+                "payment_method": command.payment_method,
+                "capture_method": command.capture_method,
+                "state": S.CREATED.value,
+                "authorized_minor": 0, "captured_minor": 0, "refunded_minor": 0,
+                "refund_reserved_minor": 0, "fee_minor": 0, "disputed_minor": 0,
+                "provider_payment_id": None, "decline_code": None,
+                "metadata": command.metadata,
+                "history_count": 1, "created_at": now, "updated_at": now,
+            }  # fmt: skip
+            s.insert_payment(payment)
+            self._record(s, payment, None, "created", None, None, command.amount_minor)
+            key_id = self._new_key(s, command)
+            self._finish_key(s, key_id, 201, payment)
+            return StepResult(PaymentView.of(payment), 201)
+
+        return self._run(step)
+
+    # -- authorize ----------------------------------------------------------------
+    def begin_authorize(self, command: Authorize) -> StepResult:
+        def step(s: Store) -> StepResult:
+            replay = self._replay(s, command)
+            if replay is not None:
+                return replay
+            payment = self._locked(s, command.payment_id, command.merchant_id)
+            state = S(payment["state"])
+            if state not in {S.CREATED, S.REQUIRES_ACTION}:
+                raise IllegalTransition(state.value, S.AUTHORIZED.value)
+            if s.attempts_of(payment["id"], [CallKind.AUTHORIZE.value], OPEN_ATTEMPT):
+                raise OperationInProgress(message="an authorization is already in progress")
+            self._claim_order(s, payment)
+            key_id = self._new_key(s, command)
+            attempt = self._new_attempt(
+                s, payment, CallKind.AUTHORIZE, payment["amount_minor"], key_id
+            )
+            return StepResult(PaymentView.of(payment), 202, self._call(payment, attempt))
+
+        return self._run(step)
+
+    def _claim_order(self, s: Store, payment: Row) -> None:
+        holder = s.order_holder(payment["merchant_id"], payment["order_id"])
+        if holder is not None and holder["id"] != payment["id"]:
+            raise OrderAlreadyActive(
+                message=f"order {payment['order_id']} is already paid or being paid by "
+                f"{holder['id']} ({holder['state']})",
+                field="order_id",
+            )
+        if holder is None:
+            s.claim_order(payment["id"], payment["order_id"])
+            payment["active_order_id"] = payment["order_id"]
+
+    def complete_authorize(self, attempt_id: str, outcome: ProviderOutcome) -> StepResult:
+        return self._complete(attempt_id, outcome, CallKind.AUTHORIZE)
+
+    def complete_capture(self, attempt_id: str, outcome: ProviderOutcome) -> StepResult:
+        return self._complete(attempt_id, outcome, CallKind.CAPTURE)
+
+    def complete_void(self, attempt_id: str, outcome: ProviderOutcome) -> StepResult:
+        return self._complete(attempt_id, outcome, CallKind.VOID)
+
+    def complete_refund(self, attempt_id: str, outcome: ProviderOutcome) -> StepResult:
+        return self._complete(attempt_id, outcome, CallKind.REFUND)
+
+    def _complete(self, attempt_id: str, outcome: ProviderOutcome, kind: CallKind) -> StepResult:
+        assert outcome.status is not O.NOT_FOUND, "not_found answers a lookup, not a call"
+
+        def step(s: Store) -> StepResult:
+            attempt = s.attempt(attempt_id)
+            if attempt is None:
+                raise NotFound("attempt_not_found", f"no attempt {attempt_id}")
+            assert attempt["kind"] == kind.value, (attempt["kind"], kind)
+            payment = self._locked(s, attempt["payment_id"])
+            attempt = s.attempt(attempt_id)  # re-read under the payment's lock
+            assert attempt is not None
+            if attempt["status"] not in OPEN_ATTEMPT:
+                return StepResult(PaymentView.of(payment), 200, refund_id=attempt["refund_id"])
+            code = self._apply(s, payment, attempt, outcome, f"{kind.value}_{outcome.status}")
+            self._finish_key(s, attempt["idempotency_id"], code, payment, attempt["refund_id"])
+            return StepResult(PaymentView.of(payment), code, refund_id=attempt["refund_id"])
+
+        return self._run(step)
+
+    def _apply(
+        self,
+        s: Store,
+        payment: Row,
+        attempt: Row,
+        outcome: ProviderOutcome,
+        reason: str,
+        event_id: str | None = None,
+    ) -> int:
+        """Apply a provider's answer to an open attempt; return the response code."""
+        status = outcome.status
+        if status is O.REQUIRES_ACTION and attempt["kind"] != CallKind.AUTHORIZE.value:
+            status = O.UNKNOWN  # not an answer a capture, void or refund can have
+        now = self.clock.now()
+        s.update_attempt(
+            attempt["id"],
+            status=ATTEMPT_STATUS[status],
+            decline_code=outcome.decline_code,
+            updated_at=now,
+            resolved_at=None if status is O.UNKNOWN else now,
+        )
+        apply = {
+            CallKind.AUTHORIZE.value: self._apply_authorize,
+            CallKind.CAPTURE.value: self._apply_capture,
+            CallKind.VOID.value: self._apply_void,
+            CallKind.REFUND.value: self._apply_refund,
+        }[attempt["kind"]]
+        apply(s, payment, attempt, outcome, status, reason, event_id)
+        return RESPONSE_CODE[status]
+
+    def _apply_authorize(
+        self,
+        s: Store,
+        p: Row,
+        attempt: Row | None,
+        outcome: ProviderOutcome,
+        status: O,
+        reason: str,
+        event_id: str | None,
+    ) -> None:
+        attempt_id = attempt["id"] if attempt else None
+        ids: dict[str, Any] = {
+            "provider_payment_id": outcome.provider_payment_id or p["provider_payment_id"]
+        }
+        if status is O.SUCCEEDED:
+            amount = outcome.amount_minor or p["amount_minor"]
+            assert 0 < amount <= p["amount_minor"], (amount, p["amount_minor"])
+            if outcome.captured:
+                seq = self._move(
+                    s, p, S.CAPTURED, reason, attempt_id=attempt_id, event_id=event_id,
+                    amount_minor=amount, authorized_minor=amount, captured_minor=amount,
+                    fee_minor=outcome.fee_minor, **ids,
+                )  # fmt: skip
+                journal = ledger.capture(
+                    p["merchant_id"], None, self._money(p, amount),
+                    self._money(p, outcome.fee_minor),
+                )  # fmt: skip
+            else:
+                seq = self._move(
+                    s, p, S.AUTHORIZED, reason, attempt_id=attempt_id, event_id=event_id,
+                    amount_minor=amount, authorized_minor=amount, **ids,
+                )  # fmt: skip
+                journal = ledger.authorization_hold(p["merchant_id"], self._money(p, amount))
+            self._post(s, p, journal, seq)
+        elif status is O.DECLINED:
+            self._move(
+                s, p, S.FAILED, reason, attempt_id=attempt_id, event_id=event_id,
+                active_order_id=None, decline_code=outcome.decline_code, **ids,
+            )  # fmt: skip
+        elif status is O.REQUIRES_ACTION and p["state"] != S.REQUIRES_ACTION:
+            self._move(s, p, S.REQUIRES_ACTION, reason, attempt_id=attempt_id, event_id=event_id,
+                       **ids)  # fmt: skip
+        elif status is O.UNKNOWN and p["state"] != S.PROCESSING:
+            self._move(s, p, S.PROCESSING, reason, attempt_id=attempt_id, event_id=event_id)
+
+    def _apply_capture(
+        self,
+        s: Store,
+        p: Row,
+        attempt: Row | None,
+        outcome: ProviderOutcome,
+        status: O,
+        reason: str,
+        event_id: str | None,
+    ) -> None:
+        if status is not O.SUCCEEDED:
+            return  # a failed or unknown capture leaves the authorization as it was
+        assert attempt is not None
+        captured = outcome.amount_minor or attempt["amount_minor"]
+        assert 0 < captured <= p["authorized_minor"], (captured, p["authorized_minor"])
+        to_state = S.CAPTURED if captured == p["authorized_minor"] else S.PARTIALLY_CAPTURED
+        seq = self._move(
+            s, p, to_state, reason, attempt_id=attempt["id"], event_id=event_id,
+            amount_minor=captured, captured_minor=captured, fee_minor=outcome.fee_minor,
+        )  # fmt: skip
+        journal = ledger.capture(
+            p["merchant_id"], self._money(p, p["authorized_minor"]), self._money(p, captured),
+            self._money(p, outcome.fee_minor),
+        )  # fmt: skip
+        self._post(s, p, journal, seq)
+
+    def _apply_void(
+        self,
+        s: Store,
+        p: Row,
+        attempt: Row | None,
+        outcome: ProviderOutcome,
+        status: O,
+        reason: str,
+        event_id: str | None,
+    ) -> None:
+        if status is not O.SUCCEEDED:
+            return
+        held = p["authorized_minor"] if p["state"] == S.AUTHORIZED else 0
+        seq = self._move(
+            s, p, S.CANCELED, reason, attempt_id=attempt["id"] if attempt else None,
+            event_id=event_id, amount_minor=held or None, active_order_id=None,
+        )  # fmt: skip
+        if held:
+            self._post(s, p, ledger.void(p["merchant_id"], self._money(p, held)), seq)
+
+    def _apply_refund(
+        self,
+        s: Store,
+        p: Row,
+        attempt: Row | None,
+        outcome: ProviderOutcome,
+        status: O,
+        reason: str,
+        event_id: str | None,
+    ) -> None:
+        assert attempt is not None and attempt["refund_id"] is not None
+        amount = attempt["amount_minor"]
+        now = self.clock.now()
+        if status is O.UNKNOWN:
+            return  # the reservation stays until the provider answers
+        reserved = p["refund_reserved_minor"] - amount
+        assert reserved >= 0, (p["refund_reserved_minor"], amount)
+        if status is O.DECLINED:
+            s.update_payment(p["id"], p["history_count"], refund_reserved_minor=reserved,
+                             updated_at=now)  # fmt: skip
+            p.update(refund_reserved_minor=reserved, updated_at=now)
+            s.update_refund(attempt["refund_id"], status="failed", updated_at=now)
+            return
+        refunded = p["refunded_minor"] + amount
+        changes = {"refunded_minor": refunded, "refund_reserved_minor": reserved}
+        to_state = S.REFUNDED if refunded == p["captured_minor"] else S.PARTIALLY_REFUNDED
+        seq: int | None = None
+        if is_legal(S(p["state"]), to_state):
+            seq = self._move(s, p, to_state, reason, attempt_id=attempt["id"], event_id=event_id,
+                             amount_minor=amount, **changes)  # fmt: skip
+        else:  # e.g. refunded while disputed: money moves, the state stays
+            s.update_payment(p["id"], p["history_count"], updated_at=now, **changes)
+            p.update(changes, updated_at=now)
+        s.update_refund(attempt["refund_id"], status="succeeded", updated_at=now,
+                        provider_refund_id=outcome.provider_refund_id)  # fmt: skip
+        self._post(s, p, ledger.refund(p["merchant_id"], self._money(p, amount)), seq)
+
+    # -- capture, void, refund -------------------------------------------------------
+    def begin_capture(self, command: Capture) -> StepResult:
+        def step(s: Store) -> StepResult:
+            replay = self._replay(s, command)
+            if replay is not None:
+                return replay
+            payment = self._locked(s, command.payment_id, command.merchant_id)
+            if payment["state"] != S.AUTHORIZED:
+                raise IllegalTransition(payment["state"], S.CAPTURED.value)
+            self._refuse_if_busy(s, payment, [CallKind.CAPTURE, CallKind.VOID])
+            amount = command.amount_minor or payment["authorized_minor"]
+            if amount > payment["authorized_minor"]:
+                raise AmountExceeded(
+                    "capture_exceeds_authorized",
+                    f"capture of {amount} exceeds the authorized {payment['authorized_minor']}",
+                    field="amount_minor",
+                )
+            key_id = self._new_key(s, command)
+            attempt = self._new_attempt(s, payment, CallKind.CAPTURE, amount, key_id)
+            return StepResult(PaymentView.of(payment), 202, self._call(payment, attempt))
+
+        return self._run(step)
+
+    def _refuse_if_busy(self, s: Store, payment: Row, kinds: list[CallKind]) -> None:
+        busy = s.attempts_of(payment["id"], [kind.value for kind in kinds], OPEN_ATTEMPT)
+        if busy:
+            raise OperationInProgress(
+                message=f"a {busy[0]['kind']} of this payment is in progress ({busy[0]['id']})"
+            )
+
+    def begin_void(self, command: Void) -> StepResult:
+        def step(s: Store) -> StepResult:
+            replay = self._replay(s, command)
+            if replay is not None:
+                return replay
+            payment = self._locked(s, command.payment_id, command.merchant_id)
+            state = S(payment["state"])
+            if state is S.PROCESSING:
+                raise OperationInProgress(
+                    message="the authorization's outcome is not known yet; retry after recovery"
+                )
+            if not is_legal(state, S.CANCELED):
+                raise IllegalTransition(state.value, S.CANCELED.value)
+            self._refuse_if_busy(s, payment, [CallKind.AUTHORIZE, CallKind.CAPTURE, CallKind.VOID])
+            if state is S.CREATED:  # the provider never heard of it: nothing to release
+                self._move(s, payment, S.CANCELED, "canceled_before_authorization")
+                key_id = self._new_key(s, command)
+                self._finish_key(s, key_id, 200, payment)
+                return StepResult(PaymentView.of(payment), 200)
+            key_id = self._new_key(s, command)
+            attempt = self._new_attempt(s, payment, CallKind.VOID, payment["authorized_minor"],
+                                        key_id)  # fmt: skip
+            return StepResult(PaymentView.of(payment), 202, self._call(payment, attempt))
+
+        return self._run(step)
+
+    def begin_refund(self, command: Refund) -> StepResult:
+        def step(s: Store) -> StepResult:
+            replay = self._replay(s, command)
+            if replay is not None:
+                return replay
+            payment = self._locked(s, command.payment_id, command.merchant_id)
+            state = S(payment["state"])
+            if state not in CAPTURED_STATES:
+                raise IllegalTransition(state.value, S.REFUNDED.value)
+            available = (
+                payment["captured_minor"] - payment["refunded_minor"]
+                - payment["refund_reserved_minor"]
+            )  # fmt: skip
+            amount = command.amount_minor or available
+            if amount <= 0 or amount > available:
+                raise AmountExceeded(
+                    "refund_exceeds_available",
+                    f"refund of {amount} exceeds the {available} left to refund",
+                    field="amount_minor",
+                )
+            return self._start_refund(s, payment, command, amount)
+
+        return self._run(step)
+
+    def _start_refund(self, s: Store, payment: Row, command: Refund, amount: int) -> StepResult:
+        now = self.clock.now()
+        refund_id = self.ids.new_id("re")
+        s.insert_refund(
+            {
+                "id": refund_id, "payment_id": payment["id"], "amount_minor": amount,
+                "currency": payment["currency"], "status": "pending", "reason": command.reason,
+                "created_at": now, "updated_at": now,
+            }
+        )  # fmt: skip
+        reserved = payment["refund_reserved_minor"] + amount
+        s.update_payment(payment["id"], payment["history_count"], refund_reserved_minor=reserved,
+                         updated_at=now)  # fmt: skip
+        payment.update(refund_reserved_minor=reserved, updated_at=now)
+        key_id = self._new_key(s, command)
+        attempt = self._new_attempt(s, payment, CallKind.REFUND, amount, key_id, refund_id)
+        call = self._call(payment, attempt)
+        return StepResult(PaymentView.of(payment), 202, call, refund_id=refund_id)
+
+    # -- recovery -----------------------------------------------------------------------
+    def unresolved_attempts(self, older_than: timedelta, limit: int = 100) -> list[ProviderCall]:
+        """Open attempts last touched before ``now - older_than``: what to look up."""
+        limit = min(limit, self.settings.page_size_max)
+
+        def step(s: Store) -> list[ProviderCall]:
+            rows = s.unresolved_attempts(self.clock.now() - older_than, limit)
+            calls = []
+            for attempt in rows:
+                payment = s.payment(attempt["payment_id"])
+                assert payment is not None
+                calls.append(self._call(payment, attempt))
+            return calls
+
+        return self._run(step)
+
+    def resolve_attempt(
+        self, attempt_id: str, outcome: ProviderOutcome
+    ) -> tuple[StepResult, ProviderCall | None]:
+        """Apply what a lookup by provider idempotency key said.
+
+        ``unknown`` (the provider could not tell) keeps the attempt open;
+        ``not_found`` (the provider never received it) returns the same call,
+        with the same key, to send again; anything else is applied as an answer.
+        """
+
+        def step(s: Store) -> tuple[StepResult, ProviderCall | None]:
+            attempt = s.attempt(attempt_id)
+            if attempt is None:
+                raise NotFound("attempt_not_found", f"no attempt {attempt_id}")
+            payment = self._locked(s, attempt["payment_id"])
+            attempt = s.attempt(attempt_id)
+            assert attempt is not None
+            view = PaymentView.of(payment)
+            if attempt["status"] not in OPEN_ATTEMPT:
+                return StepResult(view, 200), None
+            s.update_attempt(attempt_id, lookup_count=attempt["lookup_count"] + 1,
+                             updated_at=self.clock.now())  # fmt: skip
+            if outcome.status is O.NOT_FOUND:
+                return StepResult(view, 202), self._call(payment, attempt)
+            reason = f"{attempt['kind']}_{outcome.status}_by_lookup"
+            code = self._apply(s, payment, attempt, outcome, reason)
+            self._finish_key(s, attempt["idempotency_id"], code, payment, attempt["refund_id"])
+            return StepResult(PaymentView.of(payment), code), None
+
+        return self._run(step)
+
+    # -- provider events --------------------------------------------------------------
+    def apply_provider_event(self, event: ProviderEvent) -> EventResult:
+        def step(s: Store) -> EventResult:
+            payment = self._event_payment(s, event)
+            if s.provider_event(event.event_id) is not None:
+                return EventResult("duplicate", payment["id"] if payment else None)
+            outcome = "unmatched"
+            if payment is not None:
+                before = payment["history_count"]
+                outcome = self._apply_event(s, payment, event)
+                if outcome == "applied" and payment["history_count"] == before:
+                    outcome = "applied_no_change"
+            s.insert_provider_event(
+                {
+                    "id": self.ids.new_id("pev"), "provider_event_id": event.event_id,
+                    "type": event.type, "payment_id": payment["id"] if payment else None,
+                    "outcome": outcome, "received_at": self.clock.now(),
+                }
+            )  # fmt: skip
+            return EventResult(outcome, payment["id"] if payment else None)
+
+        return self._run(step)
+
+    def _event_payment(self, s: Store, event: ProviderEvent) -> Row | None:
+        if event.payment_id is not None:
+            payment = s.payment(event.payment_id, lock=True)
+            if payment is not None:
+                return payment
+        if event.provider_payment_id is not None:
+            return s.payment_by_provider_id(event.provider_payment_id, lock=True)
+        return None
+
+    def _apply_event(self, s: Store, p: Row, event: ProviderEvent) -> str:
+        """Bring the payment forward to what the event says, or call the event stale."""
+        if event.type not in EventType._value2member_map_:
+            return "ignored"
+        event_type = EventType(event.type)
+        if event_type in DISPUTE_EVENTS:
+            return self._apply_dispute(s, p, event)
+        state = S(p["state"])
+        kind = EVENT_CALL_KINDS.get(event_type) or (
+            CallKind.AUTHORIZE if state in PRE_AUTHORIZATION else CallKind.CAPTURE
+        )
+        if not self._event_is_current(state, kind):
+            return "stale"
+        outcome = self._event_outcome(event, kind)
+        reason = f"{kind.value}_{outcome.status}_by_event"
+        attempt = self._event_attempt(s, p, event, kind)
+        if attempt is not None:
+            code = self._apply(s, p, attempt, outcome, reason, event.event_id)
+            self._finish_key(s, attempt["idempotency_id"], code, p, attempt["refund_id"])
+            return "applied"
+        if kind in {CallKind.CAPTURE, CallKind.REFUND}:
+            return "stale"  # the engine alone starts these: nothing open means done
+        # The provider moved on its own (3DS completed, an intent expired).
+        apply = self._apply_authorize if kind is CallKind.AUTHORIZE else self._apply_void
+        apply(s, p, None, outcome, outcome.status, reason, event.event_id)
+        return "applied"
+
+    @staticmethod
+    def _event_outcome(event: ProviderEvent, kind: CallKind) -> ProviderOutcome:
+        status = {
+            EventType.REQUIRES_ACTION: O.REQUIRES_ACTION,
+            EventType.PAYMENT_FAILED: O.DECLINED,
+            EventType.REFUND_FAILED: O.DECLINED,
+        }.get(EventType(event.type), O.SUCCEEDED)
+        return ProviderOutcome(
+            status=status,
+            provider_payment_id=event.provider_payment_id,
+            provider_refund_id=event.provider_refund_id,
+            amount_minor=event.amount_minor,
+            captured=event.type == EventType.SUCCEEDED and kind is CallKind.AUTHORIZE,
+            fee_minor=event.fee_minor,
+            decline_code=event.decline_code,
+        )
+
+    @staticmethod
+    def _event_is_current(state: S, kind: CallKind) -> bool:
+        if kind is CallKind.AUTHORIZE:
+            return state in PRE_AUTHORIZATION
+        if kind is CallKind.CAPTURE:
+            return state is S.AUTHORIZED
+        if kind is CallKind.VOID:
+            return is_legal(state, S.CANCELED)
+        return True  # refunds are matched by refund id below
+
+    def _event_attempt(self, s: Store, p: Row, event: ProviderEvent, kind: CallKind) -> Row | None:
+        statuses: tuple[str, ...] = OPEN_ATTEMPT
+        if kind is CallKind.AUTHORIZE:
+            statuses = (*OPEN_ATTEMPT, "requires_action")
+        candidates = s.attempts_of(p["id"], [kind.value], statuses)
+        if kind is CallKind.REFUND:
+            candidates = [a for a in candidates if a["refund_id"] == event.refund_id]
+        return candidates[0] if candidates else None
+
+    def _apply_dispute(self, s: Store, p: Row, event: ProviderEvent) -> str:
+        state = S(p["state"])
+        amount = event.amount_minor or (p["captured_minor"] - p["refunded_minor"])
+        if event.type == EventType.DISPUTE_CREATED:
+            if not is_legal(state, S.DISPUTED) or amount <= 0:
+                return "stale"
+            seq = self._move(s, p, S.DISPUTED, "dispute_created_by_event",
+                             event_id=event.event_id, amount_minor=amount,
+                             disputed_minor=amount)  # fmt: skip
+            self._post(s, p, ledger.dispute_withdrawal(self._money(p, amount)), seq)
+            return "applied"
+        if state is not S.DISPUTED:
+            return "stale"
+        if event.type == EventType.DISPUTE_WON:
+            disputed = p["disputed_minor"]
+            seq = self._move(s, p, S.SETTLED, "dispute_won_by_event", event_id=event.event_id,
+                             amount_minor=disputed, disputed_minor=0)  # fmt: skip
+            self._post(s, p, ledger.dispute_reinstatement(self._money(p, disputed)), seq)
+        return "applied"
+
+    # -- reads ------------------------------------------------------------------------------
+    def get_payment(self, payment_id: str, merchant_id: str | None = None) -> PaymentView:
+        def step(s: Store) -> PaymentView:
+            payment = s.payment(payment_id)
+            if payment is None or (
+                merchant_id is not None and payment["merchant_id"] != merchant_id
+            ):
+                raise NotFound("payment_not_found", f"no payment {payment_id}", field="payment_id")
+            view = PaymentView.of(payment)
+            history = tuple(history_item(row) for row in s.history(payment_id))
+            refunds = tuple(refund_item(row) for row in s.refunds_of(payment_id))
+            return PaymentView(view.body, history, refunds)
+
+        return self._run(step)
+
+    def list_payments(
+        self, merchant_id: str, order_id: str | None = None, limit: int = 20, offset: int = 0
+    ) -> list[PaymentView]:
+        if not 1 <= limit <= self.settings.page_size_max:
+            raise InvalidRequest(
+                "limit_invalid", f"limit is 1 to {self.settings.page_size_max}", field="limit"
+            )
+        if offset < 0:
+            raise InvalidRequest("offset_invalid", "offset is not negative", field="offset")
+
+        def step(s: Store) -> list[PaymentView]:
+            rows = s.payments(merchant_id, order_id, limit, offset)
+            return [PaymentView.of(row) for row in rows]
+
+        return self._run(step)
+
+    def ledger_of(self, payment_id: str) -> list[tuple[Row, list[Row]]]:
+        return self._run(lambda s: s.journals_of(payment_id))
+
+    # -- housekeeping -------------------------------------------------------------------------
+    def expire_idempotency_keys(self) -> int:
+        """Forget completed keys past their retention; returns how many went."""
+        return self._run(
+            lambda s: s.expire_idempotency_keys(self.clock.now(), self.settings.expiry_batch_max)
+        )

@@ -1,0 +1,102 @@
+"""What steps return: plain, JSON-able snapshots, never live rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from engine.domain.provider import ProviderCall
+
+PAYMENT_FIELDS = (
+    "id", "merchant_id", "order_id", "amount_minor", "currency", "payment_method",
+    "capture_method", "state", "authorized_minor", "captured_minor", "refunded_minor",
+    "refund_reserved_minor", "fee_minor", "disputed_minor", "provider_payment_id",
+    "decline_code", "metadata",
+)  # fmt: skip
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentView:
+    """A payment as a client sees it; ``history`` and ``refunds`` on full reads."""
+
+    body: dict[str, Any]
+    history: tuple[dict[str, Any], ...] = ()
+    refunds: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def id(self) -> str:
+        return str(self.body["id"])
+
+    @property
+    def state(self) -> str:
+        return str(self.body["state"])
+
+    def __getitem__(self, name: str) -> Any:
+        return self.body[name]
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> PaymentView:
+        body = {name: row[name] for name in PAYMENT_FIELDS}
+        body["metadata"] = dict(row["metadata"])
+        body["created_at"] = _iso(row["created_at"])
+        body["updated_at"] = _iso(row["updated_at"])
+        return cls(body)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dict(self.body)
+        if self.history:
+            out["history"] = [dict(item) for item in self.history]
+        if self.refunds:
+            out["refunds"] = [dict(item) for item in self.refunds]
+        return out
+
+
+def history_item(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "seq": row["seq"],
+        "from_state": row["from_state"],
+        "to_state": row["to_state"],
+        "reason": row["reason"],
+        "amount_minor": row["amount_minor"],
+        "attempt_id": row["attempt_id"],
+        "provider_event_id": row["provider_event_id"],
+        "at": _iso(row["at"]),
+    }
+
+
+def refund_item(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "amount_minor": row["amount_minor"],
+        "currency": row["currency"],
+        "status": row["status"],
+        "reason": row["reason"],
+        "provider_refund_id": row["provider_refund_id"],
+        "created_at": _iso(row["created_at"]),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """A write's answer: the payment, the provider call to make (if any), and
+    whether this is a replay of a stored response."""
+
+    payment: PaymentView
+    status_code: int
+    call: ProviderCall | None = None
+    replayed: bool = False
+    refund_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventResult:
+    """How a provider event was taken: applied, stale, duplicate, unmatched or ignored."""
+
+    outcome: str
+    payment_id: str | None = None
+    transitions: tuple[str, ...] = field(default=())

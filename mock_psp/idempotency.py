@@ -1,0 +1,140 @@
+"""Idempotency keys as Stripe documents them, in provider time.
+
+- The status and body of the first response are saved once the endpoint starts
+  executing (5xx included) and replayed for the same key.
+- Validation failures, 401s, 429s, 503 load shedding and lost requests save nothing:
+  the endpoint never started, so a retry is safe.
+- The same key with other parameters (or another endpoint) gets 400 idempotency_error.
+- A request arriving while the first one with its key is still in flight (its response
+  not yet delivered: ``completes_at_s``) gets 409.
+- Keys expire 24 h after their first use; a client that timed out can look a key up.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from mock_psp.errors import IdempotencyKeyInUse, IdempotencyMismatch, InvalidRequestError
+
+KEY_TTL_S = 24 * 3_600.0
+KEY_LENGTH_MAX = 255
+KEYS_MAX = 1_000_000
+
+JsonDict = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SavedResponse:
+    status: int
+    body: JsonDict
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    key: str
+    fingerprint: str
+    method: str
+    path: str
+    request_id: str
+    created_at_s: float
+    completes_at_s: float
+    response: SavedResponse
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyLookup:
+    """What a client that lost a response can learn about its key."""
+
+    key: str
+    found: bool
+    in_flight: bool = False
+    method: str | None = None
+    path: str | None = None
+    request_id: str | None = None
+    created_at_s: float | None = None
+    response: SavedResponse | None = None
+
+    def to_json(self) -> JsonDict:
+        return {
+            "object": "idempotency_lookup",
+            "idempotency_key": self.key,
+            "found": self.found,
+            "in_flight": self.in_flight,
+            "method": self.method,
+            "path": self.path,
+            "request_id": self.request_id,
+            "created": None if self.created_at_s is None else int(self.created_at_s),
+            "response_status": None if self.response is None else self.response.status,
+            "response_body": None if self.response is None else self.response.body,
+        }
+
+
+def check_key_format(key: str) -> None:
+    if not key or len(key) > KEY_LENGTH_MAX:
+        raise InvalidRequestError(
+            f"Idempotency keys must be 1 to {KEY_LENGTH_MAX} characters long.",
+            param="Idempotency-Key",
+            code="idempotency_key_invalid",
+        )
+
+
+class IdempotencyStore:
+    __slots__ = ("_keys_max", "_records", "_ttl_s", "evicted_count")
+
+    def __init__(self, ttl_s: float = KEY_TTL_S, keys_max: int = KEYS_MAX) -> None:
+        assert ttl_s > 0 and keys_max > 0
+        self._ttl_s = ttl_s
+        self._keys_max = keys_max
+        # Insertion order is creation order because provider time never runs backwards.
+        self._records: OrderedDict[str, IdempotencyRecord] = OrderedDict()
+        self.evicted_count = 0
+
+    def _expire(self, now_s: float) -> None:
+        while self._records:
+            key, record = next(iter(self._records.items()))
+            if record.created_at_s + self._ttl_s > now_s:
+                return
+            del self._records[key]
+
+    def replay_or_none(self, key: str, fingerprint: str, now_s: float) -> IdempotencyRecord | None:
+        """The saved record to replay, None for a fresh key; raises on misuse."""
+        self._expire(now_s)
+        record = self._records.get(key)
+        if record is None:
+            return None
+        if now_s < record.completes_at_s:
+            raise IdempotencyKeyInUse(key)
+        if record.fingerprint != fingerprint:
+            raise IdempotencyMismatch(key)
+        return record
+
+    def save(self, record: IdempotencyRecord) -> None:
+        assert record.key not in self._records, "a live key is saved once"
+        self._records[record.key] = record
+        while len(self._records) > self._keys_max:
+            self._records.popitem(last=False)
+            self.evicted_count += 1
+
+    def lookup(self, key: str, now_s: float) -> IdempotencyLookup:
+        self._expire(now_s)
+        record = self._records.get(key)
+        if record is None:
+            return IdempotencyLookup(key=key, found=False)
+        return IdempotencyLookup(
+            key=key,
+            found=True,
+            in_flight=now_s < record.completes_at_s,
+            method=record.method,
+            path=record.path,
+            request_id=record.request_id,
+            created_at_s=record.created_at_s,
+            response=record.response,
+        )
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def clear(self) -> None:
+        self._records.clear()
