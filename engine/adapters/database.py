@@ -143,7 +143,7 @@ class Database:
                         connection.rollback()
         except sa.exc.OperationalError as exc:
             raise StoreUnavailable(message=f"database unavailable: {exc.orig}") from exc
-        except (sa.exc.IntegrityError, sa.exc.InternalError) as exc:
+        except sa.exc.DBAPIError as exc:
             translated = translate_guard_error(exc)
             if translated is None:
                 raise

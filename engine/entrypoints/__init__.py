@@ -1,0 +1,1 @@
+"""Entrypoints: where the wall clock and real randomness are allowed in."""

@@ -1,0 +1,146 @@
+"""The ``paychaos`` command line."""
+
+from __future__ import annotations
+
+import random
+import sys
+from datetime import timedelta
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from engine.adapters.database import Database, SchemaOutOfDate, check_schema, upgrade
+from engine.adapters.fake_provider import FakeProvider
+from engine.audit import audit as run_audit
+from engine.domain.commands import Authorize, Capture, CreatePayment, Refund
+from engine.domain.errors import PaychaosError
+from engine.domain.ports import FixedClock, SeededIds
+from engine.entrypoints.render import audit_table, history_table, ledger_table
+from engine.service.driver import perform, recover
+from engine.service.engine import PaymentEngine
+
+app = typer.Typer(
+    help="paychaos: prove that payment code handles money correctly under failure.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print tables with same-run baselines.")
+app.add_typer(db_app, name="db")
+app.add_typer(bench_app, name="bench")
+
+console = Console()
+if not console.is_terminal:  # pipes and CI logs: wide enough for whole ids
+    console = Console(width=160)
+DbUrl = Annotated[
+    str,
+    typer.Option("--db", help="SQLAlchemy URL: sqlite:///file.db or postgresql://user@host/db"),
+]
+
+
+def fail(message: str, code: int = 2) -> None:
+    console.print(f"[red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def demo(
+    seed: Annotated[int, typer.Option(help="Seed for ids: same seed, same output.")] = 7,
+    db: Annotated[str, typer.Option("--db", help="Database URL.")] = "sqlite://",
+) -> None:
+    """One payment's life on the embedded SQLite with an in-process fake provider."""
+    database = Database(db, migrate=True)
+    clock = FixedClock()
+    engine = PaymentEngine(database, clock, SeededIds(random.Random(seed)))
+    provider = FakeProvider()
+    merchant = "m_demo"
+    created = engine.create_payment(
+        CreatePayment(merchant, "demo-create", "order-1001", 12_500, "USD", "pm_card_visa")
+    )
+    payment_id = created.payment.id
+    clock.advance(timedelta(seconds=2))
+    perform(engine, provider, engine.begin_authorize(Authorize(merchant, "demo-auth", payment_id)))
+    clock.advance(timedelta(minutes=30))
+    perform(
+        engine, provider, engine.begin_capture(Capture(merchant, "demo-cap", payment_id, 10_000))
+    )
+    clock.advance(timedelta(days=1))
+    provider.fail_next.append("after")  # the refund's response is lost on the way back
+    refund = perform(
+        engine, provider, engine.begin_refund(Refund(merchant, "demo-refund", payment_id, 2_500))
+    )
+    console.print(f"refund answered {refund.status_code}: the provider's response was lost")
+    clock.advance(timedelta(minutes=1))
+    resolved = recover(engine, provider, engine.unresolved_attempts(timedelta(seconds=30)))
+    console.print(f"recovery looked the refund up by its idempotency key: {resolved} resolved")
+    console.print(history_table(engine.get_payment(payment_id)))
+    console.print(ledger_table(engine.ledger_of(payment_id)))
+    with database.engine.connect() as connection:
+        results = run_audit(connection)
+    console.print(audit_table(results))
+    database.dispose()
+    if not all(result.ok for result in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def audit(db: DbUrl) -> None:
+    """Check a stored database's invariants; exit 1 on any violation."""
+    try:
+        database = Database(db)
+        check_schema(database.engine)
+        with database.engine.connect() as connection:
+            results = run_audit(connection)
+    except SchemaOutOfDate as exc:
+        fail(f"--db: {exc.message}")
+    except PaychaosError as exc:
+        fail(f"--db: {exc.message}")
+    except Exception as exc:  # a bad URL or an unreachable server: say so, no trace
+        fail(f"--db: cannot read {db!r}: {type(exc).__name__}: {exc}")
+    console.print(audit_table(results))
+    failed = [result for result in results if not result.ok]
+    for result in failed:
+        subjects = sorted({subject for subject, _ in result.violations})
+        console.print(
+            f"[red]{result.invariant} {result.name} violated by:[/] {', '.join(subjects)}"
+        )
+    raise typer.Exit(1 if failed else 0)
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DbUrl, revision: str = "head") -> None:
+    """Apply the schema migrations to a database."""
+    try:
+        database = Database(db)
+        upgrade(database.engine, revision)
+    except Exception as exc:
+        fail(f"--db: cannot migrate {db!r}: {type(exc).__name__}: {exc}")
+    console.print(f"database at {revision}")
+
+
+@bench_app.command("engine")
+def bench_engine(
+    small: Annotated[bool, typer.Option("--small", help="A quick run, for CI.")] = False,
+    db_url: Annotated[
+        list[str] | None,
+        typer.Option("--db-url", help="Add a database (e.g. PostgreSQL); repeatable."),
+    ] = None,
+) -> None:
+    """Payment lifecycles per second next to minimal one-row transactions."""
+    from loadtests.bench_engine import run
+
+    run(small=small, extra_urls=db_url or [], console=console)
+
+
+def main() -> None:
+    try:
+        app()
+    except PaychaosError as exc:
+        console.print(f"[red]error:[/] {exc.code}: {exc.message}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""The real clock and id source, for servers and the command line only.
+
+The core never imports this module: simulations and tests hand the engine
+virtual, seeded ones instead.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+class RandomIds:
+    def new_id(self, prefix: str) -> str:
+        return f"{prefix}_{secrets.token_hex(10)}"
