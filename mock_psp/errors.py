@@ -48,6 +48,9 @@ class ApiError(PspError):
 
     error_type: str = "api_error"
     code_in_body: bool = True
+    # Stripe saves a response under its idempotency key only once the endpoint started
+    # executing: validation, auth, rate-limit and conflict errors are not saved.
+    saves_idempotent_result: bool = True
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -80,6 +83,7 @@ class InvalidRequestError(ApiError):
 
 class ParameterMissing(InvalidRequestError):
     code = "parameter_missing"
+    saves_idempotent_result = False
 
     def __init__(self, param: str) -> None:
         super().__init__(f"Missing required param: {param}.", param=param)
@@ -87,6 +91,7 @@ class ParameterMissing(InvalidRequestError):
 
 class ParameterUnknown(InvalidRequestError):
     code = "parameter_unknown"
+    saves_idempotent_result = False
 
     def __init__(self, param: str) -> None:
         super().__init__(f"Received unknown parameter: {param}", param=param)
@@ -94,6 +99,7 @@ class ParameterUnknown(InvalidRequestError):
 
 class ParameterInvalid(InvalidRequestError):
     code = "parameter_invalid"
+    saves_idempotent_result = False
 
     def __init__(self, param: str, message: str, *, code: str = "parameter_invalid") -> None:
         super().__init__(message, param=param, code=code)
@@ -101,6 +107,7 @@ class ParameterInvalid(InvalidRequestError):
 
 class RawCardDataRefused(InvalidRequestError):
     code = "raw_card_data_refused"
+    saves_idempotent_result = False
 
     def __init__(self, param: str) -> None:
         # The number itself is never echoed: it must not reach logs or saved responses.
@@ -133,6 +140,7 @@ class UnexpectedState(InvalidRequestError):
 
 class UnknownRoute(ApiError):
     code = "unknown_route"
+    saves_idempotent_result = False
     http_status = 404
     error_type = "invalid_request_error"
     code_in_body = False
@@ -149,6 +157,7 @@ class ResourceMissing(ApiError):
 
 class AuthenticationFailed(ApiError):
     code = "authentication_failed"
+    saves_idempotent_result = False
     http_status = 401
     error_type = "invalid_request_error"
     code_in_body = False
@@ -186,6 +195,7 @@ class CardError(ApiError):
 
 class IdempotencyMismatch(ApiError):
     code = "idempotency_key_reused"
+    saves_idempotent_result = False
     http_status = 400
     error_type = "idempotency_error"
 
@@ -199,6 +209,7 @@ class IdempotencyMismatch(ApiError):
 
 class IdempotencyKeyInUse(ApiError):
     code = "idempotency_key_in_use"
+    saves_idempotent_result = False
     http_status = 409
     error_type = "invalid_request_error"
 
@@ -212,6 +223,7 @@ class IdempotencyKeyInUse(ApiError):
 
 class RateLimited(ApiError):
     code = "rate_limit"
+    saves_idempotent_result = False
     http_status = 429
     error_type = "invalid_request_error"
 
@@ -232,6 +244,8 @@ class ProviderServerError(ApiError):
         )
         super().__init__(message)
         self.http_status = http_status
+        # A 503 is load shed before execution (not saved); a 500 is saved and replayed.
+        self.saves_idempotent_result = http_status == 500
 
 
 class FaultConfigError(PspError):

@@ -45,7 +45,12 @@ class FaultRecord:
     detail: str = ""
 
     def to_json(self) -> dict[str, object]:
-        return {"at": self.at_s, "kind": str(self.kind), "target": self.target, "detail": self.detail}
+        return {
+            "at": self.at_s,
+            "kind": str(self.kind),
+            "target": self.target,
+            "detail": self.detail,
+        }
 
 
 class FaultLog:
@@ -61,6 +66,10 @@ class FaultLog:
         self._records.append(entry)
         self._counts[str(kind)] += 1
         return entry
+
+    def count(self, kind: FaultKind) -> None:
+        """Count a fault too frequent to log one record each (latency)."""
+        self._counts[str(kind)] += 1
 
     def records(self) -> list[FaultRecord]:
         return list(self._records)

@@ -237,13 +237,19 @@ class ApiFaultPlanner:
         spec = config.rate_limit
         self._bucket = None if spec is None else TokenBucket(spec, now_s)
 
+    def restart(self, now_s: float) -> None:
+        """Windows count from here again (after a reset)."""
+        self._started_at_s = now_s
+        self.reconfigure(self._config, now_s)
+
     def elapsed_s(self, now_s: float) -> float:
         return now_s - self._started_at_s
 
     def decide(self, endpoint: str, now_s: float) -> ApiFaultDecision:
         elapsed_s = self.elapsed_s(now_s)
         rules = [
-            rule for rule in self._config.api_rules
+            rule
+            for rule in self._config.api_rules
             if name_matches(rule.endpoints, endpoint) and window_active(rule.windows, elapsed_s)
         ]
         latency = next((r.latency for r in rules if r.latency is not None), None)
@@ -284,6 +290,4 @@ class ApiFaultPlanner:
             return ApiFaultDecision(endpoint, latency_s, server_error_status=503)
         if fired["e500"]:
             return ApiFaultDecision(endpoint, latency_s, server_error_status=500)
-        return ApiFaultDecision(
-            endpoint, latency_s, timeout_after=fired["after"], decline=decline
-        )
+        return ApiFaultDecision(endpoint, latency_s, timeout_after=fired["after"], decline=decline)

@@ -11,12 +11,58 @@ from pydantic import BaseModel, ConfigDict, Field
 # ISO 4217 exponents for the currencies the mock accepts (Stripe's zero-decimal and
 # three-decimal lists, plus common two-decimal ones). Bounded on purpose.
 ZERO_DECIMAL = frozenset(
-    "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()
+    [
+        "bif",
+        "clp",
+        "djf",
+        "gnf",
+        "jpy",
+        "kmf",
+        "krw",
+        "mga",
+        "pyg",
+        "rwf",
+        "ugx",
+        "vnd",
+        "vuv",
+        "xaf",
+        "xof",
+        "xpf",
+    ]
 )
-THREE_DECIMAL = frozenset("bhd jod kwd omr tnd".split())
+THREE_DECIMAL = frozenset(["bhd", "jod", "kwd", "omr", "tnd"])
 TWO_DECIMAL = frozenset(
-    "usd eur gbp chf cad aud nzd sek nok dkk pln czk huf ron bgn hkd sgd mxn brl inr "
-    "zar ils try aed sar thb myr php idr".split()
+    [
+        "usd",
+        "eur",
+        "gbp",
+        "chf",
+        "cad",
+        "aud",
+        "nzd",
+        "sek",
+        "nok",
+        "dkk",
+        "pln",
+        "czk",
+        "huf",
+        "ron",
+        "bgn",
+        "hkd",
+        "sgd",
+        "mxn",
+        "brl",
+        "inr",
+        "zar",
+        "ils",
+        "try",
+        "aed",
+        "sar",
+        "thb",
+        "myr",
+        "php",
+        "idr",
+    ]
 )
 SUPPORTED_CURRENCIES = ZERO_DECIMAL | THREE_DECIMAL | TWO_DECIMAL
 

@@ -155,9 +155,11 @@ def refuse_card_numbers(tree: ParamTree, prefix: str = "") -> None:
             refuse_card_numbers(value, name)
         elif isinstance(value, list):
             refuse_card_numbers({str(i): item for i, item in enumerate(value)}, name)
-        elif _looks_like_pan(value):
-            raise RawCardDataRefused(name)
-        elif name.endswith("[card][number]") or name in ("card[number]", "number"):
+        elif (
+            _looks_like_pan(value)
+            or name.endswith("[card][number]")
+            or name in ("card[number]", "number")
+        ):
             raise RawCardDataRefused(name)
 
 
@@ -293,9 +295,10 @@ class ParamReader:
         options = None if choices is None else frozenset(choices)
         for index, item in enumerate(value):
             if options is not None and item not in options:
+                allowed = ", ".join(sorted(options))
                 raise ParameterInvalid(
                     f"{self.name(key)}[{index}]",
-                    f"Invalid {self.name(key)}[{index}]: must be one of {', '.join(sorted(options))}",
+                    f"Invalid {self.name(key)}[{index}]: must be one of {allowed}",
                     code="parameter_invalid_enum",
                 )
         return list(value)

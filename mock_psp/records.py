@@ -162,7 +162,8 @@ class WebhookEndpoint:
         if not self.enabled:
             return False
         return any(
-            pattern == "*" or pattern == event_type
+            pattern == "*"
+            or pattern == event_type
             or (pattern.endswith(".*") and event_type.startswith(pattern[:-1]))
             for pattern in self.enabled_events
         )

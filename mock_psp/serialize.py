@@ -113,8 +113,12 @@ def charge_json(charge: Charge) -> JsonDict:
         "balance_transaction": charge.balance_transaction_id,
         "billing_details": {
             "address": {
-                "city": None, "country": None, "line1": None,
-                "line2": None, "postal_code": None, "state": None,
+                "city": None,
+                "country": None,
+                "line1": None,
+                "line2": None,
+                "postal_code": None,
+                "state": None,
             },
             "email": None,
             "name": None,
@@ -230,7 +234,9 @@ def dispute_json(
         "id": dispute.id,
         "object": "dispute",
         "amount": dispute.amount_minor,
-        "balance_transactions": [balance_transaction_json(bt, now_s) for bt in balance_transactions],
+        "balance_transactions": [
+            balance_transaction_json(bt, now_s) for bt in balance_transactions
+        ],
         "charge": dispute.charge_id,
         "created": dispute.created_s,
         "currency": dispute.currency,

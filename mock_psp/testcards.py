@@ -41,6 +41,7 @@ class CardProfile:
     decline: Decline | None = None  # on confirm, or after 3DS when flow is AUTHENTICATE
     dispute: DisputeSpec | None = None
     funding: str = "credit"
+    bypass_pending: bool = False  # funds available at once instead of after the delay
 
 
 GENERIC = Decline("card_declined", "generic_decline", "Your card was declined.")
@@ -76,10 +77,12 @@ def _cards() -> list[CardProfile]:
         CardProfile("pm_card_discover", "discover", "1117"),
         CardProfile("pm_card_jcb", "jcb", "0505"),
         CardProfile("pm_card_unionpay", "unionpay", "0005"),
-        CardProfile("pm_card_bypassPending", "visa", "0077"),
+        CardProfile("pm_card_bypassPending", "visa", "0077", bypass_pending=True),
         CardProfile("pm_card_chargeDeclined", "visa", "0002", decline, GENERIC),
         CardProfile("pm_card_visa_chargeDeclined", "visa", "0002", decline, GENERIC),
-        CardProfile("pm_card_chargeDeclinedInsufficientFunds", "visa", "9995", decline, INSUFFICIENT),
+        CardProfile(
+            "pm_card_chargeDeclinedInsufficientFunds", "visa", "9995", decline, INSUFFICIENT
+        ),
         CardProfile(
             "pm_card_visa_chargeDeclinedInsufficientFunds", "visa", "9995", decline, INSUFFICIENT
         ),

@@ -108,8 +108,16 @@ class _Scheduled:
 
 class DeliveryScheduler:
     __slots__ = (
-        "_config", "_endpoints", "_heap", "_in_flight", "_log", "_payloads", "_rng",
-        "_seq", "_started_at_s", "stats",
+        "_config",
+        "_endpoints",
+        "_heap",
+        "_in_flight",
+        "_log",
+        "_payloads",
+        "_rng",
+        "_seq",
+        "_started_at_s",
+        "stats",
     )
 
     def __init__(
@@ -183,13 +191,25 @@ class DeliveryScheduler:
         if not applies:
             return
         extras = (
-            (draws[5] < spec.duplicate_rate, DeliveryKind.DUPLICATE, FaultKind.WEBHOOK_DUPLICATE,
-             due_s + draws[2] * DUPLICATE_SPREAD_S),
-            (draws[6] < spec.stale_replay_rate, DeliveryKind.STALE_REPLAY,
-             FaultKind.WEBHOOK_STALE_REPLAY, due_s + spec.stale_replay_after_s),
+            (
+                draws[5] < spec.duplicate_rate,
+                DeliveryKind.DUPLICATE,
+                FaultKind.WEBHOOK_DUPLICATE,
+                due_s + draws[2] * DUPLICATE_SPREAD_S,
+            ),
+            (
+                draws[6] < spec.stale_replay_rate,
+                DeliveryKind.STALE_REPLAY,
+                FaultKind.WEBHOOK_STALE_REPLAY,
+                due_s + spec.stale_replay_after_s,
+            ),
             (draws[7] < spec.forged_rate, DeliveryKind.FORGED, FaultKind.WEBHOOK_FORGED, due_s),
-            (draws[8] < spec.old_timestamp_rate, DeliveryKind.OLD_TIMESTAMP,
-             FaultKind.WEBHOOK_OLD_TIMESTAMP, due_s),
+            (
+                draws[8] < spec.old_timestamp_rate,
+                DeliveryKind.OLD_TIMESTAMP,
+                FaultKind.WEBHOOK_OLD_TIMESTAMP,
+                due_s,
+            ),
         )
         for fired, kind, fault, at_s in extras:
             if fired:
@@ -267,8 +287,12 @@ class DeliveryScheduler:
         if delivery.kind is not DeliveryKind.ORIGINAL or ok:
             return
         item = _Scheduled(
-            delivery.due_at_s, delivery.endpoint_id, delivery.event_id,
-            delivery.kind, delivery.attempt, delivery.first_attempt_at_s,
+            delivery.due_at_s,
+            delivery.endpoint_id,
+            delivery.event_id,
+            delivery.kind,
+            delivery.attempt,
+            delivery.first_attempt_at_s,
         )
         self._retry(item, now_s)
 
@@ -283,12 +307,17 @@ class DeliveryScheduler:
             return
         self._push(
             _Scheduled(
-                next_at_s, item.endpoint_id, item.event_id, item.kind,
-                item.attempt + 1, item.first_attempt_at_s,
+                next_at_s,
+                item.endpoint_id,
+                item.event_id,
+                item.kind,
+                item.attempt + 1,
+                item.first_attempt_at_s,
             )
         )
 
-    def clear(self) -> None:
+    def clear(self, now_s: float) -> None:
+        self._started_at_s = now_s
         self._heap.clear()
         self._payloads.clear()
         self._in_flight.clear()
