@@ -1,0 +1,227 @@
+"""Stripe's dialect, both ways: provider calls to requests, responses and events back.
+
+Pure translation, no I/O: the simulation hands the requests to the mock PSP's
+core in process, the HTTP adapter sends them with httpx. Every mapping from a
+provider answer to an engine outcome lives here and nowhere else:
+
+- a PaymentIntent in ``requires_capture`` is an authorization, ``succeeded`` a
+  capture (an automatic one when it answers an authorize call),
+  ``requires_action`` asks for 3DS, ``requires_payment_method`` a decline;
+- a 402 ``card_error`` is a decline with its decline code; any other 4xx is a
+  definite refusal (nothing happened), except ``idempotency_error``;
+- a timeout, 409 (a request with this key still in flight), 429 and 5xx say
+  nothing about what happened: the outcome is ``unknown`` and the attempt
+  waits for a lookup by its idempotency key. The engine never guesses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from engine.domain.provider import (
+    CallKind,
+    EventType,
+    OutcomeStatus,
+    ProviderCall,
+    ProviderEvent,
+    ProviderOutcome,
+)
+
+O = OutcomeStatus  # noqa: E741
+UNKNOWN = ProviderOutcome(OutcomeStatus.UNKNOWN)
+
+
+@dataclass(frozen=True, slots=True)
+class StripeRequest:
+    method: str
+    path: str
+    params: dict[str, str]
+    idempotency_key: str
+
+
+def _metadata(call: ProviderCall) -> dict[str, str]:
+    metadata = {
+        "metadata[payment_id]": call.payment_id,
+        "metadata[merchant_id]": call.merchant_id,
+        "metadata[order_id]": call.order_id,
+    }
+    if call.refund_id is not None:
+        metadata["metadata[refund_id]"] = call.refund_id
+    return metadata
+
+
+def request_for(call: ProviderCall) -> StripeRequest:
+    """The one Stripe request that performs a call; retries reuse it verbatim."""
+    if call.kind is CallKind.AUTHORIZE and call.provider_payment_id is not None:
+        # A second confirm (after 3DS) confirms the same intent: a new intent
+        # would be a second charge waiting to happen.
+        path = f"/v1/payment_intents/{call.provider_payment_id}/confirm"
+        params = {"payment_method": call.payment_method}
+        return StripeRequest("POST", path, params, call.idempotency_key)
+    if call.kind is CallKind.AUTHORIZE:
+        params = {
+            "amount": str(call.amount_minor),
+            "currency": call.currency.lower(),
+            "payment_method": call.payment_method,
+            "capture_method": call.capture_method,
+            "confirm": "true",
+            **_metadata(call),
+        }
+        return StripeRequest("POST", "/v1/payment_intents", params, call.idempotency_key)
+    assert call.provider_payment_id is not None, f"{call.kind} needs the provider's id"
+    base = f"/v1/payment_intents/{call.provider_payment_id}"
+    if call.kind is CallKind.CAPTURE:
+        params = {"amount_to_capture": str(call.amount_minor)}
+        return StripeRequest("POST", f"{base}/capture", params, call.idempotency_key)
+    if call.kind is CallKind.VOID:
+        return StripeRequest("POST", f"{base}/cancel", {}, call.idempotency_key)
+    params = {
+        "payment_intent": call.provider_payment_id,
+        "amount": str(call.amount_minor),
+        **_metadata(call),
+    }
+    return StripeRequest("POST", "/v1/refunds", params, call.idempotency_key)
+
+
+def outcome_from_response(
+    call: ProviderCall, status: int | None, body: Mapping[str, Any] | None
+) -> ProviderOutcome:
+    """What a response (or its absence: ``status=None``) tells about a call."""
+    if status is None or body is None or status in {409, 429} or status >= 500:
+        return UNKNOWN
+    if status >= 400:
+        return _outcome_from_error(status, body)
+    if body.get("object") == "refund":
+        return _outcome_from_refund(body)
+    if body.get("object") == "payment_intent":
+        return _outcome_from_intent(call, body)
+    return ProviderOutcome(O.UNKNOWN, message=f"unexpected object {body.get('object')!r}")
+
+
+def _outcome_from_error(status: int, body: Mapping[str, Any]) -> ProviderOutcome:
+    error = body.get("error") or {}
+    code = error.get("decline_code") or error.get("code") or f"http_{status}"
+    if error.get("type") == "idempotency_error":
+        return ProviderOutcome(O.UNKNOWN, message=f"idempotency_error: {error.get('message')}")
+    intent = error.get("payment_intent") or {}
+    return ProviderOutcome(
+        O.DECLINED,
+        provider_payment_id=intent.get("id") if isinstance(intent, Mapping) else None,
+        decline_code=str(code),
+        message=error.get("message"),
+    )
+
+
+def _outcome_from_intent(call: ProviderCall, intent: Mapping[str, Any]) -> ProviderOutcome:
+    status, pi_id = intent.get("status"), intent.get("id")
+    if status == "requires_capture":
+        return ProviderOutcome(O.SUCCEEDED, pi_id, amount_minor=intent.get("amount_capturable"))
+    if status == "succeeded":
+        return ProviderOutcome(
+            O.SUCCEEDED,
+            pi_id,
+            amount_minor=intent.get("amount_received"),
+            captured=call.kind is CallKind.AUTHORIZE,
+            fee_minor=_fee_minor(intent),
+        )
+    if status == "canceled":
+        if call.kind is CallKind.VOID:
+            return ProviderOutcome(O.SUCCEEDED, pi_id)
+        return ProviderOutcome(O.DECLINED, pi_id, decline_code="payment_intent_canceled")
+    if status == "requires_action":
+        return ProviderOutcome(O.REQUIRES_ACTION, pi_id)
+    if status == "requires_payment_method":
+        error = intent.get("last_payment_error") or {}
+        code = error.get("decline_code") or error.get("code") or "card_declined"
+        return ProviderOutcome(O.DECLINED, pi_id, decline_code=str(code))
+    return ProviderOutcome(O.UNKNOWN, pi_id, message=f"payment intent is {status}")
+
+
+def _fee_minor(intent: Mapping[str, Any]) -> int:
+    """The fee, when the charge and its balance transaction came expanded."""
+    charge = intent.get("latest_charge")
+    if isinstance(charge, Mapping):
+        transaction = charge.get("balance_transaction")
+        if isinstance(transaction, Mapping):
+            return int(transaction.get("fee") or 0)
+    return 0
+
+
+def _outcome_from_refund(refund: Mapping[str, Any]) -> ProviderOutcome:
+    status = refund.get("status")
+    pi_id = refund.get("payment_intent")
+    if status == "succeeded":
+        return ProviderOutcome(
+            O.SUCCEEDED,
+            pi_id,
+            provider_refund_id=refund.get("id"),
+            amount_minor=refund.get("amount"),
+        )
+    if status in {"failed", "canceled"}:
+        return ProviderOutcome(
+            O.DECLINED, pi_id, provider_refund_id=refund.get("id"),
+            decline_code=str(refund.get("failure_reason") or "refund_failed"),
+        )  # fmt: skip
+    return ProviderOutcome(O.UNKNOWN, pi_id, provider_refund_id=refund.get("id"))
+
+
+def outcome_from_lookup(call: ProviderCall, lookup: Mapping[str, Any]) -> ProviderOutcome:
+    """What the provider's lookup by idempotency key says about a call."""
+    if not lookup.get("found"):
+        return ProviderOutcome(O.NOT_FOUND)
+    if lookup.get("in_flight") or lookup.get("response_status") is None:
+        return UNKNOWN
+    return outcome_from_response(call, lookup["response_status"], lookup.get("response_body"))
+
+
+_INTENT_EVENTS = {
+    "payment_intent.requires_action": EventType.REQUIRES_ACTION,
+    "payment_intent.amount_capturable_updated": EventType.AUTHORIZED,
+    "payment_intent.succeeded": EventType.SUCCEEDED,
+    "payment_intent.payment_failed": EventType.PAYMENT_FAILED,
+    "payment_intent.canceled": EventType.CANCELED,
+}
+
+
+def event_from_stripe(event: Mapping[str, Any]) -> ProviderEvent:
+    """A verified Stripe event as the engine's neutral ``ProviderEvent``."""
+    kind = str(event["type"])
+    obj: Mapping[str, Any] = event["data"]["object"]
+    metadata = obj.get("metadata") or {}
+    created_at = datetime.fromtimestamp(int(event["created"]), UTC)
+    common: dict[str, Any] = {
+        "event_id": str(event["id"]),
+        "created_at": created_at,
+        "payment_id": metadata.get("payment_id"),
+    }
+    if kind in _INTENT_EVENTS:
+        mapped = _INTENT_EVENTS[kind]
+        amount = obj.get("amount_capturable") if mapped is EventType.AUTHORIZED else None
+        if mapped is EventType.SUCCEEDED:
+            amount = obj.get("amount_received")
+        error = obj.get("last_payment_error") or {}
+        return ProviderEvent(
+            type=mapped.value, provider_payment_id=obj.get("id"), amount_minor=amount,
+            decline_code=error.get("decline_code") or error.get("code"), **common,
+        )  # fmt: skip
+    if kind in {"refund.created", "refund.updated"}:
+        status = obj.get("status")
+        mapped_refund = {"succeeded": EventType.REFUND_SUCCEEDED, "failed": EventType.REFUND_FAILED}
+        return ProviderEvent(
+            type=mapped_refund[status].value if status in mapped_refund else kind,
+            provider_payment_id=obj.get("payment_intent"), refund_id=metadata.get("refund_id"),
+            provider_refund_id=obj.get("id"), amount_minor=obj.get("amount"), **common,
+        )  # fmt: skip
+    if kind.startswith("charge.dispute."):
+        mapped_kind = kind
+        if kind == "charge.dispute.closed":
+            won = obj.get("status") == "won"
+            mapped_kind = (EventType.DISPUTE_WON if won else EventType.DISPUTE_LOST).value
+        return ProviderEvent(
+            type=mapped_kind, provider_payment_id=obj.get("payment_intent"),
+            amount_minor=obj.get("amount"), **common,
+        )  # fmt: skip
+    return ProviderEvent(type=kind, provider_payment_id=obj.get("payment_intent"), **common)

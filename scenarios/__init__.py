@@ -1,0 +1,1 @@
+"""The deterministic simulation harness: scenario scripts, simpy world, oracles, reports."""

@@ -1,0 +1,270 @@
+"""Customers and their checkout clients: arrivals, flows, retries, double clicks.
+
+A client retries with the *same* idempotency key when the engine could not
+answer (down, database outage, key still in flight), with exponential backoff,
+and gives up after ``retries_max``. Some clients re-submit an order with a new
+key (a double click); some replay a finished request to check that the engine
+answers the same (I6).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from engine.domain.commands import Authorize, Capture, CreatePayment, Refund, Void
+from engine.domain.errors import IdempotencyKeyReused, PaychaosError
+from engine.service.views import StepResult
+from scenarios.world import EngineDown, Order, Step, World, is_engine_trouble
+
+FLOW_METHODS = {
+    "capture_full": ("manual", "pm_card_visa"),
+    "capture_partial": ("manual", "pm_card_visa"),
+    "automatic": ("automatic", "pm_card_visa"),
+    "void": ("manual", "pm_card_visa"),
+    "three_ds": ("manual", "pm_card_authenticationRequired"),
+    "three_ds_abandon": ("manual", "pm_card_authenticationRequired"),
+    "decline": ("manual", "pm_card_chargeDeclined"),
+}
+POLLS_MAX = 20
+
+
+class Clients:
+    def __init__(self, world: World):
+        self.w = world
+        self.s = world.scenario
+        self.rng = world.rng["clients"]
+        self.workload_rng = world.rng["workload"]
+        flows = self.s.workload.flows.model_dump()
+        self.flow_names = [name for name, weight in flows.items() if weight > 0]
+        self.flow_weights = [flows[name] for name in self.flow_names]
+        currencies = self.s.workload.currencies
+        self.currency_names = [c for c, weight in currencies.items() if weight > 0]
+        self.currency_weights = [currencies[c] for c in self.currency_names]
+
+    # -- arrivals --------------------------------------------------------------------
+    def rate_at(self, t_s: float) -> float:
+        arrivals = self.s.workload.arrivals
+        rate = arrivals.rate_per_s
+        for spike in arrivals.spikes:
+            if spike.start_s <= t_s < spike.end_s:
+                rate *= spike.multiplier
+        return rate
+
+    def arrivals(self) -> Step:
+        """Poisson arrivals (thinned for spikes) until the duration or the cap."""
+        workload = self.s.workload
+        peak = workload.arrivals.rate_per_s * max(
+            [1.0, *(spike.multiplier for spike in workload.arrivals.spikes)]
+        )
+        number = 0
+        while number < workload.payments_max:
+            yield self.w.env.timeout(self.workload_rng.expovariate(peak))
+            if self.w.env.now >= self.s.duration_s:
+                break
+            if self.workload_rng.random() * peak > self.rate_at(self.w.env.now):
+                continue
+            number += 1
+            self.w.env.process(self.checkout(self.new_order(number)))
+        self.w.arrivals_done = True
+
+    def new_order(self, number: int) -> Order:
+        rng, workload = self.workload_rng, self.s.workload
+        merchant_id = f"m_{rng.randrange(workload.merchants):04d}"
+        amounts = workload.amounts
+        raw = rng.lognormvariate(math.log(amounts.median_minor), amounts.sigma)
+        amount = int(min(max(raw, amounts.min_minor), amounts.max_minor))
+        currency = rng.choices(self.currency_names, self.currency_weights)[0]
+        flow = rng.choices(self.flow_names, self.flow_weights)[0]
+        capture_method, payment_method = FLOW_METHODS[flow]
+        order = Order(
+            number, merchant_id, f"{merchant_id}-o{number:07d}", amount, currency, flow,
+            capture_method, payment_method,
+        )  # fmt: skip
+        self.w.orders[order.order_id] = order
+        return order
+
+    # -- one request, as a client with a retry policy makes it ----------------------------
+    def request(self, begin: Callable[[Any], StepResult], command: Any) -> Step:
+        """Returns a StepResult, a typed engine error, or None when the client gave up."""
+        policy = self.s.clients
+        started_s = self.w.env.now
+        backoff_s = policy.backoff_s
+        for attempt in range(policy.retries_max + 1):
+            try:
+                result = yield from self.w.engine_op(begin, command)
+            except (EngineDown, PaychaosError) as exc:
+                if not is_engine_trouble(exc):
+                    self.w.note("client.error", op=type(command).__name__, code=_code(exc))
+                    return exc
+                self.w.hit(f"client retried after {_code(exc)}")
+                if attempt == policy.retries_max:
+                    self.w.hit("client gave up")
+                    return None
+                jitter = 0.5 + self.rng.random()
+                yield self.w.env.timeout(backoff_s * jitter)
+                backoff_s *= policy.backoff_factor
+                continue
+            self.w.client_latencies_s.append(self.w.env.now - started_s)
+            self.w.note(
+                "client.ok", op=type(command).__name__, key=command.idempotency_key,
+                code=result.status_code, state=result.payment.state,
+            )  # fmt: skip
+            yield from self.maybe_replay(begin, command, result)
+            return result
+        return None
+
+    def maybe_replay(
+        self, begin: Callable[[Any], StepResult], command: Any, first: StepResult
+    ) -> Step:
+        """Send the same request again: the engine must answer exactly as before."""
+        policy = self.s.clients
+        if self.rng.random() < policy.replay_rate:
+            try:
+                again = yield from self.w.engine_op(begin, command)
+            except (EngineDown, PaychaosError):
+                return
+            self.w.hit("client replayed a finished request")
+            same = (again.status_code, again.payment.body) == (
+                first.status_code,
+                first.payment.body,
+            )
+            if not (again.replayed and same):
+                self.w.idempotency_violations.append(
+                    (first.payment.id, f"replay of {command.idempotency_key} answered differently")
+                )
+        if self.rng.random() < policy.conflicting_replay_rate and isinstance(
+            command, CreatePayment
+        ):
+            other = CreatePayment(
+                command.merchant_id, command.idempotency_key, command.order_id,
+                command.amount_minor + 1, command.currency, command.payment_method,
+                command.capture_method,
+            )  # fmt: skip
+            try:
+                yield from self.w.engine_op(begin, other)
+            except IdempotencyKeyReused:
+                self.w.hit("key reused with another body: refused")
+                return
+            except (EngineDown, PaychaosError):
+                return
+            self.w.idempotency_violations.append(
+                (first.payment.id, f"key {command.idempotency_key} accepted another body")
+            )
+
+    # -- a checkout --------------------------------------------------------------------------
+    def checkout(self, order: Order) -> Step:
+        self.w.active_checkouts += 1
+        try:
+            yield from self._checkout(order, f"{order.order_id}-a")
+        finally:
+            self.w.active_checkouts -= 1
+
+    def _checkout(self, order: Order, key_prefix: str) -> Step:
+        e = self.w.engine
+        create = CreatePayment(
+            order.merchant_id, f"{key_prefix}-create", order.order_id, order.amount_minor,
+            order.currency, order.payment_method, order.capture_method,
+        )  # fmt: skip
+        created = yield from self.request(e.create_payment, create)
+        if not isinstance(created, StepResult):
+            return
+        payment_id = created.payment.id
+        if key_prefix.endswith("-a") and self.rng.random() < self.s.clients.new_key_resubmit_rate:
+            self.w.hit("customer double-clicked: new key for the same order")
+            self.w.env.process(self._double_click(order))
+        auth = Authorize(order.merchant_id, f"{key_prefix}-auth", payment_id)
+        result = yield from self.request(e.begin_authorize, auth)
+        if not isinstance(result, StepResult):
+            return
+        state = result.payment.state
+        if state == "requires_action":
+            state = yield from self._three_ds(
+                order, payment_id, result.payment["provider_payment_id"]
+            )
+        if state == "processing":
+            state = yield from self._wait_for(
+                order, payment_id, {"authorized", "captured", "failed"}
+            )
+        if state != "authorized":
+            if state == "captured":
+                yield from self._refunds(order, payment_id, key_prefix)
+            return
+        yield self.w.env.timeout(
+            self.rng.expovariate(1.0 / max(self.s.workload.think_time_s, 0.001))
+        )
+        yield from self._settle(order, payment_id, key_prefix)
+
+    def _double_click(self, order: Order) -> Step:
+        self.w.active_checkouts += 1
+        try:
+            yield self.w.env.timeout(self.rng.uniform(0.05, 2.0))
+            yield from self._checkout(order, f"{order.order_id}-b")
+        finally:
+            self.w.active_checkouts -= 1
+
+    def _three_ds(self, order: Order, payment_id: str, provider_id: str | None) -> Step:
+        yield self.w.env.timeout(self.w.rng["customers"].uniform(5.0, 60.0))
+        if order.flow == "three_ds" and provider_id is not None:
+            self.w.psp.admin.authenticate(provider_id, succeed=True)
+            self.w.hit("customer completed 3DS")
+            state = yield from self._wait_for(order, payment_id, {"authorized", "failed"})
+            return state
+        self.w.hit("customer abandoned 3DS")
+        void = Void(order.merchant_id, f"{order.order_id}-abandon", payment_id)
+        result = yield from self.request(self.w.engine.begin_void, void)
+        return result.payment.state if isinstance(result, StepResult) else "requires_action"
+
+    def _wait_for(self, order: Order, payment_id: str, states: set[str]) -> Step:
+        """Poll the payment (as a checkout page would) until it reaches one of ``states``."""
+        state = "unknown"
+        for _ in range(POLLS_MAX):
+            yield self.w.env.timeout(self.s.workers.recovery_interval_s / 2)
+            try:
+                self.w.node.check(self.w.env.now)
+                state = self.w.engine.get_payment(payment_id, order.merchant_id).state
+            except (EngineDown, PaychaosError):
+                continue
+            if state in states:
+                return state
+        return state
+
+    def _settle(self, order: Order, payment_id: str, key_prefix: str) -> Step:
+        e = self.w.engine
+        if order.flow == "void":
+            void = Void(order.merchant_id, f"{key_prefix}-void", payment_id)
+            yield from self.request(e.begin_void, void)
+            return
+        amount = None
+        if order.flow == "capture_partial" and order.amount_minor > 1:
+            amount = max(1, int(order.amount_minor * self.rng.uniform(0.3, 0.95)))
+        capture = Capture(order.merchant_id, f"{key_prefix}-capture", payment_id, amount)
+        result = yield from self.request(e.begin_capture, capture)
+        if isinstance(result, StepResult) and result.payment.state in {
+            "captured", "partially_captured",
+        }:  # fmt: skip
+            yield from self._refunds(order, payment_id, key_prefix)
+
+    def _refunds(self, order: Order, payment_id: str, key_prefix: str) -> Step:
+        workload = self.s.workload
+        if self.rng.random() >= workload.refund_rate:
+            return
+        for index in range(self.rng.randint(1, max(workload.refunds_max, 1))):
+            yield self.w.env.timeout(self.rng.expovariate(1.0 / max(workload.think_time_s, 0.001)))
+            try:
+                self.w.node.check(self.w.env.now)
+                payment = self.w.engine.get_payment(payment_id, order.merchant_id)
+            except (EngineDown, PaychaosError):
+                return
+            left = payment["captured_minor"] - payment["refunded_minor"]
+            left -= payment["refund_reserved_minor"]
+            if left <= 0:
+                return
+            amount = max(1, int(left * self.rng.uniform(0.2, 1.0)))
+            refund = Refund(order.merchant_id, f"{key_prefix}-refund-{index}", payment_id, amount)
+            yield from self.request(self.w.engine.begin_refund, refund)
+
+
+def _code(exc: BaseException) -> str:
+    return exc.code if isinstance(exc, PaychaosError) else "engine_down"

@@ -1,0 +1,239 @@
+"""The oracles: after a run, prove or refute the invariants over both sides' truth.
+
+The engine's side is its database (``engine.audit`` gives I1, I3, I4 and I8);
+the provider's side is the mock PSP's ground truth (what money it really moved)
+and its objects. A violation names the invariant, the payments and a short
+trace of each: the engine's history next to the provider's events.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from engine.adapters import schema as t
+from engine.audit import CheckResult, audit
+from scenarios.world import World
+
+# What the provider's PaymentIntent status must be for each engine state.
+PROVIDER_STATUS: dict[str, set[str | None]] = {
+    "created": {None, "requires_payment_method", "requires_confirmation", "canceled"},
+    "requires_action": {"requires_action"},
+    "authorized": {"requires_capture"},
+    "partially_captured": {"succeeded"},
+    "captured": {"succeeded"},
+    "partially_refunded": {"succeeded"},
+    "refunded": {"succeeded"},
+    "settled": {"succeeded"},
+    "disputed": {"succeeded"},
+    "canceled": {None, "canceled"},
+    "failed": {None, "requires_payment_method", "canceled"},
+    "processing": set(),  # still unknown after quiescence: stuck
+}
+
+
+@dataclass(slots=True)
+class Invariant:
+    id: str
+    name: str
+    description: str
+    checked: int = 0
+    violations: list[dict[str, Any]] = field(default_factory=list)
+    applicable: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def add(self, subject: str, detail: str) -> None:
+        self.violations.append({"subject": subject, "detail": detail})
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "name": self.name, "description": self.description,
+            "applicable": self.applicable, "checked": self.checked, "ok": self.ok,
+            "violations": self.violations,
+        }  # fmt: skip
+
+
+def _from_audit(result: CheckResult) -> Invariant:
+    inv = Invariant(result.invariant, result.name, result.description, result.checked)
+    for subject, detail in result.violations:
+        inv.add(subject, detail)
+    return inv
+
+
+def _intents_by_payment(world: World) -> dict[str, list[Any]]:
+    intents: dict[str, list[Any]] = defaultdict(list)
+    for pi in world.psp.state.payment_intents.values():
+        payment_id = pi.metadata.get("payment_id")
+        if payment_id:
+            intents[payment_id].append(pi)
+    return intents
+
+
+def check_no_double_charge(world: World) -> Invariant:
+    inv = Invariant("I2", "no_double_charge", "one charge per payment and per order; net <= order")
+    truth = world.psp.truth
+    for pi_id, totals in sorted(truth.per_payment_intent().items()):
+        inv.checked += 1
+        if totals.successful_charge_count > 1:
+            inv.add(pi_id, f"{totals.successful_charge_count} successful charges on one intent")
+    for order_ref, by_currency in sorted(truth.per_order().items()):
+        order = world.orders.get(order_ref)
+        for currency, totals in sorted(by_currency.items()):
+            if totals.successful_charge_count > 1:
+                inv.add(
+                    order_ref, f"{totals.successful_charge_count} successful charges for one order"
+                )
+            if order is not None and totals.net_captured_minor > order.amount_minor:
+                inv.add(
+                    order_ref,
+                    f"net captured {totals.net_captured_minor} {currency} exceeds the order's "
+                    f"{order.amount_minor}",
+                )
+    for payment_id, intents in sorted(_intents_by_payment(world).items()):
+        charged = [
+            pi.id for pi in intents if pi.amount_received_minor or pi.amount_capturable_minor
+        ]
+        if len(charged) > 1:
+            inv.add(payment_id, f"one payment holds money on {len(charged)} provider intents")
+    return inv
+
+
+def check_provider_amounts(world: World) -> Invariant:
+    inv = Invariant("I3", "provider_amounts", "at the provider: refunded <= captured <= authorized")
+    for pi_id, totals in sorted(world.psp.truth.per_payment_intent().items()):
+        inv.checked += 1
+        if totals.captured_minor > totals.authorized_minor:
+            inv.add(
+                pi_id, f"captured {totals.captured_minor} > authorized {totals.authorized_minor}"
+            )
+        if totals.refunded_minor > totals.captured_minor:
+            inv.add(pi_id, f"refunded {totals.refunded_minor} > captured {totals.captured_minor}")
+    return inv
+
+
+def check_idempotency(world: World) -> Invariant:
+    inv = Invariant("I6", "idempotency", "replays answer the same; other bodies are refused")
+    inv.checked = (
+        world.coverage["client replayed a finished request"]
+        + world.coverage["key reused with another body: refused"]
+    )
+    for subject, detail in world.idempotency_violations:
+        inv.add(subject, detail)
+    return inv
+
+
+def check_webhook_intake(world: World) -> Invariant:
+    inv = Invariant("W", "webhook_intake", "genuine webhooks accepted; forged and stale refused")
+    inv.checked = sum(v for k, v in world.coverage.items() if k.startswith("webhook"))
+    for subject, detail in world.intake_violations:
+        inv.add(subject, detail)
+    return inv
+
+
+def check_convergence(world: World) -> Invariant:
+    inv = Invariant("I7", "convergence", "after quiescence the engine agrees with the provider")
+    intents = _intents_by_payment(world)
+    truth = world.psp.truth.per_payment_intent()
+    p = t.payments.c
+    with world.db.engine.connect() as c:
+        open_attempts = {
+            row[0]: row[1]
+            for row in c.execute(
+                sa.select(t.attempts.c.payment_id, sa.func.count())
+                .where(t.attempts.c.status.in_(("pending", "unknown")))
+                .group_by(t.attempts.c.payment_id)
+            )
+        }
+        rows = c.execute(
+            sa.select(p.id, p.state, p.authorized_minor, p.captured_minor, p.refunded_minor)
+        ).all()
+    seen: set[str] = set()
+    for pid, state, authorized, captured, refunded in rows:
+        inv.checked += 1
+        seen.add(pid)
+        if open_attempts.get(pid):
+            inv.add(pid, f"{open_attempts[pid]} provider attempt(s) still unresolved ({state})")
+        live = [pi for pi in intents.get(pid, []) if pi.status != "canceled"] or intents.get(
+            pid, []
+        )
+        pi = live[-1] if live else None
+        status = str(pi.status) if pi is not None else None
+        if status not in PROVIDER_STATUS[state]:
+            inv.add(pid, f"engine says {state}, provider says {status or 'no intent'}")
+            continue
+        if pi is None:
+            continue
+        totals = truth.get(pi.id)
+        provider_captured = totals.captured_minor if totals else 0
+        provider_refunded = totals.refunded_minor if totals else 0
+        if state == "authorized" and pi.amount_capturable_minor != authorized:
+            inv.add(
+                pid, f"authorized {authorized} but the provider holds {pi.amount_capturable_minor}"
+            )
+        if (captured, refunded) != (provider_captured, provider_refunded):
+            inv.add(
+                pid,
+                f"engine captured/refunded {captured}/{refunded}, provider "
+                f"{provider_captured}/{provider_refunded}",
+            )
+    for payment_id, orphans in sorted(intents.items()):
+        held = [pi for pi in orphans if pi.amount_received_minor or pi.amount_capturable_minor]
+        if payment_id not in seen and held:
+            inv.add(payment_id, "the provider holds money for a payment the engine does not know")
+    return inv
+
+
+def check_wallets() -> Invariant:
+    inv = Invariant("I5", "wallets", "wallets equal the ledger; no payout beyond the balance")
+    inv.applicable = False
+    return inv
+
+
+def run_oracles(world: World) -> list[Invariant]:
+    with world.db.engine.connect() as connection:
+        engine_checks = {result.invariant: _from_audit(result) for result in audit(connection)}
+    provider_amounts = check_provider_amounts(world)
+    amounts = engine_checks["I3"]
+    amounts.checked += provider_amounts.checked
+    amounts.violations.extend(provider_amounts.violations)
+    return [
+        engine_checks["I1"],
+        check_no_double_charge(world),
+        amounts,
+        engine_checks["I4"],
+        check_wallets(),
+        check_idempotency(world),
+        check_convergence(world),
+        engine_checks["I8"],
+        check_webhook_intake(world),
+    ]
+
+
+def payment_trace(world: World, payment_id: str) -> dict[str, Any]:
+    """The engine's history next to the provider's events for one payment."""
+    with world.db.engine.connect() as c:
+        history = [
+            {"t": _t(row.at), "from": row.from_state, "to": row.to_state, "reason": row.reason}
+            for row in c.execute(
+                sa.select(t.payment_history)
+                .where(t.payment_history.c.payment_id == payment_id)
+                .order_by(t.payment_history.c.seq)
+            )
+        ]
+    intents = {pi.id for pi in _intents_by_payment(world).get(payment_id, [])}
+    provider_events = []
+    for event in world.psp.state.events.values():
+        obj = event.data_object
+        if obj.get("id") in intents or obj.get("payment_intent") in intents:
+            provider_events.append({"t": event.created_s, "type": event.type, "id": event.id})
+    return {"payment_id": payment_id, "engine": history, "provider": provider_events}
+
+
+def _t(moment: Any) -> str:
+    return str(moment.isoformat())

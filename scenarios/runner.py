@@ -1,0 +1,199 @@
+"""Run a scenario: workload under faults, then quiescence, then the oracles.
+
+After the scenario's duration the faults stop (the provider's fault plan is
+cleared, the engine stops crashing), arrivals end, and the workers run until
+nothing is left to do: no checkout in progress, no unresolved provider attempt
+and no webhook waiting for delivery (bounded by ``quiescence_max_s``). Only
+then are the invariants checked.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from mock_psp.faults import FaultPlanConfig
+from scenarios.clients import Clients
+from scenarios.oracles import Invariant, payment_trace, run_oracles
+from scenarios.schema import Scenario
+from scenarios.world import Step, World
+
+QUIESCENCE_POLL_S = 60.0
+TRACED_PAYMENTS_MAX = 10
+
+
+@dataclass(slots=True)
+class RunResult:
+    scenario: Scenario
+    seed: int
+    invariants: list[Invariant]
+    problems: list[str]  # expectations not met: nothing fired, too few payments, ...
+    report: dict[str, Any]
+    trace: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(inv.ok for inv in self.invariants) and not self.problems
+
+    @property
+    def violated(self) -> list[Invariant]:
+        return [inv for inv in self.invariants if not inv.ok]
+
+
+def declared_faults(scenario: Scenario) -> list[str]:
+    """The fault kinds a scenario asks for; each must fire at least once."""
+    plan = scenario.fault_plan()
+    declared: set[str] = set()
+    rule_faults = {
+        "timeout_before_rate": "api.timeout_before",
+        "timeout_after_rate": "api.timeout_after",
+        "error_500_rate": "api.http_500",
+        "error_503_rate": "api.http_503",
+        "decline_rate": "api.extra_decline",
+    }
+    for rule in plan.api_rules:
+        declared |= {kind for name, kind in rule_faults.items() if getattr(rule, name) > 0}
+    if plan.rate_limit is not None:
+        declared.add("api.http_429")
+    webhook_faults = {
+        "drop_attempt_rate": "webhook.drop_attempt",
+        "permanent_loss_rate": "webhook.permanent_loss",
+        "duplicate_rate": "webhook.duplicate",
+        "delay_rate": "webhook.delay",
+        "reorder_rate": "webhook.reorder",
+        "stale_replay_rate": "webhook.stale_replay",
+        "forged_rate": "webhook.forged",
+        "old_timestamp_rate": "webhook.old_timestamp",
+    }
+    declared |= {kind for name, kind in webhook_faults.items() if getattr(plan.webhooks, name) > 0}
+    engine = scenario.engine_faults
+    if engine.crashes or engine.crash_rate_per_hour > 0:
+        declared.add("engine.crash")
+    if engine.db_outages:
+        declared.add("engine.db_outage")
+    return sorted(declared)
+
+
+def fired_faults(world: World) -> dict[str, int]:
+    fired = {str(kind): count for kind, count in world.psp.fault_log.counts().items() if count}
+    if world.coverage["engine crashed"]:
+        fired["engine.crash"] = world.coverage["engine crashed"]
+    outage_hits = (
+        sum(count for path, count in world.coverage.items() if "store_unavailable" in path)
+        + world.coverage["webhook delivered during a database outage"]
+    )
+    if outage_hits:
+        fired["engine.db_outage"] = outage_hits
+    return dict(sorted(fired.items()))
+
+
+def quiesce(world: World) -> Step:
+    scenario = world.scenario
+    yield world.env.timeout(scenario.duration_s)
+    world.node.faults_on = False
+    world.node.up = True
+    retry = world.psp.faults.webhook_retry
+    world.psp.set_faults(FaultPlanConfig(webhook_retry=retry))
+    world.note("quiescence.start")
+    deadline_s = scenario.duration_s + scenario.quiescence_max_s
+    while world.env.now < deadline_s:
+        yield world.env.timeout(QUIESCENCE_POLL_S)
+        if world.active_checkouts or not world.arrivals_done:
+            continue
+        if world.psp.next_delivery_at_s() is not None:
+            continue
+        if world.engine.unresolved_attempts(timedelta(0), 1):
+            continue
+        break
+    yield from world.recover_once()
+    world.quiescent_at_s = world.env.now
+    world.note("quiescence.end")
+
+
+def run_scenario(scenario: Scenario, seed: int | None = None) -> RunResult:
+    world = World(scenario, seed)
+    clients = Clients(world)
+    env = world.env
+    env.process(clients.arrivals())
+    env.process(world.deliver_webhooks())
+    env.process(world.recovery_worker())
+    env.process(world.crashes())
+    env.process(world.sampler(max(scenario.duration_s / 100.0, 1.0)))
+    done = env.process(quiesce(world))
+    env.run(until=done)
+    invariants = run_oracles(world)
+    problems = expectation_problems(world)
+    report = build_report(world, invariants, problems)
+    world.db.dispose()
+    return RunResult(scenario, world.seed, invariants, problems, report, world.trace)
+
+
+def expectation_problems(world: World) -> list[str]:
+    scenario, expect = world.scenario, world.scenario.expect
+    problems = []
+    fired = fired_faults(world)
+    wanted = declared_faults(scenario) if expect.faults_fired == "declared" else expect.faults_fired
+    for kind in wanted:
+        if not fired.get(kind):
+            problems.append(f"declared fault {kind} never fired: this run proves nothing about it")
+    if len(world.orders) < expect.payments_min:
+        problems.append(
+            f"only {len(world.orders)} payments, expected at least {expect.payments_min}"
+        )
+    for path, minimum in sorted(expect.coverage_min.items()):
+        if world.coverage[path] < minimum:
+            problems.append(
+                f"path {path!r} reached {world.coverage[path]} times, expected {minimum}"
+            )
+    if world.quiescent_at_s is not None and world.quiescent_at_s >= (
+        scenario.duration_s + scenario.quiescence_max_s
+    ):
+        problems.append("the world did not reach quiescence in quiescence_max_s")
+    return problems
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if len(values) < 2:
+        return {"count": len(values)}
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return {
+        "count": len(values),
+        "p50_s": round(cuts[49], 6),
+        "p95_s": round(cuts[94], 6),
+        "p99_s": round(cuts[98], 6),
+        "max_s": round(max(values), 6),
+    }
+
+
+def build_report(world: World, invariants: list[Invariant], problems: list[str]) -> dict[str, Any]:
+    scenario = world.scenario
+    final = world.samples[-1] if world.samples else {"by_state": {}}
+    traced = sorted(
+        {
+            v["subject"]
+            for inv in invariants
+            for v in inv.violations
+            if v["subject"].startswith("pay_")
+        }
+    )[:TRACED_PAYMENTS_MAX]
+    return {
+        "scenario": scenario.name,
+        "description": scenario.description,
+        "seed": world.seed,
+        "duration_s": scenario.duration_s,
+        "quiescent_at_s": world.quiescent_at_s,
+        "ok": all(inv.ok for inv in invariants) and not problems,
+        "payments": len(world.orders),
+        "payments_by_state": final["by_state"],
+        "invariants": [inv.to_json() for inv in invariants],
+        "problems": problems,
+        "faults_declared": declared_faults(scenario),
+        "faults_fired": fired_faults(world),
+        "coverage": dict(sorted(world.coverage.items())),
+        "client_latency": _percentiles(world.client_latencies_s),
+        "samples": world.samples,
+        "fault_log": [record.to_json() for record in world.psp.fault_log.records()[:5_000]],
+        "traces": [payment_trace(world, payment_id) for payment_id in traced],
+    }

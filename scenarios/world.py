@@ -1,0 +1,333 @@
+"""The simulated world: the real engine and the real mock PSP core in virtual time.
+
+One simpy environment holds everything. The engine runs unchanged on an
+in-memory SQLite database; the provider core runs unchanged; this module is
+only the driver between them: it carries provider calls (with the fault plan's
+latencies, timeouts and errors), webhook deliveries (through the engine's own
+signature check), customers and their clients, the recovery worker, and the
+engine's own faults (crashes between steps, database outages).
+
+Nothing here reads the wall clock or global randomness: every random stream is
+derived from the scenario's seed, so one seed gives one run, byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import simpy
+
+from engine.adapters import stripe_dialect as dialect
+from engine.adapters.database import Database
+from engine.adapters.webhook_signature import WebhookRejected, verify
+from engine.domain.errors import PaychaosError, StoreUnavailable
+from engine.domain.ports import SeededIds
+from engine.domain.provider import CallKind, OutcomeStatus, ProviderCall, ProviderOutcome
+from engine.service.engine import PaymentEngine
+from engine.service.views import StepResult
+from mock_psp.core import ApiRequest, ProviderCore
+from scenarios.schema import Scenario
+
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+EPOCH_S = EPOCH.timestamp()
+API_KEY = "sk_test_paychaos_sim"
+SAMPLES_MAX = 200
+TRACE_EVENTS_MAX = 2_000_000
+
+Step = Generator[simpy.Event, Any, Any]
+
+
+class SimClock:
+    """The engine's clock: virtual time as an aware datetime."""
+
+    def __init__(self, env: simpy.Environment):
+        self._env = env
+
+    def now(self) -> datetime:
+        return EPOCH + timedelta(seconds=self._env.now)
+
+
+class SimPspClock:
+    """The provider's clock: virtual time as Unix seconds."""
+
+    def __init__(self, env: simpy.Environment):
+        self._env = env
+
+    def now(self) -> float:
+        return EPOCH_S + float(self._env.now)
+
+
+class EngineDown(Exception):
+    """The engine process is not running: a crash, until its restart."""
+
+
+@dataclass(slots=True)
+class EngineNode:
+    """The engine process's liveness: crashes lose memory, never committed rows."""
+
+    up: bool = True
+    incarnation: int = 0
+    db_outages: list[tuple[float, float]] = field(default_factory=list)
+    faults_on: bool = True
+
+    def check(self, now_s: float) -> int:
+        if not self.up:
+            raise EngineDown("engine is restarting")
+        if self.faults_on and any(start <= now_s < end for start, end in self.db_outages):
+            raise StoreUnavailable(message="database unavailable (simulated outage)")
+        return self.incarnation
+
+    def still(self, incarnation: int, now_s: float) -> None:
+        """The engine that began a step must be the one that completes it."""
+        if self.incarnation != incarnation:
+            raise EngineDown("engine crashed while the provider call was in flight")
+        self.check(now_s)
+
+
+@dataclass(slots=True)
+class Order:
+    number: int
+    merchant_id: str
+    order_id: str
+    amount_minor: int
+    currency: str
+    flow: str
+    capture_method: str
+    payment_method: str
+
+
+class World:
+    def __init__(self, scenario: Scenario, seed: int | None = None):
+        self.scenario = scenario
+        self.seed = scenario.seed if seed is None else seed
+        root = random.Random(self.seed)
+        self.rng = {
+            name: random.Random(root.getrandbits(64))
+            for name in ("workload", "clients", "engine", "psp", "crashes", "customers")
+        }
+        self.env = simpy.Environment()
+        self.db = Database("sqlite://", migrate=True)
+        self.engine = PaymentEngine(self.db, SimClock(self.env), SeededIds(self.rng["engine"]))
+        self.psp = ProviderCore(
+            SimPspClock(self.env), self.rng["psp"], faults=scenario.fault_plan()
+        )
+        endpoint = self.psp.admin.register_webhook_endpoint("http://engine.sim/v1/webhooks/psp")
+        self.webhook_secret = str(endpoint["secret"])
+        self.node = EngineNode(
+            db_outages=[(w.start_s, w.end_s) for w in scenario.engine_faults.db_outages]
+        )
+        self.coverage: Counter[str] = Counter()
+        self.trace: list[dict[str, Any]] = []
+        self.orders: dict[str, Order] = {}
+        self.client_latencies_s: list[float] = []
+        self.idempotency_violations: list[tuple[str, str]] = []
+        self.intake_violations: list[tuple[str, str]] = []
+        self.samples: list[dict[str, Any]] = []
+        self.active_checkouts = 0
+        self.arrivals_done = False
+        self.quiescent_at_s: float | None = None
+
+    # -- bookkeeping ---------------------------------------------------------------
+    def note(self, what: str, **detail: Any) -> None:
+        if len(self.trace) < TRACE_EVENTS_MAX:
+            self.trace.append({"t": round(self.env.now, 6), "what": what, **detail})
+
+    def hit(self, path: str) -> None:
+        self.coverage[path] += 1
+
+    # -- the provider call (the driver side of the sans-IO seam) -----------------------
+    def provider_call(self, call: ProviderCall) -> Step:
+        request = dialect.request_for(call)
+        headers = {"Authorization": f"Bearer {API_KEY}", "Idempotency-Key": request.idempotency_key}
+        result = self.psp.handle(ApiRequest(request.method, request.path, request.params, headers))
+        timeout_s = self.scenario.provider_timeout_s
+        for fault in result.faults:
+            self.note("psp.fault", fault=str(fault), attempt=call.attempt_id)
+        if result.response is None or result.latency_s > timeout_s:
+            yield self.env.timeout(timeout_s)
+            processed = result.processed if result.response is None else True
+            self.hit(
+                f"provider {call.kind} timed out {'after' if processed else 'before'} processing"
+            )
+            self.note(
+                "psp.timeout", attempt=call.attempt_id, kind=str(call.kind), processed=processed
+            )
+            return dialect.UNKNOWN
+        yield self.env.timeout(result.latency_s)
+        outcome = dialect.outcome_from_response(call, result.response.status, result.response.body)
+        self.note(
+            "psp.response", attempt=call.attempt_id, kind=str(call.kind),
+            status=result.response.status, outcome=str(outcome.status),
+        )  # fmt: skip
+        if result.response.status >= 500 or result.response.status == 429:
+            self.hit(f"provider {call.kind} answered {result.response.status}")
+        return outcome
+
+    # -- one engine operation as a client sees it ----------------------------------------
+    def engine_op(self, begin: Callable[[Any], StepResult], command: Any) -> Step:
+        incarnation = self.node.check(self.env.now)
+        begun = begin(command)
+        if begun.call is None:
+            return begun
+        outcome = yield from self.provider_call(begun.call)
+        self.node.still(incarnation, self.env.now)
+        complete = {
+            CallKind.AUTHORIZE: self.engine.complete_authorize,
+            CallKind.CAPTURE: self.engine.complete_capture,
+            CallKind.VOID: self.engine.complete_void,
+            CallKind.REFUND: self.engine.complete_refund,
+        }[begun.call.kind]
+        done = complete(begun.call.attempt_id, outcome)
+        if outcome.status is OutcomeStatus.UNKNOWN:
+            self.hit(f"{begun.call.kind} outcome unknown: left to recovery")
+        return StepResult(done.payment, done.status_code, None, False, begun.refund_id)
+
+    # -- webhooks: the engine's intake, driven by the provider's delivery schedule -----------
+    def deliver_webhooks(self) -> Step:
+        poll_s = self.scenario.workers.webhook_poll_s
+        while True:
+            self.psp.tick()
+            for delivery in self.psp.due_deliveries():
+                self.take_delivery(delivery)
+            if self.quiescent_at_s is not None:
+                return
+            # Between arrivals new events appear at any moment: poll. Once the
+            # workload is done, sleep until the next delivery or timer is due.
+            cap_s = 60.0 if self.arrivals_done else poll_s
+            upcoming = [s for s in (self.psp.next_delivery_at_s(), self.psp.next_timer_at_s()) if s]
+            wait_s = min([cap_s, *(due - EPOCH_S - self.env.now for due in upcoming)])
+            yield self.env.timeout(max(wait_s, 0.001))
+
+    def take_delivery(self, delivery: Any) -> None:
+        status = self.webhook_intake(delivery.payload, delivery.headers.get("Stripe-Signature"))
+        kind = str(delivery.kind)
+        self.note("webhook", event=delivery.event_id, delivery=kind, status=status)
+        accepted = status is not None and 200 <= status < 300
+        if status == 400 and delivery.should_be_accepted:
+            self.intake_violations.append((delivery.event_id, "a genuine webhook was refused"))
+        if accepted and not delivery.should_be_accepted:
+            self.intake_violations.append((delivery.event_id, f"a {kind} webhook was accepted"))
+        self.psp.ack(delivery, status)
+
+    def webhook_intake(self, payload: bytes, signature: str | None) -> int | None:
+        """The engine's webhook endpoint: verify, translate, apply; answer a status."""
+        try:
+            self.node.check(self.env.now)
+        except EngineDown:
+            self.hit("webhook delivered while the engine was down")
+            return None
+        except StoreUnavailable:
+            self.hit("webhook delivered during a database outage")
+            return 503
+        try:
+            verify(payload, signature, self.webhook_secret, SimPspClock(self.env).now())
+        except WebhookRejected as exc:
+            self.hit(f"webhook refused: {exc.code}")
+            return 400
+        event = dialect.event_from_stripe(json.loads(payload))
+        result = self.engine.apply_provider_event(event)
+        self.hit(f"webhook {event.type} {result.outcome}")
+        return 200
+
+    # -- recovery worker ----------------------------------------------------------------------
+    def recovery_worker(self) -> Step:
+        workers = self.scenario.workers
+        while True:
+            yield self.env.timeout(workers.recovery_interval_s)
+            try:
+                yield from self.recover_once()
+            except (EngineDown, StoreUnavailable):
+                self.hit("recovery skipped: engine unavailable")
+            if self.quiescent_at_s is not None:
+                return
+
+    def recover_once(self) -> Step:
+        workers = self.scenario.workers
+        self.node.check(self.env.now)
+        calls = self.engine.unresolved_attempts(
+            timedelta(seconds=workers.recovery_grace_s), workers.recovery_batch_max
+        )
+        for call in calls:
+            lookup = self.psp.lookup_idempotency(call.idempotency_key).to_json()
+            outcome = dialect.outcome_from_lookup(call, lookup)
+            self.node.check(self.env.now)
+            _, resend = self.engine.resolve_attempt(call.attempt_id, outcome)
+            self.note("recovery.lookup", attempt=call.attempt_id, outcome=str(outcome.status))
+            if resend is not None:
+                self.hit(f"{call.kind} never reached the provider: sent again with its key")
+                incarnation = self.node.check(self.env.now)
+                again = yield from self.provider_call(resend)
+                self.node.still(incarnation, self.env.now)
+                self.engine.resolve_attempt(call.attempt_id, again)
+            elif outcome.status is not OutcomeStatus.UNKNOWN:
+                self.hit(f"{call.kind} {outcome.status} resolved by lookup")
+        return len(calls)
+
+    # -- engine faults ---------------------------------------------------------------------------
+    def crashes(self) -> Step:
+        faults = self.scenario.engine_faults
+        schedule = [(c.at_s, c.restart_after_s) for c in faults.crashes]
+        if faults.crash_rate_per_hour > 0:
+            at_s = 0.0
+            rng = self.rng["crashes"]
+            while True:
+                at_s += rng.expovariate(faults.crash_rate_per_hour / 3_600.0)
+                if at_s >= self.scenario.duration_s:
+                    break
+                schedule.append((at_s, faults.restart_after_s))
+        for at_s, restart_after_s in sorted(schedule):
+            if at_s > self.env.now:
+                yield self.env.timeout(at_s - self.env.now)
+            if not self.node.up:
+                continue
+            self.node.up = False
+            self.node.incarnation += 1
+            self.hit("engine crashed")
+            self.note("engine.crash", incarnation=self.node.incarnation)
+            yield self.env.timeout(restart_after_s)
+            self.node.up = True
+            self.note("engine.restart", incarnation=self.node.incarnation)
+
+    # -- sampling for the report ------------------------------------------------------
+    def sampler(self, interval_s: float) -> Step:
+        while self.quiescent_at_s is None:
+            self.samples.append(self.sample())
+            yield self.env.timeout(interval_s)
+        self.samples.append(self.sample())
+
+    def sample(self) -> dict[str, Any]:
+        with self.db.engine.connect() as connection:
+            by_state: dict[str, int] = {
+                str(state): int(count)
+                for state, count in connection.exec_driver_sql(
+                    "SELECT state, count(*) FROM payments GROUP BY state ORDER BY state"
+                )
+            }
+            unresolved = connection.exec_driver_sql(
+                "SELECT count(*) FROM attempts WHERE status IN ('pending', 'unknown')"
+            ).scalar_one()
+        return {
+            "t": round(self.env.now, 3),
+            "by_state": {str(k): int(v) for k, v in by_state.items()},
+            "unresolved": int(unresolved),
+            "faults": sum(self.psp.fault_log.counts().values()) + self.coverage["engine crashed"],
+        }
+
+
+def is_engine_trouble(exc: BaseException) -> bool:
+    """Errors a client retries with the same key: the engine could not answer."""
+    if isinstance(exc, EngineDown | StoreUnavailable):
+        return True
+    return isinstance(exc, PaychaosError) and exc.code in {
+        "idempotency_key_in_flight", "contention",
+    }  # fmt: skip
+
+
+def unknown_outcome() -> ProviderOutcome:
+    return dialect.UNKNOWN
