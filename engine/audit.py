@@ -131,7 +131,7 @@ def check_transitions(c: Connection) -> CheckResult:
     last: dict[str, tuple[int, str]] = {}
     for pid, seq, from_state, to_state in c.execute(query):
         result.checked += 1
-        previous_seq, previous_state = last.get(pid, (0, None))  # type: ignore[arg-type]
+        previous_seq, previous_state = last.get(pid, (0, None))
         if seq != previous_seq + 1 or from_state != previous_state:
             result.add(
                 pid, f"history breaks at seq {seq}: from {from_state} after {previous_state}"

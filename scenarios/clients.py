@@ -179,14 +179,12 @@ class Clients:
         if not isinstance(result, StepResult):
             return
         state = result.payment.state
-        if state == "requires_action":
-            state = yield from self._three_ds(
-                order, payment_id, result.payment["provider_payment_id"]
-            )
         if state == "processing":
-            state = yield from self._wait_for(
-                order, payment_id, {"authorized", "captured", "failed"}
-            )
+            settled = {"authorized", "captured", "failed", "canceled", "requires_action"}
+            state = yield from self._wait_for(order, payment_id, settled)
+        if state == "requires_action":
+            provider_id = yield from self._provider_id(order, payment_id)
+            state = yield from self._three_ds(order, payment_id, provider_id)
         if state != "authorized":
             if state == "captured":
                 yield from self._refunds(order, payment_id, key_prefix)
@@ -215,6 +213,16 @@ class Clients:
         void = Void(order.merchant_id, f"{order.order_id}-abandon", payment_id)
         result = yield from self.request(self.w.engine.begin_void, void)
         return result.payment.state if isinstance(result, StepResult) else "requires_action"
+
+    def _provider_id(self, order: Order, payment_id: str) -> Step:
+        """The provider's id as the checkout page reads it (to hand 3DS to the customer)."""
+        yield self.w.env.timeout(0)
+        try:
+            self.w.node.check(self.w.env.now)
+            payment = self.w.engine.get_payment(payment_id, order.merchant_id)
+        except (EngineDown, PaychaosError):
+            return None
+        return payment["provider_payment_id"]
 
     def _wait_for(self, order: Order, payment_id: str, states: set[str]) -> Step:
         """Poll the payment (as a checkout page would) until it reaches one of ``states``."""

@@ -104,7 +104,7 @@ def quiesce(world: World) -> Step:
             continue
         if world.psp.next_delivery_at_s() is not None:
             continue
-        if world.engine.unresolved_attempts(timedelta(0), 1):
+        if world.engine.unresolved_attempts(timedelta(0), 1, awaiting_customer=False):
             continue
         break
     yield from world.recover_once()

@@ -254,8 +254,7 @@ class World:
             timedelta(seconds=workers.recovery_grace_s), workers.recovery_batch_max
         )
         for call in calls:
-            lookup = self.psp.lookup_idempotency(call.idempotency_key).to_json()
-            outcome = dialect.outcome_from_lookup(call, lookup)
+            outcome = self.look_up(call)
             self.node.check(self.env.now)
             _, resend = self.engine.resolve_attempt(call.attempt_id, outcome)
             self.note("recovery.lookup", attempt=call.attempt_id, outcome=str(outcome.status))
@@ -268,6 +267,21 @@ class World:
             elif outcome.status is not OutcomeStatus.UNKNOWN:
                 self.hit(f"{call.kind} {outcome.status} resolved by lookup")
         return len(calls)
+
+    def look_up(self, call: ProviderCall) -> ProviderOutcome:
+        """Ask the provider what became of a call: by its key, or its object now."""
+        refresh = dialect.refresh_request(call)
+        if refresh is None:
+            lookup = self.psp.lookup_idempotency(call.idempotency_key).to_json()
+            return dialect.outcome_from_lookup(call, lookup)
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        result = self.psp.handle(ApiRequest(refresh.method, refresh.path, {}, headers))
+        if result.response is None:
+            return dialect.UNKNOWN
+        outcome = dialect.outcome_from_response(call, result.response.status, result.response.body)
+        if outcome.status is OutcomeStatus.SUCCEEDED:
+            self.hit("3DS completion found by polling the provider")
+        return outcome
 
     # -- engine faults ---------------------------------------------------------------------------
     def crashes(self) -> Step:

@@ -64,6 +64,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
+    # On the raw connection, before any BEGIN: SQLite refuses to change the
+    # journal mode inside a transaction, and the "begin" hook opens one as soon
+    # as a SQLAlchemy connection runs a statement (reopening a file failed so).
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.close()
+
+
 def _sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
@@ -78,10 +87,9 @@ def create_sa_engine(url: str) -> sa.Engine:
             poolclass=StaticPool if in_memory else None,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin)
         if not in_memory:
-            with engine.connect() as connection:
-                connection.exec_driver_sql("PRAGMA journal_mode = WAL")
+            event.listen(engine, "connect", _sqlite_wal)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return sa.create_engine(url, pool_size=20, max_overflow=40, pool_pre_ping=True)
 

@@ -3,6 +3,11 @@
 Service steps speak to a ``Store`` opened on one transaction; they never build
 SQL themselves. Payment rows are read ``FOR UPDATE`` on PostgreSQL, so steps on
 one payment serialize; SQLite serializes every writer with BEGIN IMMEDIATE.
+
+The hot statements are built once, with bind parameters, and rows go in as
+execution parameters: building a statement per call (``.values(**row)``) cost
+more than running it. A unique-index race raises ``RetryStep`` without a
+savepoint: the step's whole transaction is rolled back and run again anyway.
 """
 
 from __future__ import annotations
@@ -29,6 +34,54 @@ class RetryStep(Exception):
     """A unique constraint raced with a concurrent transaction: run the step again."""
 
 
+def _by_id(table: sa.Table) -> sa.Select[Any]:
+    return sa.select(table).where(table.c.id == sa.bindparam("b_id"))
+
+
+_PAYMENT = _by_id(t.payments)
+_PAYMENT_LOCKED = _PAYMENT.with_for_update()
+_ATTEMPT = _by_id(t.attempts)
+# An attempt's payment never changes, so one statement finds and locks it.
+_PAYMENT_OF_ATTEMPT = sa.select(t.payments).where(
+    t.payments.c.id
+    == sa.select(t.attempts.c.payment_id)
+    .where(t.attempts.c.id == sa.bindparam("b_attempt_id"))
+    .scalar_subquery()
+)
+_PAYMENT_OF_ATTEMPT_LOCKED = _PAYMENT_OF_ATTEMPT.with_for_update(of=t.payments)
+# Executed with the new values as parameters: their keys become the SET clause.
+_UPDATE_PAYMENT = t.payments.update().where(
+    t.payments.c.id == sa.bindparam("b_id"),
+    t.payments.c.history_count == sa.bindparam("b_history_count"),
+)
+_UPDATE_ATTEMPT = t.attempts.update().where(t.attempts.c.id == sa.bindparam("b_id"))
+_UPDATE_REFUND = t.refunds.update().where(t.refunds.c.id == sa.bindparam("b_id"))
+_CLAIM_ORDER = t.payments.update().where(t.payments.c.id == sa.bindparam("b_id"))
+_IDEMPOTENCY_KEY = sa.select(t.idempotency_keys).where(
+    t.idempotency_keys.c.merchant_id == sa.bindparam("b_merchant_id"),
+    t.idempotency_keys.c.scope == sa.bindparam("b_scope"),
+    t.idempotency_keys.c.key == sa.bindparam("b_key"),
+)
+_FINISH_KEY = t.idempotency_keys.update().where(
+    t.idempotency_keys.c.id == sa.bindparam("b_id"),
+    # A saved response never changes: only a key still in flight is finished.
+    t.idempotency_keys.c.status == "in_flight",
+)
+_ORDER_HOLDER = sa.select(t.payments.c.id, t.payments.c.state).where(
+    t.payments.c.merchant_id == sa.bindparam("b_merchant_id"),
+    t.payments.c.active_order_id == sa.bindparam("b_order_id"),
+)
+_ATTEMPTS_OF = (
+    sa.select(t.attempts)
+    .where(
+        t.attempts.c.payment_id == sa.bindparam("b_payment_id"),
+        t.attempts.c.kind.in_(sa.bindparam("b_kinds", expanding=True)),
+        t.attempts.c.status.in_(sa.bindparam("b_statuses", expanding=True)),
+    )
+    .order_by(t.attempts.c.created_at.desc(), t.attempts.c.id.desc())
+)
+
+
 class Store:
     def __init__(self, connection: Connection):
         self.c = connection
@@ -37,16 +90,32 @@ class Store:
     def commit(self) -> None:
         self.c.commit()
 
-    def _one(self, query: sa.Select[Any]) -> Row | None:
-        row = self.c.execute(query).mappings().first()
+    @property
+    def locks_rows(self) -> bool:
+        """Whether rows are locked one by one (else the whole database is, from BEGIN)."""
+        return self._lock
+
+    def _one(self, query: sa.Select[Any], params: Mapping[str, Any] | None = None) -> Row | None:
+        row = self.c.execute(query, params).mappings().first()
         return dict(row) if row is not None else None
+
+    def _insert(self, table: sa.Table, row: Row) -> None:
+        self.c.execute(table.insert(), row)
+
+    def _insert_unique(self, table: sa.Table, row: Row) -> None:
+        try:
+            self._insert(table, row)
+        except sa.exc.IntegrityError as exc:
+            raise RetryStep from exc
 
     # payments -----------------------------------------------------------
     def payment(self, payment_id: str, *, lock: bool = False) -> Row | None:
-        query = sa.select(t.payments).where(t.payments.c.id == payment_id)
-        if lock and self._lock:
-            query = query.with_for_update()
-        return self._one(query)
+        query = _PAYMENT_LOCKED if lock and self._lock else _PAYMENT
+        return self._one(query, {"b_id": payment_id})
+
+    def payment_of_attempt(self, attempt_id: str, *, lock: bool = False) -> Row | None:
+        query = _PAYMENT_OF_ATTEMPT_LOCKED if lock and self._lock else _PAYMENT_OF_ATTEMPT
+        return self._one(query, {"b_attempt_id": attempt_id})
 
     def payment_by_provider_id(self, provider_payment_id: str, *, lock: bool) -> Row | None:
         query = sa.select(t.payments).where(t.payments.c.provider_payment_id == provider_payment_id)
@@ -55,37 +124,23 @@ class Store:
         return self._one(query)
 
     def order_holder(self, merchant_id: str, order_id: str) -> Row | None:
-        return self._one(
-            sa.select(t.payments.c.id, t.payments.c.state).where(
-                t.payments.c.merchant_id == merchant_id,
-                t.payments.c.active_order_id == order_id,
-            )
-        )
+        return self._one(_ORDER_HOLDER, {"b_merchant_id": merchant_id, "b_order_id": order_id})
 
     def insert_payment(self, row: Row) -> None:
-        self.c.execute(t.payments.insert().values(**row))
+        self._insert(t.payments, row)
 
     def claim_order(self, payment_id: str, order_id: str) -> None:
         """Mark the payment as the order's one money holder (unique per merchant)."""
         try:
-            with self.c.begin_nested():
-                self.c.execute(
-                    t.payments.update()
-                    .where(t.payments.c.id == payment_id)
-                    .values(active_order_id=order_id)
-                )
+            self.c.execute(_CLAIM_ORDER, {"b_id": payment_id, "active_order_id": order_id})
         except sa.exc.IntegrityError as exc:
             raise RetryStep from exc
 
     def update_payment(self, payment_id: str, expected_history_count: int, **values: Any) -> None:
         """Update guarded by the history count: a lost update is a defect."""
         result = self.c.execute(
-            t.payments.update()
-            .where(
-                t.payments.c.id == payment_id,
-                t.payments.c.history_count == expected_history_count,
-            )
-            .values(**values)
+            _UPDATE_PAYMENT,
+            {"b_id": payment_id, "b_history_count": expected_history_count, **values},
         )
         assert result.rowcount == 1, f"payment {payment_id} changed under a lock"
 
@@ -100,7 +155,7 @@ class Store:
 
     # history and outbox -------------------------------------------------
     def insert_history(self, row: Row) -> None:
-        self.c.execute(t.payment_history.insert().values(**row))
+        self._insert(t.payment_history, row)
 
     def history(self, payment_id: str) -> list[Row]:
         query = (
@@ -111,46 +166,44 @@ class Store:
         return [dict(row) for row in self.c.execute(query).mappings()]
 
     def insert_outbox(self, row: Row) -> None:
-        self.c.execute(t.outbox.insert().values(**row))
+        self._insert(t.outbox, row)
 
     # attempts and refunds -------------------------------------------------
     def insert_attempt(self, row: Row) -> None:
-        self.c.execute(t.attempts.insert().values(**row))
+        self._insert(t.attempts, row)
 
     def attempt(self, attempt_id: str) -> Row | None:
-        return self._one(sa.select(t.attempts).where(t.attempts.c.id == attempt_id))
+        return self._one(_ATTEMPT, {"b_id": attempt_id})
 
     def attempts_of(
         self, payment_id: str, kinds: Sequence[str], statuses: Sequence[str]
     ) -> list[Row]:
-        query = (
-            sa.select(t.attempts)
-            .where(
-                t.attempts.c.payment_id == payment_id,
-                t.attempts.c.kind.in_(kinds),
-                t.attempts.c.status.in_(statuses),
-            )
-            .order_by(t.attempts.c.created_at.desc(), t.attempts.c.id.desc())
-        )
-        return [dict(row) for row in self.c.execute(query).mappings()]
+        params = {"b_payment_id": payment_id, "b_kinds": list(kinds), "b_statuses": list(statuses)}
+        return [dict(row) for row in self.c.execute(_ATTEMPTS_OF, params).mappings()]
 
     def update_attempt(self, attempt_id: str, **values: Any) -> None:
-        self.c.execute(t.attempts.update().where(t.attempts.c.id == attempt_id).values(**values))
+        self.c.execute(_UPDATE_ATTEMPT, {"b_id": attempt_id, **values})
 
-    def unresolved_attempts(self, updated_before: datetime, limit: int) -> list[Row]:
+    def unresolved_attempts(
+        self, updated_before: datetime, limit: int, awaiting_customer: bool
+    ) -> list[Row]:
+        a = t.attempts.c
+        unresolved: sa.ColumnElement[bool] = a.status.in_(OPEN_ATTEMPT)
+        if awaiting_customer:
+            waiting = sa.select(t.payments.c.id).where(t.payments.c.state == "requires_action")
+            unresolved = sa.or_(
+                unresolved, sa.and_(a.status == "requires_action", a.payment_id.in_(waiting))
+            )
         query = (
             sa.select(t.attempts)
-            .where(
-                t.attempts.c.status.in_(OPEN_ATTEMPT),
-                t.attempts.c.updated_at <= updated_before,
-            )
+            .where(unresolved, a.updated_at <= updated_before)
             .order_by(t.attempts.c.updated_at, t.attempts.c.id)
             .limit(limit)
         )
         return [dict(row) for row in self.c.execute(query).mappings()]
 
     def insert_refund(self, row: Row) -> None:
-        self.c.execute(t.refunds.insert().values(**row))
+        self._insert(t.refunds, row)
 
     def refund(self, refund_id: str) -> Row | None:
         return self._one(sa.select(t.refunds).where(t.refunds.c.id == refund_id))
@@ -164,31 +217,31 @@ class Store:
         return [dict(row) for row in self.c.execute(query).mappings()]
 
     def update_refund(self, refund_id: str, **values: Any) -> None:
-        self.c.execute(t.refunds.update().where(t.refunds.c.id == refund_id).values(**values))
+        self.c.execute(_UPDATE_REFUND, {"b_id": refund_id, **values})
 
     # idempotency ----------------------------------------------------------
     def idempotency_key(self, merchant_id: str, scope: str, key: str) -> Row | None:
-        k = t.idempotency_keys.c
-        return self._one(
-            sa.select(t.idempotency_keys).where(
-                k.merchant_id == merchant_id, k.scope == scope, k.key == key
-            )
-        )
+        params = {"b_merchant_id": merchant_id, "b_scope": scope, "b_key": key}
+        return self._one(_IDEMPOTENCY_KEY, params)
 
     def insert_idempotency_key(self, row: Row) -> None:
-        try:
-            with self.c.begin_nested():
-                self.c.execute(t.idempotency_keys.insert().values(**row))
-        except sa.exc.IntegrityError as exc:
-            raise RetryStep from exc
+        self._insert_unique(t.idempotency_keys, row)
 
     def finish_idempotency_key(self, key_id: str, code: int, body: Mapping[str, Any]) -> None:
-        self.c.execute(
-            t.idempotency_keys.update()
-            # A saved response never changes: only a key still in flight is finished.
-            .where(t.idempotency_keys.c.id == key_id, t.idempotency_keys.c.status == "in_flight")
-            .values(status="completed", response_code=code, response_body=dict(body))
-        )
+        values = {"status": "completed", "response_code": code, "response_body": dict(body)}
+        self.c.execute(_FINISH_KEY, {"b_id": key_id, **values})
+
+    def idempotency_response(self, key_id: str | None) -> tuple[int, dict[str, Any]] | None:
+        """The saved (code, body) of a finished key, or None."""
+        if key_id is None:
+            return None
+        k = t.idempotency_keys.c
+        row = self.c.execute(
+            sa.select(k.response_code, k.response_body).where(
+                k.id == key_id, k.status == "completed"
+            )
+        ).first()
+        return (int(row[0]), dict(row[1])) if row is not None else None
 
     def expire_idempotency_keys(self, now: datetime, limit: int) -> int:
         k = t.idempotency_keys.c
@@ -209,11 +262,7 @@ class Store:
         )
 
     def insert_provider_event(self, row: Row) -> None:
-        try:
-            with self.c.begin_nested():
-                self.c.execute(t.provider_events.insert().values(**row))
-        except sa.exc.IntegrityError as exc:
-            raise RetryStep from exc
+        self._insert_unique(t.provider_events, row)
 
     # ledger -------------------------------------------------------------------
     def insert_journal(
@@ -238,14 +287,15 @@ class Store:
                 for entry in journal.entries
             ],
         )
-        self.c.execute(
-            t.ledger_journals.insert().values(
-                id=journal_id,
-                kind=journal.kind,
-                payment_id=payment_id,
-                history_seq=history_seq,
-                created_at=at,
-            )
+        self._insert(
+            t.ledger_journals,
+            {
+                "id": journal_id,
+                "kind": journal.kind,
+                "payment_id": payment_id,
+                "history_seq": history_seq,
+                "created_at": at,
+            },
         )
 
     def journals_of(self, payment_id: str) -> list[tuple[Row, list[Row]]]:

@@ -168,6 +168,15 @@ def _outcome_from_refund(refund: Mapping[str, Any]) -> ProviderOutcome:
     return ProviderOutcome(O.UNKNOWN, pi_id, provider_refund_id=refund.get("id"))
 
 
+def refresh_request(call: ProviderCall) -> StripeRequest | None:
+    """For a call whose saved response is stale by design, the object as it is now."""
+    if not call.awaiting_action or call.provider_payment_id is None:
+        return None
+    return StripeRequest(
+        "GET", f"/v1/payment_intents/{call.provider_payment_id}", {}, call.idempotency_key
+    )
+
+
 def outcome_from_lookup(call: ProviderCall, lookup: Mapping[str, Any]) -> ProviderOutcome:
     """What the provider's lookup by idempotency key says about a call."""
     if not lookup.get("found"):

@@ -43,6 +43,9 @@ class ProviderCall:
     capture_method: str
     provider_payment_id: str | None = None
     refund_id: str | None = None
+    # An authorization waiting for the customer (3DS): its saved response is
+    # stale by design, so recovery asks for the provider's object as it is now.
+    awaiting_action: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -30,6 +31,8 @@ db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print tables with same-run baselines.")
 app.add_typer(db_app, name="db")
 app.add_typer(bench_app, name="bench")
+serve_app = typer.Typer(help="Run paychaos servers.", no_args_is_help=True)
+app.add_typer(serve_app, name="serve")
 
 console = Console()
 if not console.is_terminal:  # pipes and CI logs: wide enough for whole ids
@@ -132,6 +135,40 @@ def bench_engine(
     from loadtests.bench_engine import run
 
     run(small=small, extra_urls=db_url or [], console=console)
+
+
+@bench_app.command("psp")
+def bench_psp(
+    small: Annotated[bool, typer.Option("--small", help="A quick run, for CI.")] = False,
+) -> None:
+    """Create + confirm + capture per second: mock PSP, trivial endpoint, localstripe."""
+    from loadtests.bench_psp import run
+
+    run(small=small, console=console)
+
+
+@serve_app.command("psp")
+def serve_psp(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65_535)] = 12111,
+    seed: Annotated[int, typer.Option(help="Seed for ids and fault decisions.")] = 0,
+    faults: Annotated[
+        Path | None, typer.Option("--faults", help="Fault plan, YAML or JSON.")
+    ] = None,
+    timeout_hold_s: Annotated[
+        float, typer.Option(help="Longest a lost response holds its request.", min=0.01, max=600)
+    ] = 30.0,
+) -> None:
+    """The mock PSP over HTTP: Stripe's /v1 dialect plus /_admin."""
+    from mock_psp.faultfile import FaultFileError, load_fault_plan
+    from mock_psp.server import Listen, ServerSettings, build_core, serve
+
+    try:
+        plan = load_fault_plan(faults) if faults is not None else None
+    except FaultFileError as exc:
+        fail(f"--faults: {exc.message}")
+    console.print(f"mock PSP on http://{host}:{port} (seed {seed}); admin under /_admin")
+    serve(build_core(seed, plan), Listen(host, port), ServerSettings(timeout_hold_s=timeout_hold_s))
 
 
 def main() -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import secrets
 from datetime import UTC, datetime
 
+from engine.domain.ports import card_safe_id
+
 
 class SystemClock:
     def now(self) -> datetime:
@@ -17,4 +19,4 @@ class SystemClock:
 
 class RandomIds:
     def new_id(self, prefix: str) -> str:
-        return f"{prefix}_{secrets.token_hex(10)}"
+        return card_safe_id(prefix, lambda: secrets.randbits(80))

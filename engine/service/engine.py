@@ -118,6 +118,15 @@ class PaymentEngine:
             raise NotFound("payment_not_found", f"no payment {payment_id}", field="payment_id")
         return payment
 
+    @staticmethod
+    def _locked_attempt(s: Store, attempt_id: str) -> tuple[Row, Row]:
+        """An attempt and its payment, the attempt read under the payment's lock."""
+        payment = s.payment_of_attempt(attempt_id, lock=True)
+        attempt = s.attempt(attempt_id) if payment is not None else None
+        if payment is None or attempt is None:
+            raise NotFound("attempt_not_found", f"no attempt {attempt_id}")
+        return payment, attempt
+
     def _replay(self, s: Store, command: Any) -> StepResult | None:
         row = s.idempotency_key(
             command.merchant_id, command.operation.value, command.idempotency_key
@@ -139,29 +148,36 @@ class PaymentEngine:
             PaymentView(body["payment"]), row["response_code"], None, True, body.get("refund_id")
         )
 
-    def _new_key(self, s: Store, command: Any) -> str:
+    def _new_key(self, s: Store, command: Any, answer: tuple[int, Row] | None = None) -> str:
+        """Store the key in flight, or with its ``(code, payment)`` answer when already known."""
         key_id = self.ids.new_id("idk")
         now = self.clock.now()
-        s.insert_idempotency_key(
-            {
-                "id": key_id,
-                "merchant_id": command.merchant_id,
-                "scope": command.operation.value,
-                "key": command.idempotency_key,
-                "fingerprint": command.fingerprint(),
-                "status": "in_flight",
-                "created_at": now,
-                "expires_at": now + self.settings.idempotency_retention,
-            }
-        )
+        row: Row = {
+            "id": key_id,
+            "merchant_id": command.merchant_id,
+            "scope": command.operation.value,
+            "key": command.idempotency_key,
+            "fingerprint": command.fingerprint(),
+            "status": "in_flight",
+            "created_at": now,
+            "expires_at": now + self.settings.idempotency_retention,
+        }
+        if answer is not None:  # one INSERT instead of an INSERT and an UPDATE
+            code, payment = answer
+            row.update(status="completed", response_code=code,
+                       response_body=self._response_body(payment, None))  # fmt: skip
+        s.insert_idempotency_key(row)
         return key_id
+
+    @staticmethod
+    def _response_body(payment: Row, refund_id: str | None) -> dict[str, Any]:
+        return {"payment": PaymentView.of(payment).body, "refund_id": refund_id}
 
     def _finish_key(
         self, s: Store, key_id: str | None, code: int, payment: Row, refund_id: str | None = None
     ) -> None:
         if key_id is not None:
-            body = {"payment": PaymentView.of(payment).body, "refund_id": refund_id}
-            s.finish_idempotency_key(key_id, code, body)
+            s.finish_idempotency_key(key_id, code, self._response_body(payment, refund_id))
 
     def _move(
         self,
@@ -249,6 +265,7 @@ class PaymentEngine:
             capture_method=payment["capture_method"],
             provider_payment_id=payment["provider_payment_id"],
             refund_id=attempt["refund_id"],
+            awaiting_action=attempt["status"] == "requires_action",
         )
 
     def _new_attempt(
@@ -303,8 +320,7 @@ class PaymentEngine:
             }  # fmt: skip
             s.insert_payment(payment)
             self._record(s, payment, None, "created", None, None, command.amount_minor)
-            key_id = self._new_key(s, command)
-            self._finish_key(s, key_id, 201, payment)
+            self._new_key(s, command, (201, payment))
             return StepResult(PaymentView.of(payment), 201)
 
         return self._run(step)
@@ -319,8 +335,8 @@ class PaymentEngine:
             state = S(payment["state"])
             if state not in {S.CREATED, S.REQUIRES_ACTION}:
                 raise IllegalTransition(state.value, S.AUTHORIZED.value)
-            if s.attempts_of(payment["id"], [CallKind.AUTHORIZE.value], OPEN_ATTEMPT):
-                raise OperationInProgress(message="an authorization is already in progress")
+            # A void in doubt too: the provider may have canceled the intent already.
+            self._refuse_if_busy(s, payment, [CallKind.AUTHORIZE, CallKind.VOID])
             self._claim_order(s, payment)
             key_id = self._new_key(s, command)
             attempt = self._new_attempt(
@@ -358,20 +374,25 @@ class PaymentEngine:
         assert outcome.status is not O.NOT_FOUND, "not_found answers a lookup, not a call"
 
         def step(s: Store) -> StepResult:
-            attempt = s.attempt(attempt_id)
-            if attempt is None:
-                raise NotFound("attempt_not_found", f"no attempt {attempt_id}")
+            payment, attempt = self._locked_attempt(s, attempt_id)
             assert attempt["kind"] == kind.value, (attempt["kind"], kind)
-            payment = self._locked(s, attempt["payment_id"])
-            attempt = s.attempt(attempt_id)  # re-read under the payment's lock
-            assert attempt is not None
             if attempt["status"] not in OPEN_ATTEMPT:
-                return StepResult(PaymentView.of(payment), 200, refund_id=attempt["refund_id"])
+                # A webhook or a lookup got there first: answer what the key saved,
+                # so the client's first answer and every replay are the same.
+                return self._saved_answer(s, payment, attempt)
             code = self._apply(s, payment, attempt, outcome, f"{kind.value}_{outcome.status}")
             self._finish_key(s, attempt["idempotency_id"], code, payment, attempt["refund_id"])
             return StepResult(PaymentView.of(payment), code, refund_id=attempt["refund_id"])
 
         return self._run(step)
+
+    @staticmethod
+    def _saved_answer(s: Store, payment: Row, attempt: Row) -> StepResult:
+        saved = s.idempotency_response(attempt["idempotency_id"])
+        if saved is None:
+            return StepResult(PaymentView.of(payment), 200, refund_id=attempt["refund_id"])
+        code, body = saved
+        return StepResult(PaymentView(body["payment"]), code, refund_id=body.get("refund_id"))
 
     def _apply(
         self,
@@ -486,6 +507,8 @@ class PaymentEngine:
     ) -> None:
         if status is not O.SUCCEEDED:
             return
+        if not is_legal(S(p["state"]), S.CANCELED):
+            return  # it ended first (3DS failed while the void was in doubt): nothing is held
         held = p["authorized_minor"] if p["state"] == S.AUTHORIZED else 0
         seq = self._move(
             s, p, S.CANCELED, reason, attempt_id=attempt["id"] if attempt else None,
@@ -577,8 +600,7 @@ class PaymentEngine:
             self._refuse_if_busy(s, payment, [CallKind.AUTHORIZE, CallKind.CAPTURE, CallKind.VOID])
             if state is S.CREATED:  # the provider never heard of it: nothing to release
                 self._move(s, payment, S.CANCELED, "canceled_before_authorization")
-                key_id = self._new_key(s, command)
-                self._finish_key(s, key_id, 200, payment)
+                self._new_key(s, command, (200, payment))
                 return StepResult(PaymentView.of(payment), 200)
             key_id = self._new_key(s, command)
             attempt = self._new_attempt(s, payment, CallKind.VOID, payment["authorized_minor"],
@@ -631,12 +653,17 @@ class PaymentEngine:
         return StepResult(PaymentView.of(payment), 202, call, refund_id=refund_id)
 
     # -- recovery -----------------------------------------------------------------------
-    def unresolved_attempts(self, older_than: timedelta, limit: int = 100) -> list[ProviderCall]:
-        """Open attempts last touched before ``now - older_than``: what to look up."""
+    def unresolved_attempts(
+        self, older_than: timedelta, limit: int = 100, *, awaiting_customer: bool = True
+    ) -> list[ProviderCall]:
+        """Open attempts last touched before ``now - older_than``: what to look up.
+
+        With ``awaiting_customer``, authorizations waiting for 3DS come too.
+        """
         limit = min(limit, self.settings.page_size_max)
 
         def step(s: Store) -> list[ProviderCall]:
-            rows = s.unresolved_attempts(self.clock.now() - older_than, limit)
+            rows = s.unresolved_attempts(self.clock.now() - older_than, limit, awaiting_customer)
             calls = []
             for attempt in rows:
                 payment = s.payment(attempt["payment_id"])
@@ -651,23 +678,25 @@ class PaymentEngine:
     ) -> tuple[StepResult, ProviderCall | None]:
         """Apply what a lookup by provider idempotency key said.
 
+        Authorizations waiting for the customer (3DS) are looked up by the
+        provider's object instead, and stay waiting until it moves on.
         ``unknown`` (the provider could not tell) keeps the attempt open;
         ``not_found`` (the provider never received it) returns the same call,
         with the same key, to send again; anything else is applied as an answer.
         """
 
         def step(s: Store) -> tuple[StepResult, ProviderCall | None]:
-            attempt = s.attempt(attempt_id)
-            if attempt is None:
-                raise NotFound("attempt_not_found", f"no attempt {attempt_id}")
-            payment = self._locked(s, attempt["payment_id"])
-            attempt = s.attempt(attempt_id)
-            assert attempt is not None
+            payment, attempt = self._locked_attempt(s, attempt_id)
             view = PaymentView.of(payment)
-            if attempt["status"] not in OPEN_ATTEMPT:
+            awaiting = attempt["status"] == "requires_action"
+            if awaiting and payment["state"] != S.REQUIRES_ACTION:
+                awaiting = False  # the payment moved on by another path
+            if attempt["status"] not in OPEN_ATTEMPT and not awaiting:
                 return StepResult(view, 200), None
             s.update_attempt(attempt_id, lookup_count=attempt["lookup_count"] + 1,
                              updated_at=self.clock.now())  # fmt: skip
+            if awaiting and outcome.status in {O.UNKNOWN, O.NOT_FOUND, O.REQUIRES_ACTION}:
+                return StepResult(view, 200), None  # still waiting for the customer
             if outcome.status is O.NOT_FOUND:
                 return StepResult(view, 202), self._call(payment, attempt)
             reason = f"{attempt['kind']}_{outcome.status}_by_lookup"

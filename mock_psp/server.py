@@ -1,0 +1,335 @@
+"""The wall-time HTTP driver: Stripe's dialect over ``ProviderCore``, plus ``/_admin``.
+
+The server is thin on purpose. It turns a request into an ``ApiRequest`` (form pairs
+from the query string and an ``application/x-www-form-urlencoded`` body, as Stripe's
+SDKs send them), hands it to the core, waits the ``latency_s`` the fault plan chose
+(``asyncio.sleep``: the core never sleeps) and sends the response back. Everything
+that decides anything lives in the core.
+
+- Time: ``OffsetClock(WallClock())``: the wall clock, which the admin API can move
+  forward. The wall clock is read here, in the driver, never in the core.
+- Concurrency: the core is synchronous and not thread-safe. Every core call runs on
+  the event loop, inside one lock (``PspServer.locked``), so an in-process caller
+  on another thread (a test) can read the core safely too.
+- Timeouts: when the core says the response is lost (``response is None``), the
+  server holds the request until the client gives up and disconnects, for at most
+  ``timeout_hold_s``, then drops the connection in the middle of a response. A
+  client sees either its own read timeout or a broken connection: never an answer.
+- Webhooks: a background task polls ``core.due_deliveries()``, POSTs each delivery
+  with ``httpx.AsyncClient`` (bounded timeout and batch) and reports the endpoint's
+  status, or ``None`` on a timeout or connection error, with ``core.ack``.
+- ``/_admin/...`` goes to ``core.admin`` with a JSON body (or query parameters).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from mock_psp.clock import OffsetClock
+from mock_psp.core import ApiRequest, ApiResponse, ProviderCore
+from mock_psp.errors import ApiError, InvalidRequestError
+from mock_psp.faults import FaultPlanConfig
+from mock_psp.webhooks import Delivery
+from mock_psp.world import ProviderConfig
+
+BODY_BYTES_MAX = 1_000_000
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+_ABORTED_MESSAGE = "ASGI callable returned without completing response."
+log = logging.getLogger("mock_psp.server")
+
+
+class ServerSettings(BaseModel):
+    """Bounds of the wall-time driver; none of them changes what the provider decides."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # A lost response is held this long at most (unless the client leaves first).
+    timeout_hold_s: float = Field(default=30.0, gt=0.0, le=600.0)
+    # Injected latency is applied up to this bound.
+    latency_max_s: float = Field(default=60.0, ge=0.0, le=600.0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0.0, le=60.0)
+    webhook_batch_max: int = Field(default=64, ge=1, le=1_000)
+    # The worker wakes at least this often to look for due deliveries.
+    webhook_poll_s: float = Field(default=0.05, gt=0.0, le=5.0)
+
+
+class WallClock:
+    """The machine's clock: only drivers may use it."""
+
+    __slots__ = ()
+
+    def now(self) -> float:
+        return time.time()
+
+
+def build_core(
+    seed: int,
+    faults: FaultPlanConfig | Mapping[str, Any] | None = None,
+    config: ProviderConfig | None = None,
+) -> ProviderCore:
+    """A core on wall time that the admin API can advance."""
+    return ProviderCore(OffsetClock(WallClock()), random.Random(seed), config, faults)
+
+
+class _AbortedResponseFilter(logging.Filter):
+    """uvicorn reports our deliberate mid-response drop as an error; it is a fault."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != _ABORTED_MESSAGE
+
+
+class LostResponse(Response):
+    """A response the client never gets: hold, then drop the connection mid-response."""
+
+    def __init__(self, hold_s: float) -> None:
+        super().__init__(status_code=200)
+        self._hold_s = hold_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def client_left() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        with suppress(TimeoutError):
+            await asyncio.wait_for(client_left(), self._hold_s)
+        # Headers promising a body that never comes; returning now makes the ASGI server
+        # close the socket, which any HTTP client reports as a network error.
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"1")],
+            }
+        )
+
+
+class PspServer:
+    """The core, its lock, the ASGI app and the webhook worker."""
+
+    def __init__(self, core: ProviderCore, settings: ServerSettings | None = None) -> None:
+        self.core = core
+        self.settings = settings or ServerSettings()
+        self._lock = threading.Lock()
+        self._wake: asyncio.Event | None = None
+        self.webhook_errors = 0
+        self.app = Starlette(
+            routes=[
+                Route(
+                    "/v1/{rest:path}",
+                    self._api,
+                    # The core answers methods it has no route for, in Stripe's shape.
+                    methods=["GET", "POST", "DELETE", "PUT", "PATCH"],
+                ),
+                Route("/_admin/{rest:path}", self._admin, methods=["GET", "POST", "PUT"]),
+            ],
+            lifespan=self._lifespan,
+        )
+        logging.getLogger("uvicorn.error").addFilter(_AbortedResponseFilter())
+
+    @contextmanager
+    def locked(self) -> Iterator[ProviderCore]:
+        with self._lock:
+            yield self.core
+
+    # --- the Stripe API -----------------------------------------------------------------
+
+    async def _api(self, request: Request) -> Response:
+        try:
+            pairs = await _form_pairs(request)
+        except ApiError as error:
+            return _json_response(ApiResponse(error.http_status, error.to_body(), {}))
+        api_request = ApiRequest(request.method, request.url.path, pairs, request.headers)
+        with self._lock:
+            result = self.core.handle(api_request)
+            self._wake_worker_if_due()
+        delay_s = min(result.latency_s, self.settings.latency_max_s)
+        if result.response is None:
+            if delay_s > 0:
+                await asyncio.sleep(delay_s)
+            return LostResponse(self.settings.timeout_hold_s)
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+        return _json_response(result.response)
+
+    async def _admin(self, request: Request) -> Response:
+        try:
+            params = await _admin_params(request)
+        except ApiError as error:
+            return _json_response(ApiResponse(error.http_status, error.to_body(), {}))
+        with self._lock:
+            response = self.core.admin.handle(request.method, request.url.path, params)
+            self._wake_worker_if_due()
+        return _json_response(response)
+
+    # --- webhooks -----------------------------------------------------------------------
+
+    def _wake_worker_if_due(self) -> None:
+        """Called under the lock: wake the worker only when a delivery is already due."""
+        due_at_s = self.core.next_delivery_at_s()
+        if self._wake is not None and due_at_s is not None and due_at_s <= self.core.now():
+            self._wake.set()
+
+    @asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self._wake = asyncio.Event()
+        worker = asyncio.create_task(self._deliver_forever(), name="mock-psp-webhooks")
+        worker.add_done_callback(_report_worker_crash)
+        try:
+            yield
+        finally:
+            worker.cancel()
+            with suppress(asyncio.CancelledError):
+                await worker
+            self._wake = None
+
+    async def _deliver_forever(self) -> None:
+        settings = self.settings
+        timeout = httpx.Timeout(settings.webhook_timeout_s)
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+            while True:
+                with self._lock:
+                    due = self.core.due_deliveries(settings.webhook_batch_max)
+                    next_at_s = self.core.next_delivery_at_s()
+                    now_s = self.core.now()
+                if due:
+                    await asyncio.gather(*(self._deliver(client, item) for item in due))
+                    continue
+                wait_s = settings.webhook_poll_s
+                if next_at_s is not None:
+                    wait_s = min(wait_s, max(0.0, next_at_s - now_s))
+                assert self._wake is not None
+                self._wake.clear()
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait_s)
+
+    async def _deliver(self, client: httpx.AsyncClient, delivery: Delivery) -> None:
+        status: int | None
+        try:
+            answer = await client.post(
+                delivery.url, content=delivery.payload, headers=delivery.headers
+            )
+            status = answer.status_code
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            # The endpoint did not answer: the core retries it with backoff.
+            log.debug("webhook %s to %s failed: %r", delivery.delivery_id, delivery.url, exc)
+            self.webhook_errors += 1
+            status = None
+        with self._lock:
+            self.core.ack(delivery, status)
+
+
+def _report_worker_crash(worker: asyncio.Task[None]) -> None:
+    # A dead worker means no more webhooks: say so loudly instead of losing events quietly.
+    if not worker.cancelled() and worker.exception() is not None:
+        log.critical("the webhook worker stopped", exc_info=worker.exception())
+
+
+async def _read_body(request: Request) -> bytes:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > BODY_BYTES_MAX:
+            raise InvalidRequestError(
+                f"The request body is larger than {BODY_BYTES_MAX} bytes.", code="body_too_large"
+            )
+    return body
+
+
+async def _form_pairs(request: Request) -> list[tuple[str, object]]:
+    """Stripe's dialect: query string pairs, then form-encoded body pairs, in order."""
+    pairs: list[tuple[str, object]] = list(parse_qsl(request.url.query, keep_blank_values=True))
+    body = await _read_body(request)
+    if not body:
+        return pairs
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if content_type != FORM_CONTENT_TYPE:
+        raise InvalidRequestError(
+            f"Request bodies must be {FORM_CONTENT_TYPE}, not {content_type or 'missing'}.",
+            param="Content-Type",
+            code="content_type_invalid",
+        )
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequestError(
+            "The request body is not valid UTF-8.", code="body_invalid"
+        ) from exc
+    pairs.extend(parse_qsl(text, keep_blank_values=True))
+    return pairs
+
+
+async def _admin_params(request: Request) -> dict[str, Any]:
+    """Admin calls take a JSON object body; query parameters are merged under it."""
+    params: dict[str, Any] = dict(parse_qsl(request.url.query, keep_blank_values=True))
+    body = await _read_body(request)
+    if not body.strip():
+        return params
+    try:
+        decoded = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequestError(
+            f"The admin request body is not valid JSON: {exc}.", code="body_invalid"
+        ) from exc
+    if not isinstance(decoded, dict):
+        raise InvalidRequestError(
+            "The admin request body must be a JSON object.", code="body_invalid"
+        )
+    params.update(decoded)
+    return params
+
+
+def _json_response(response: ApiResponse) -> Response:
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-type"}
+    return Response(
+        json.dumps(response.body, separators=(",", ":")).encode("utf-8"),
+        status_code=response.status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str = "127.0.0.1"
+    port: int = 12111
+
+
+def serve(
+    core: ProviderCore,
+    listen: Listen,
+    settings: ServerSettings | None = None,
+    log_level: str = "info",
+) -> None:
+    """Run the server in the foreground until interrupted (``paychaos serve psp``)."""
+    import uvicorn
+
+    server = PspServer(core, settings)
+    config = uvicorn.Config(
+        server.app,
+        host=listen.host,
+        port=listen.port,
+        log_level=log_level,
+        access_log=False,
+        ws="none",
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    uvicorn.Server(config).run()
