@@ -359,6 +359,12 @@ class ProviderCore:
         return self.state.timers[0][0] if self.state.timers else None
 
     def lookup_idempotency(self, key: str) -> IdempotencyLookup:
+        """What became of the request with this key.
+
+        Not found: the provider never received it (safe to send again with the
+        key). Found with a saved 500: the endpoint failed before changing
+        anything, and every retry with the key replays that 500.
+        """
         return self.idempotency.lookup(key, self.now())
 
     def settlement_report(self, start_s: int, end_s: int) -> SettlementReport:

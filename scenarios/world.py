@@ -264,7 +264,7 @@ class World:
                 again = yield from self.provider_call(resend)
                 self.node.still(incarnation, self.env.now)
                 self.engine.resolve_attempt(call.attempt_id, again)
-            elif outcome.status is not OutcomeStatus.UNKNOWN:
+            elif not call.awaiting_action and outcome.status is not OutcomeStatus.UNKNOWN:
                 self.hit(f"{call.kind} {outcome.status} resolved by lookup")
         return len(calls)
 
@@ -279,8 +279,8 @@ class World:
         if result.response is None:
             return dialect.UNKNOWN
         outcome = dialect.outcome_from_response(call, result.response.status, result.response.body)
-        if outcome.status is OutcomeStatus.SUCCEEDED:
-            self.hit("3DS completion found by polling the provider")
+        if outcome.status is not OutcomeStatus.REQUIRES_ACTION:
+            self.hit(f"3DS outcome {outcome.status} found by polling the provider")
         return outcome
 
     # -- engine faults ---------------------------------------------------------------------------

@@ -183,6 +183,10 @@ def outcome_from_lookup(call: ProviderCall, lookup: Mapping[str, Any]) -> Provid
         return ProviderOutcome(O.NOT_FOUND)
     if lookup.get("in_flight") or lookup.get("response_status") is None:
         return UNKNOWN
+    if lookup["response_status"] == 500:
+        # A saved 500 is final for its key (every retry replays it) and, by the
+        # lookup's contract, the provider failed before doing any work.
+        return ProviderOutcome(O.DECLINED, decline_code="provider_error")
     return outcome_from_response(call, lookup["response_status"], lookup.get("response_body"))
 
 

@@ -171,6 +171,15 @@ def serve_psp(
     serve(build_core(seed, plan), Listen(host, port), ServerSettings(timeout_hold_s=timeout_hold_s))
 
 
+def _register_harness() -> None:
+    from scenarios.cli import register
+
+    register(app, console)
+
+
+_register_harness()
+
+
 def main() -> None:
     try:
         app()

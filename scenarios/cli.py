@@ -1,0 +1,193 @@
+"""``paychaos run`` and ``paychaos sweep``: the harness on the command line."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from scenarios.outputs import (
+    coverage_table,
+    report_document,
+    summary_table,
+    write_json,
+    write_junit,
+    write_trace,
+)
+from scenarios.runner import RunResult, run_scenario
+from scenarios.schema import Scenario, ScenarioError, library_paths, load_scenario, parse_duration_s
+
+SEEDS_MAX = 100_000
+
+
+def _load(paths: list[Path], duration: str | None) -> list[Scenario]:
+    scenarios = [load_scenario(path) for path in (paths or library_paths())]
+    if duration is not None:
+        try:
+            duration_s = parse_duration_s(duration)
+        except ValueError as exc:
+            raise ScenarioError(f"--duration: {exc}") from None
+        scenarios = [s.model_copy(update={"duration_s": duration_s}) for s in scenarios]
+    return scenarios
+
+
+def run_command(
+    console: Console,
+    scenarios: list[Path],
+    seed: int | None,
+    duration: str | None,
+    report_json: Path | None,
+    report_html: Path | None,
+    junit: Path | None,
+    trace: Path | None,
+    quiet: bool = False,
+) -> int:
+    try:
+        loaded = _load(scenarios, duration)
+    except ScenarioError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    started = time.perf_counter()
+    results: list[RunResult] = []
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[sim]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=quiet,
+    ) as progress:
+        for scenario in loaded:
+            task = progress.add_task(scenario.name, total=scenario.duration_s, sim="")
+
+            def tick(now_s: float, task_id: int = task) -> None:
+                progress.update(task_id, completed=now_s, sim=f"sim {now_s:,.0f} s")
+
+            results.append(run_scenario(scenario, seed, on_progress=tick))
+            progress.remove_task(task)
+    wall_time_s = time.perf_counter() - started
+    for result in results:
+        console.print(summary_table(result))
+        if not quiet:
+            console.print(coverage_table(result))
+        for problem in result.problems:
+            console.print(f"[red]{result.scenario.name}:[/] {problem}")
+    _write_outputs(results, wall_time_s, report_json, report_html, junit, trace)
+    failed = [r for r in results if not r.ok]
+    verdict = "[red]FAILED[/]" if failed else "[green]OK[/]"
+    console.print(
+        f"{verdict}: {len(results) - len(failed)} of {len(results)} scenario runs passed "
+        f"in {wall_time_s:.1f} s"
+    )
+    return 1 if failed else 0
+
+
+def _write_outputs(
+    results: list[RunResult],
+    wall_time_s: float,
+    report_json: Path | None,
+    report_html: Path | None,
+    junit: Path | None,
+    trace: Path | None,
+) -> None:
+    document = report_document(results, wall_time_s)
+    if report_json is not None:
+        write_json(report_json, document)
+    if junit is not None:
+        write_junit(junit, results)
+    if trace is not None:
+        write_trace(trace, results)
+    if report_html is not None:
+        from scenarios.html_report import render_html
+
+        report_html.write_text(render_html(document), encoding="utf-8")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``1-500``, ``7``, or ``1,5,9-12``."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        if not low.isdigit() or (high and not high.isdigit()):
+            raise ValueError(f"--seeds: {text!r} is not like 1-500 or 1,5,9-12")
+        first, last = int(low), int(high or low)
+        if last < first or len(seeds) + last - first + 1 > SEEDS_MAX:
+            raise ValueError(f"--seeds: {text!r} is empty or has more than {SEEDS_MAX} seeds")
+        seeds.extend(range(first, last + 1))
+    return seeds
+
+
+def _run_seed(args: tuple[str, int, str | None]) -> tuple[int, bool, list[str]]:
+    path, seed, duration = args
+    scenario = _load([Path(path)], duration)[0]
+    result = run_scenario(scenario, seed)
+    reasons = [f"{inv.id} {inv.name}" for inv in result.violated] + result.problems
+    return seed, result.ok, reasons
+
+
+def sweep_command(
+    console: Console, scenario: Path, seeds: str, jobs: int, duration: str | None
+) -> int:
+    try:
+        _load([scenario], duration)
+        seed_list = parse_seeds(seeds)
+    except (ScenarioError, ValueError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    if not 1 <= jobs <= 64:
+        console.print("[red]error:[/] --jobs: between 1 and 64")
+        return 2
+    failing: list[tuple[int, list[str]]] = []
+    work = [(str(scenario), seed, duration) for seed in seed_list]
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"sweep {scenario.name}", total=len(work))
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            for seed, ok, reasons in pool.map(_run_seed, work):
+                if not ok:
+                    failing.append((seed, reasons))
+                progress.advance(task)
+    extra = f" --duration {duration}" if duration else ""
+    for seed, reasons in failing:
+        console.print(f"[red]seed {seed} failed:[/] {'; '.join(reasons)}")
+        console.print(f"  replay: paychaos run {scenario} --seed {seed}{extra}")
+    console.print(f"{len(seed_list) - len(failing)} of {len(seed_list)} seeds passed")
+    return 1 if failing else 0
+
+
+def register(app: typer.Typer, console: Console) -> None:
+    @app.command("run")
+    def run(
+        scenarios: Annotated[
+            list[Path] | None, typer.Argument(help="Scenario files; none runs the whole library.")
+        ] = None,
+        seed: Annotated[int | None, typer.Option(help="Override the scenarios' seeds.")] = None,
+        duration: Annotated[
+            str | None, typer.Option(help="Override the simulated duration (e.g. 30m).")
+        ] = None,
+        report_json: Annotated[Path | None, typer.Option(help="Write the JSON report.")] = None,
+        report_html: Annotated[Path | None, typer.Option(help="Write the HTML report.")] = None,
+        junit: Annotated[Path | None, typer.Option(help="Write JUnit XML for CI.")] = None,
+        trace: Annotated[Path | None, typer.Option(help="Write every event (JSON lines).")] = None,
+        quiet: Annotated[bool, typer.Option(help="Only the invariant tables.")] = False,
+    ) -> None:
+        """Run scenarios in the deterministic simulation and check the invariants."""
+        code = run_command(
+            console, scenarios or [], seed, duration, report_json, report_html, junit, trace, quiet
+        )
+        raise typer.Exit(code)
+
+    @app.command("sweep")
+    def sweep(
+        scenario: Annotated[Path, typer.Argument(help="The scenario file.")],
+        seeds: Annotated[str, typer.Option(help="Seeds: 1-500 or 1,5,9-12.")] = "1-20",
+        jobs: Annotated[int, typer.Option(help="Parallel processes.")] = 2,
+        duration: Annotated[str | None, typer.Option(help="Override the duration.")] = None,
+    ) -> None:
+        """Run one scenario over many seeds in parallel; list the failing seeds."""
+        raise typer.Exit(sweep_command(console, scenario, seeds, jobs, duration))
