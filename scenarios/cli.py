@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from scenarios.outputs import (
     coverage_table,
@@ -66,7 +66,7 @@ def run_command(
         for scenario in loaded:
             task = progress.add_task(scenario.name, total=scenario.duration_s, sim="")
 
-            def tick(now_s: float, task_id: int = task) -> None:
+            def tick(now_s: float, task_id: TaskID = task) -> None:
                 progress.update(task_id, completed=now_s, sim=f"sim {now_s:,.0f} s")
 
             results.append(run_scenario(scenario, seed, on_progress=tick))
