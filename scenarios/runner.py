@@ -19,7 +19,7 @@ from mock_psp.faults import FaultPlanConfig
 from scenarios.clients import Clients
 from scenarios.oracles import Invariant, payment_trace, run_oracles
 from scenarios.schema import Scenario
-from scenarios.world import Step, World
+from scenarios.world import EPOCH_S, Step, World
 
 QUIESCENCE_POLL_S = 60.0
 TRACED_PAYMENTS_MAX = 10
@@ -179,6 +179,36 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
+LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+def _histogram(values: list[float]) -> list[dict[str, Any]]:
+    """Counts per latency bucket (upper bounds in seconds; the last is open)."""
+    counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
+    for value in values:
+        index = next(
+            (i for i, bound in enumerate(LATENCY_BUCKETS_S) if value <= bound),
+            len(LATENCY_BUCKETS_S),
+        )
+        counts[index] += 1
+    bounds: list[float | None] = [*LATENCY_BUCKETS_S, None]
+    return [{"le_s": bound, "count": count} for bound, count in zip(bounds, counts, strict=True)]
+
+
+def _faults_over_time(world: World) -> list[dict[str, Any]]:
+    """Fault counts per kind in slices of one hundredth of the run's duration."""
+    slice_s = max(world.scenario.duration_s / 100.0, 1.0)
+    buckets: dict[tuple[float, str], int] = {}
+    times = [(record.at_s - EPOCH_S, str(record.kind)) for record in world.psp.fault_log.records()]
+    times += [
+        (event["t"], "engine.crash") for event in world.trace if event["what"] == "engine.crash"
+    ]
+    for t_s, kind in times:
+        key = (round(int(t_s // slice_s) * slice_s, 3), kind)
+        buckets[key] = buckets.get(key, 0) + 1
+    return [{"t": t, "kind": kind, "count": n} for (t, kind), n in sorted(buckets.items())]
+
+
 def build_report(world: World, invariants: list[Invariant], problems: list[str]) -> dict[str, Any]:
     scenario = world.scenario
     final = world.samples[-1] if world.samples else {"by_state": {}}
@@ -205,6 +235,8 @@ def build_report(world: World, invariants: list[Invariant], problems: list[str])
         "faults_fired": fired_faults(world),
         "coverage": dict(sorted(world.coverage.items())),
         "client_latency": _percentiles(world.client_latencies_s),
+        "client_latency_histogram": _histogram(world.client_latencies_s),
+        "faults_over_time": _faults_over_time(world),
         "samples": world.samples,
         "fault_log": [record.to_json() for record in world.psp.fault_log.records()[:5_000]],
         "traces": [payment_trace(world, payment_id) for payment_id in traced],
