@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from engine.adapters import schema as t
 from engine.audit import CheckResult, audit
+from mock_psp.truth import EffectKind
 from scenarios.world import World
 
 # What the provider's PaymentIntent status must be for each engine state.
@@ -76,6 +77,12 @@ def _intents_by_payment(world: World) -> dict[str, list[Any]]:
 
 
 def check_no_double_charge(world: World) -> Invariant:
+    """Nobody is charged twice: per intent, per order, and per engine payment.
+
+    An authorization that was released (voided) and replaced by another is not
+    a double charge; two holds on one order at the same time, or two intents
+    that both kept money, are.
+    """
     inv = Invariant("I2", "no_double_charge", "one charge per payment and per order; net <= order")
     truth = world.psp.truth
     for pi_id, totals in sorted(truth.per_payment_intent().items()):
@@ -85,16 +92,13 @@ def check_no_double_charge(world: World) -> Invariant:
     for order_ref, by_currency in sorted(truth.per_order().items()):
         order = world.orders.get(order_ref)
         for currency, totals in sorted(by_currency.items()):
-            if totals.successful_charge_count > 1:
-                inv.add(
-                    order_ref, f"{totals.successful_charge_count} successful charges for one order"
-                )
             if order is not None and totals.net_captured_minor > order.amount_minor:
                 inv.add(
                     order_ref,
                     f"net captured {totals.net_captured_minor} {currency} exceeds the order's "
                     f"{order.amount_minor}",
                 )
+    _check_holds(world, inv)
     for payment_id, intents in sorted(_intents_by_payment(world).items()):
         charged = [
             pi.id for pi in intents if pi.amount_received_minor or pi.amount_capturable_minor
@@ -102,6 +106,30 @@ def check_no_double_charge(world: World) -> Invariant:
         if len(charged) > 1:
             inv.add(payment_id, f"one payment holds money on {len(charged)} provider intents")
     return inv
+
+
+def _check_holds(world: World, inv: Invariant) -> None:
+    """Per order: never two intents holding money at once, never two that kept it."""
+    live: dict[str, dict[str, int]] = defaultdict(dict)  # order -> intent -> held
+    kept: dict[str, set[str]] = defaultdict(set)
+    reported: set[str] = set()
+    for effect in world.psp.truth.effects():
+        order, pi_id = effect.order_ref, effect.payment_intent_id
+        if order is None or pi_id is None:
+            continue
+        held = live[order]
+        if effect.kind is EffectKind.AUTHORIZED:
+            held[pi_id] = held.get(pi_id, 0) + effect.amount_minor
+            if sum(1 for amount in held.values() if amount > 0) > 1 and order not in reported:
+                reported.add(order)
+                inv.add(order, f"{len(held)} intents hold money for one order at once")
+        elif effect.kind in {EffectKind.CAPTURED, EffectKind.RELEASED}:
+            held[pi_id] = held.get(pi_id, 0) - effect.amount_minor
+            if effect.kind is EffectKind.CAPTURED:
+                kept[order].add(pi_id)
+    for order, intents in sorted(kept.items()):
+        if len(intents) > 1:
+            inv.add(order, f"{len(intents)} intents captured money for one order")
 
 
 def check_provider_amounts(world: World) -> Invariant:
