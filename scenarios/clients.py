@@ -4,7 +4,8 @@ A client retries with the *same* idempotency key when the engine could not
 answer (down, database outage, key still in flight), with exponential backoff,
 and gives up after ``retries_max``. Some clients re-submit an order with a new
 key (a double click); some replay a finished request to check that the engine
-answers the same (I6).
+answers the same (I6); some send a capture after their void, which the
+engine must refuse as an illegal transition (I4).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.domain.commands import Authorize, Capture, CreatePayment, Refund, Void
-from engine.domain.errors import IdempotencyKeyReused, PaychaosError
+from engine.domain.errors import IdempotencyKeyReused, IllegalTransition, PaychaosError
 from engine.service.views import StepResult
 from scenarios.world import EngineDown, Order, Step, World, is_engine_trouble
 
@@ -28,6 +29,7 @@ FLOW_METHODS = {
     "decline": ("manual", "pm_card_chargeDeclined"),
 }
 POLLS_MAX = 20
+LATE_CAPTURE_EVERY = 3  # every third voided order also gets a late capture (I4)
 
 
 class Clients:
@@ -242,7 +244,13 @@ class Clients:
         e = self.w.engine
         if order.flow == "void":
             void = Void(order.merchant_id, f"{key_prefix}-void", payment_id)
-            yield from self.request(e.begin_void, void)
+            voided = yield from self.request(e.begin_void, void)
+            if (
+                isinstance(voided, StepResult)
+                and voided.payment.state == "canceled"
+                and order.number % LATE_CAPTURE_EVERY == 0
+            ):
+                yield from self._late_capture(order, payment_id, key_prefix)
             return
         amount = None
         if order.flow == "capture_partial" and order.amount_minor > 1:
@@ -253,6 +261,21 @@ class Clients:
             "captured", "partially_captured",
         }:  # fmt: skip
             yield from self._refunds(order, payment_id, key_prefix)
+
+    def _late_capture(self, order: Order, payment_id: str, key_prefix: str) -> Step:
+        """A capture sent after the void (a stale back office): it must be refused as illegal."""
+        capture = Capture(order.merchant_id, f"{key_prefix}-late-capture", payment_id, None)
+        result = yield from self.request(self.w.engine.begin_capture, capture)
+        if isinstance(result, IllegalTransition):
+            self.w.hit("capture after void refused")
+        elif isinstance(result, StepResult):
+            self.w.transition_violations.append(
+                (payment_id, f"a capture after the void was accepted ({result.status_code})")
+            )
+        elif result is not None:
+            self.w.transition_violations.append(
+                (payment_id, f"a capture after the void was refused with {_code(result)}")
+            )
 
     def _refunds(self, order: Order, payment_id: str, key_prefix: str) -> Step:
         workload = self.s.workload

@@ -217,6 +217,20 @@ def check_convergence(world: World) -> Invariant:
     return inv
 
 
+def check_projection(world: World, inv: Invariant) -> None:
+    """I8's consumer side: every event consumed once, the projection matches the engine."""
+    projection = world.projection
+    with world.db.engine.connect() as c:
+        states = dict(c.execute(sa.select(t.payments.c.id, t.payments.c.state)).tuples().all())
+        published = c.execute(sa.select(sa.func.count()).select_from(t.outbox)).scalar_one()
+    if len(projection.seen) != published:
+        inv.add("outbox", f"{len(projection.seen)} events consumed, {published} in the outbox")
+    for payment_id, state in sorted(states.items()):
+        projected = projection.states.get(payment_id, (0, None))[1]
+        if projected != state:
+            inv.add(payment_id, f"projection says {projected}, the engine says {state}")
+
+
 def check_wallets() -> Invariant:
     inv = Invariant("I5", "wallets", "wallets equal the ledger; no payout beyond the balance")
     inv.applicable = False
@@ -230,6 +244,14 @@ def run_oracles(world: World) -> list[Invariant]:
     amounts = engine_checks["I3"]
     amounts.checked += provider_amounts.checked
     amounts.violations.extend(provider_amounts.violations)
+    check_projection(world, engine_checks["I8"])
+    engine_checks[
+        "I8"
+    ].description = "one outbox event per change; consumers dedupe; projection matches"
+    transitions = engine_checks["I4"]  # and the client side: illegal commands are refused
+    transitions.checked += world.coverage["capture after void refused"]
+    for subject, detail in world.transition_violations:
+        transitions.add(subject, detail)
     return [
         engine_checks["I1"],
         check_no_double_charge(world),

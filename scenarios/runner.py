@@ -107,6 +107,8 @@ def quiesce(world: World) -> Step:
             continue
         if world.engine.unresolved_attempts(timedelta(0), 1, awaiting_customer=False):
             continue
+        if world.engine.unpublished_events(1):
+            continue
         break
     yield from world.recover_once()
     world.quiescent_at_s = world.env.now
@@ -125,6 +127,7 @@ def run_scenario(
     env.process(world.deliver_webhooks())
     env.process(world.recovery_worker())
     env.process(world.crashes())
+    env.process(world.outbox_relay())
     env.process(world.sampler(max(scenario.duration_s / 100.0, 1.0)))
     done = env.process(quiesce(world))
     # Run in slices of simulated time only to report progress: events are
@@ -135,6 +138,10 @@ def run_scenario(
         if on_progress is not None:
             on_progress(min(env.now, scenario.duration_s))
     env.run(until=done)
+    if world.projection.duplicates:
+        world.coverage["outbox event delivered twice, deduped by the consumer"] = (
+            world.projection.duplicates
+        )
     invariants = run_oracles(world)
     problems = expectation_problems(world)
     report = build_report(world, invariants, problems)

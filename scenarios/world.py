@@ -30,7 +30,7 @@ from engine.domain.errors import PaychaosError, StoreUnavailable
 from engine.domain.ports import SeededIds
 from engine.domain.provider import CallKind, OutcomeStatus, ProviderCall, ProviderOutcome
 from engine.service.engine import PaymentEngine
-from engine.service.views import StepResult
+from engine.service.views import OutboxEvent, StepResult
 from mock_psp.core import ApiRequest, ProviderCore
 from scenarios.schema import Scenario
 
@@ -102,6 +102,33 @@ class Order:
     payment_method: str
 
 
+RELAY_INTERVAL_S = 5.0
+RELAY_BATCH_MAX = 1_000
+RELAY_DUPLICATE_RATE = 0.05
+
+
+@dataclass(slots=True)
+class Projection:
+    """A downstream consumer: dedupes by event id, keeps each payment's latest state."""
+
+    seen: set[str] = field(default_factory=set)
+    states: dict[str, tuple[int, str]] = field(default_factory=dict)
+    duplicates: int = 0
+    out_of_order: int = 0
+
+    def consume(self, event: OutboxEvent) -> None:
+        if event.event_id in self.seen:
+            self.duplicates += 1
+            return
+        self.seen.add(event.event_id)
+        seq = event.history_seq or 0
+        current = self.states.get(event.payment_id)
+        if current is not None and current[0] > seq:
+            self.out_of_order += 1
+            return
+        self.states[event.payment_id] = (seq, str(event.payload["to_state"]))
+
+
 class World:
     def __init__(self, scenario: Scenario, seed: int | None = None):
         self.scenario = scenario
@@ -109,7 +136,7 @@ class World:
         root = random.Random(self.seed)
         self.rng = {
             name: random.Random(root.getrandbits(64))
-            for name in ("workload", "clients", "engine", "psp", "crashes", "customers")
+            for name in ("workload", "clients", "engine", "psp", "crashes", "customers", "relay")
         }
         self.env = simpy.Environment()
         self.db = Database("sqlite://", migrate=True)
@@ -123,11 +150,13 @@ class World:
             db_outages=[(w.start_s, w.end_s) for w in scenario.engine_faults.db_outages]
         )
         self.coverage: Counter[str] = Counter()
+        self.projection = Projection()
         self.trace: list[dict[str, Any]] = []
         self.orders: dict[str, Order] = {}
         self.client_latencies_s: list[float] = []
         self.idempotency_violations: list[tuple[str, str]] = []
         self.intake_violations: list[tuple[str, str]] = []
+        self.transition_violations: list[tuple[str, str]] = []  # illegal commands accepted
         self.samples: list[dict[str, Any]] = []
         self.active_checkouts = 0
         self.arrivals_done = False
@@ -282,6 +311,26 @@ class World:
         if outcome.status is not OutcomeStatus.REQUIRES_ACTION:
             self.hit(f"3DS outcome {outcome.status} found by polling the provider")
         return outcome
+
+    # -- outbox relay and an idempotent consumer (I8) -------------------------------------
+    def outbox_relay(self) -> Step:
+        """Publish outbox events at least once; some twice, as after a relay crash."""
+        rng = self.rng["relay"]
+        while True:
+            yield self.env.timeout(RELAY_INTERVAL_S)
+            try:
+                self.node.check(self.env.now)
+                events = self.engine.unpublished_events(RELAY_BATCH_MAX)
+                for event in events:
+                    self.projection.consume(event)
+                    if rng.random() < RELAY_DUPLICATE_RATE:
+                        self.projection.consume(event)
+                self.engine.mark_published(events)
+            except (EngineDown, StoreUnavailable):
+                self.hit("outbox relay waited: engine unavailable")
+                continue
+            if self.quiescent_at_s is not None and not events:
+                return
 
     # -- engine faults ---------------------------------------------------------------------------
     def crashes(self) -> Step:

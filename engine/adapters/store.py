@@ -315,6 +315,17 @@ class Store:
                 entries[row["journal_id"]].append(dict(row))
         return [(journal, entries[journal["id"]]) for journal in journals]
 
+    # outbox relay -------------------------------------------------------------
+    def unpublished_outbox(self, limit: int) -> list[Row]:
+        o = t.outbox.c
+        query = sa.select(t.outbox).where(o.published_at.is_(None)).order_by(o.id).limit(limit)
+        return [dict(row) for row in self.c.execute(query).mappings()]
+
+    def mark_outbox_published(self, ids: Sequence[int], at: datetime) -> None:
+        if ids:
+            o = t.outbox.c
+            self.c.execute(t.outbox.update().where(o.id.in_(list(ids))).values(published_at=at))
+
 
 @contextmanager
 def unit_of_work(database: Database) -> Iterator[Store]:

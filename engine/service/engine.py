@@ -46,6 +46,7 @@ from engine.domain.provider import (
 from engine.domain.states import PaymentState, is_legal, transition
 from engine.service.views import (
     EventResult,
+    OutboxEvent,
     PaymentView,
     StepResult,
     history_item,
@@ -854,6 +855,22 @@ class PaymentEngine:
 
     def ledger_of(self, payment_id: str) -> list[tuple[Row, list[Row]]]:
         return self._run(lambda s: s.journals_of(payment_id))
+
+    # -- outbox relay -------------------------------------------------------------------------
+    def unpublished_events(self, limit: int = 100) -> list[OutboxEvent]:
+        """Outbox events not yet published, oldest first (at-least-once relay)."""
+        limit = min(limit, self.settings.page_size_max * 10)
+        return self._run(
+            lambda s: [
+                OutboxEvent(row["id"], row["event_id"], row["type"], row["payment_id"],
+                            row["history_seq"], dict(row["payload"]))
+                for row in s.unpublished_outbox(limit)
+            ]
+        )  # fmt: skip
+
+    def mark_published(self, events: list[OutboxEvent]) -> None:
+        """Record that these events reached the bus; a crash before this republishes them."""
+        self._run(lambda s: s.mark_outbox_published([e.sequence for e in events], self.clock.now()))
 
     # -- housekeeping -------------------------------------------------------------------------
     def expire_idempotency_keys(self) -> int:

@@ -100,3 +100,15 @@ class EventResult:
     outcome: str
     payment_id: str | None = None
     transitions: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """A state change as published: consumers dedupe by ``event_id``."""
+
+    sequence: int
+    event_id: str
+    type: str
+    payment_id: str
+    history_seq: int | None
+    payload: dict[str, Any]
