@@ -15,7 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.domain.commands import Authorize, Capture, CreatePayment, Refund, Void
-from engine.domain.errors import IdempotencyKeyReused, IllegalTransition, PaychaosError
+from engine.domain.errors import (
+    IdempotencyKeyReused,
+    IllegalTransition,
+    PaychaosError,
+    StoreUnavailable,
+)
 from engine.service.views import StepResult
 from scenarios.world import EngineDown, Order, Step, World, is_engine_trouble
 
@@ -125,7 +130,15 @@ class Clients:
         if self.rng.random() < policy.replay_rate:
             try:
                 again = yield from self.w.engine_op(begin, command)
-            except (EngineDown, PaychaosError):
+            except (EngineDown, StoreUnavailable):
+                return  # no answer at all: nothing to compare
+            except PaychaosError as exc:
+                # The request finished: a replay must get its saved answer, not
+                # "still in flight" or any other error.
+                self.w.hit("client replayed a finished request")
+                self.w.idempotency_violations.append(
+                    (first.payment.id, f"replay of {command.idempotency_key} answered {exc.code}")
+                )
                 return
             self.w.hit("client replayed a finished request")
             same = (again.status_code, again.payment.body) == (

@@ -390,7 +390,7 @@ def _plot_states(samples: list[dict[str, Any]], t_end: float, duration_s: float)
     states = [s for s in STATE_STACK if s in seen] + sorted(seen - set(STATE_STACK))
     totals = [sum(s.get("by_state", {}).values()) for s in samples]
     if not states:
-        return _panel(title, "no samples", _empty())
+        return _panel(title, "no samples", _empty(title, t_end, duration_s, "no samples"))
     frame = _Frame(t_end, _nice_max(max(totals)))
     body, front = _time_axes(frame, duration_s, "payments")
     base = [0.0] * len(samples)
@@ -417,7 +417,7 @@ def _plot_states(samples: list[dict[str, Any]], t_end: float, duration_s: float)
 def _plot_unresolved(samples: list[dict[str, Any]], t_end: float, duration_s: float) -> str:
     title = "Unresolved provider attempts"
     if not samples:
-        return _panel(title, "no samples", _empty())
+        return _panel(title, "no samples", _empty(title, t_end, duration_s, "no samples"))
     values = [int(s.get("unresolved", 0)) for s in samples]
     frame = _Frame(t_end, _nice_max(max(values)))
     body, front = _time_axes(frame, duration_s, "attempts")
@@ -444,7 +444,8 @@ def _plot_faults(
     for row in run.get("faults_over_time", []):
         per_slice[float(row["t"])][str(row["kind"])] = int(row["count"])
     if not per_slice:
-        return _panel(title, "no fault fired", _empty())
+        message = "no fault fired in this run"
+        return _panel(title, "no fault fired", _empty(title, t_end, duration_s, message))
     kinds = sorted({kind for counts in per_slice.values() for kind in counts})
     slice_s = max(float(run.get("duration_s") or 0.0) / 100.0, 1.0)  # as the runner slices
     frame = _Frame(t_end, _nice_max(max(sum(c.values()) for c in per_slice.values())))
@@ -475,7 +476,7 @@ def _plot_latency(run: dict[str, Any]) -> str:
     buckets = run.get("client_latency_histogram", [])
     latency = run.get("client_latency", {})
     if not buckets or not sum(int(b.get("count", 0)) for b in buckets):
-        return _panel(title, "no client requests", _empty())
+        return _panel(title, "no client requests", _empty(title, 0.0, 0.0, "no requests"))
     frame = _Frame(float(len(buckets)), _nice_max(max(int(b["count"]) for b in buckets)),
                    bottom=40.0)  # fmt: skip
     body = _y_grid(frame, "requests")
@@ -537,8 +538,15 @@ def _legend(items: Iterable[tuple[str, str]]) -> str:
     return f'<div class="legend">{spans}</div>'
 
 
-def _empty() -> str:
-    return '<div class="empty">nothing to plot</div>'
+def _empty(title: str, t_end: float, duration_s: float, message: str) -> str:
+    """An empty chart, axes included, so that every panel reads the same way."""
+    frame = _Frame(t_end or 1.0, 1.0)
+    body, front = _time_axes(frame, duration_s, "") if t_end else (_y_grid(frame, ""), [])
+    body.append(
+        f'<text class="empty" x="{(frame.left + frame.x_end) / 2:.1f}" '
+        f'y="{(frame.top + frame.y_base) / 2:.1f}" text-anchor="middle">{_e(message)}</text>'
+    )
+    return _svg(frame, title, body + front)
 
 
 # -- coverage and traces ------------------------------------------------------------
@@ -792,7 +800,7 @@ svg .unres-area{fill:#e8793a;fill-opacity:.18}
 .legend{display:flex;flex-wrap:wrap;gap:4px 14px;font-size:12px;margin-top:6px}
 .legend i{display:inline-block;width:11px;height:11px;border-radius:2px;margin-right:5px;
 vertical-align:-1px}
-.empty{padding:60px 0;text-align:center;color:var(--muted)}
+svg text.empty{font-size:15px;fill:#8c959f}
 .plots .card{margin:0}
 .coverage{margin-top:14px}
 .cov{display:grid;grid-template-columns:minmax(320px,1fr) 2fr;gap:24px}
@@ -801,7 +809,8 @@ vertical-align:-1px}
 padding:2px 0;break-inside:avoid}
 .path b{font-variant-numeric:tabular-nums}.path.zero{color:var(--bad)}
 .trace{border-top:1px solid var(--line);padding-top:10px;margin-top:10px}
-.trace h4{text-transform:none;letter-spacing:0;color:var(--ink);font-size:14px}
+.trace h4{text-transform:none;letter-spacing:0;color:var(--ink)}
+.trace h4 code{font-size:14px;font-weight:700}
 .trace ul.viol{color:var(--bad);margin-bottom:6px}
 .sides{display:grid;grid-template-columns:1fr 1fr;gap:20px;align-items:start}
 .trace-t td:first-child{width:90px;white-space:nowrap}
