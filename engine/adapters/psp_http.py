@@ -124,7 +124,7 @@ class HttpProvider:
         )
         self.retry = retry or RetryPolicy()
         self.breaker = breaker or CircuitBreaker()
-        self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
+        self.rng = rng or random.Random()
         self.sleep = sleep
         self.stats = ProviderStats()
 
@@ -145,9 +145,7 @@ class HttpProvider:
             if status is None or body is None:
                 return dialect.UNKNOWN
             return dialect.outcome_from_response(call, status, body)
-        status, body = self._send(
-            "GET", f"/_admin/idempotency/{call.idempotency_key}", {}, None
-        )
+        status, body = self._send("GET", f"/_admin/idempotency/{call.idempotency_key}", {}, None)
         if status != 200 or body is None:
             return dialect.UNKNOWN  # the lookup itself failed: still unknown
         return dialect.outcome_from_lookup(call, body)
