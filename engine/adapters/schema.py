@@ -124,6 +124,10 @@ attempts = sa.Table(
     sa.Column("idempotency_id", Id, nullable=True),
     sa.Column("decline_code", sa.String(64), nullable=True),
     sa.Column("lookup_count", sa.Integer, nullable=False, server_default="0"),
+    # When the recovery worker should next ask the provider; an attempt the
+    # provider still cannot explain after the whole schedule needs a person.
+    sa.Column("next_lookup_at", UTCDateTime, nullable=True),
+    sa.Column("needs_review", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("resolved_at", UTCDateTime, nullable=True),
@@ -225,4 +229,39 @@ ledger_entries = sa.Table(
     sa.CheckConstraint("side IN ('D', 'C')", name="side_valid"),
     sa.Index("ix_ledger_entries_journal", "journal_id"),
     sa.Index("ix_ledger_entries_account", "account", "currency"),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("merchant_id", sa.String(255), nullable=False),
+    # "secret" may write; "restricted" may only read.
+    sa.Column("kind", sa.String(16), nullable=False),
+    # SHA-256 of the key: the key itself is shown once, at creation, and never stored.
+    sa.Column("key_hash", sa.String(64), nullable=False),
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+    sa.CheckConstraint("kind IN ('secret', 'restricted')", name="kind_valid"),
+    sa.UniqueConstraint("key_hash"),
+    sa.Index("ix_api_keys_merchant", "merchant_id"),
+)
+
+webhook_inbox = sa.Table(
+    "webhook_inbox",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("provider_event_id", sa.String(255), nullable=False),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    # pending -> applied, or -> dead after too many failed applications (the DLQ)
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.String(500), nullable=True),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("applied_at", UTCDateTime, nullable=True),
+    sa.CheckConstraint("status IN ('pending', 'applied', 'dead')", name="status_valid"),
+    sa.UniqueConstraint("provider_event_id"),
+    sa.Index("ix_webhook_inbox_status", "status"),
 )
