@@ -171,6 +171,75 @@ def serve_psp(
     serve(build_core(seed, plan), Listen(host, port), ServerSettings(timeout_hold_s=timeout_hold_s))
 
 
+keys_app = typer.Typer(help="API keys per merchant.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    db: DbUrl,
+    merchant: Annotated[str, typer.Option(help="The merchant the key belongs to.")],
+    kind: Annotated[str, typer.Option(help="secret (read and write) or restricted (read).")] = (
+        "secret"
+    ),
+) -> None:
+    """Create an API key; it is printed once and stored only as a hash."""
+    from engine.domain.validation import parse_identifier
+    from engine.entrypoints.serve import new_api_key
+
+    if kind not in {"secret", "restricted"}:
+        fail("--kind: secret or restricted")
+    try:
+        parse_identifier(merchant, "merchant_id")
+        key_id, secret = new_api_key(db, merchant, kind)
+    except PaychaosError as exc:
+        fail(f"{exc.message}")
+    except Exception as exc:
+        fail(f"--db: cannot use {db!r}: {type(exc).__name__}: {exc}")
+    console.print(f"{key_id} {kind} key for {merchant} (shown once): {secret}")
+
+
+@serve_app.command("engine")
+def serve_engine(
+    db: Annotated[str, typer.Option("--db", help="Database URL.")] = "sqlite:///paychaos.db",
+    psp: Annotated[str, typer.Option("--psp", help="The provider's base URL.")] = (
+        "http://127.0.0.1:12111"
+    ),
+    psp_key: Annotated[str, typer.Option(help="The provider API key.")] = "sk_test_paychaos",
+    webhook_secret: Annotated[
+        str, typer.Option(envvar="PAYCHAOS_WEBHOOK_SECRET", help="The webhook signing secret.")
+    ] = "",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    provider_timeout_s: float = 5.0,
+) -> None:
+    """The engine's HTTP API (run `paychaos db upgrade` first)."""
+    import os
+
+    import uvicorn
+
+    from engine.adapters.database import Database
+    from engine.entrypoints.serve import ServiceSettings
+
+    settings = ServiceSettings(db, psp, psp_key, webhook_secret, provider_timeout_s)
+    try:
+        database = Database(db)
+        check_schema(database.engine)
+        database.dispose()
+    except SchemaOutOfDate as exc:
+        fail(f"--db: {exc.message}")
+    except Exception as exc:
+        fail(f"--db: cannot use {db!r}: {type(exc).__name__}: {exc}")
+    if not 1 <= workers <= 64:
+        fail("--workers: between 1 and 64")
+    os.environ.update(settings.to_env())
+    uvicorn.run(
+        "engine.entrypoints.serve:app_from_env", factory=True, host=host, port=port,
+        workers=workers, log_level="warning",
+    )  # fmt: skip
+
+
 def _register_harness() -> None:
     from scenarios.cli import register
 
