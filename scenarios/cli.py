@@ -1,4 +1,4 @@
-"""``paychaos run`` and ``paychaos sweep``: the harness on the command line."""
+"""``paychaos run``, ``paychaos sweep`` and ``paychaos hunt``: the harness on the command line."""
 
 from __future__ import annotations
 
@@ -69,7 +69,9 @@ def run_command(
             def tick(now_s: float, task_id: TaskID = task) -> None:
                 progress.update(task_id, completed=now_s, sim=f"sim {now_s:,.0f} s")
 
-            results.append(run_scenario(scenario, seed, on_progress=tick))
+            results.append(
+                run_scenario(scenario, seed, on_progress=tick, trace=trace is not None)
+            )
             progress.remove_task(task)
     wall_time_s = time.perf_counter() - started
     for result in results:
@@ -160,6 +162,45 @@ def sweep_command(
     return 1 if failing else 0
 
 
+def hunt_command(console: Console, examples: int, out: Path, duration: str, seed: int) -> int:
+    try:
+        duration_s = parse_duration_s(duration)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] --duration: {exc}")
+        return 2
+    if not 30 <= duration_s <= 86_400:
+        console.print("[red]error:[/] --duration: between 30s and 1d")
+        return 2
+    if not 1 <= examples <= 10_000:
+        console.print("[red]error:[/] --examples: between 1 and 10000")
+        return 2
+    try:
+        from scenarios.hunt import hunt
+    except ImportError:  # hypothesis is a development dependency
+        console.print("[red]error:[/] paychaos hunt needs hypothesis: pip install 'paychaos[dev]'")
+        return 2
+    with Progress(TextColumn("{task.description}"), console=console, transient=True) as progress:
+        task = progress.add_task("hunting")
+
+        def tick(runs: int, reasons: list[str]) -> None:
+            verdict = "failing" if reasons else "passing"
+            progress.update(task, description=f"hunting: {runs} scenarios run, last {verdict}")
+
+        result = hunt(examples, seed, duration_s, out, on_run=tick)
+    if not result.found:
+        console.print(
+            f"[green]nothing found[/] in {examples} generated scenarios "
+            f"({result.runs} runs, --seed {seed})"
+        )
+        return 0
+    console.print(f"[red]found a failure[/] ({result.runs} runs, --seed {seed}), shrunk to:")
+    for reason in result.reasons:
+        console.print(f"  {reason}")
+    console.print(f"  written: {result.path}")
+    console.print(f"  replay: paychaos run {result.path}")
+    return 1
+
+
 def register(app: typer.Typer, console: Console) -> None:
     @app.command("run")
     def run(
@@ -191,3 +232,17 @@ def register(app: typer.Typer, console: Console) -> None:
     ) -> None:
         """Run one scenario over many seeds in parallel; list the failing seeds."""
         raise typer.Exit(sweep_command(console, scenario, seeds, jobs, duration))
+
+    @app.command("hunt")
+    def hunt(
+        examples: Annotated[int, typer.Option(help="Generated scenarios to try.")] = 50,
+        out: Annotated[Path, typer.Option(help="Where the minimal failing scenario goes.")] = Path(
+            "hunt-found"
+        ),
+        duration: Annotated[
+            str, typer.Option(help="Longest simulated duration to generate (e.g. 5m).")
+        ] = "5m",
+        seed: Annotated[int, typer.Option(help="Seed of the search: one seed, one search.")] = 0,
+    ) -> None:
+        """Search generated scenarios for a failure; shrink it and write it as a scenario file."""
+        raise typer.Exit(hunt_command(console, examples, out, duration, seed))
