@@ -123,6 +123,7 @@ class ProviderCore:
             substream(rng, "webhook-faults"),
             self.fault_log,
             now_s,
+            payload_indent=self.config.webhook_payload_indent,
         )
         self.reporter = SettlementReporter(f"{rng.getrandbits(128):032x}", self.fault_log)
         self.world = World(self.state, self.config, self._ids, self.scheduler, self.truth)

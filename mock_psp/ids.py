@@ -10,6 +10,10 @@ import random
 import string
 
 _ALPHABET = string.ascii_letters + string.digits
+# A word's top byte -> the character its top 6 bits pick, or "" when choice redraws.
+_TOP_BYTE_CHAR = tuple(
+    _ALPHABET[byte >> 2] if byte >> 2 < len(_ALPHABET) else "" for byte in range(256)
+)
 ID_BODY_LENGTH = 24
 SECRET_BODY_LENGTH = 32
 
@@ -23,7 +27,19 @@ class IdSource:
         self._rng = rng
 
     def _body(self, length: int) -> str:
-        return "".join(self._rng.choice(_ALPHABET) for _ in range(length))
+        # Exactly what ``rng.choice(_ALPHABET)`` per character draws, several times
+        # faster: choice takes the top 6 bits of one 32-bit word per try and redraws
+        # at 62 or more. ``getrandbits(32 * n)`` returns the next n words, the first
+        # in the least significant place; exactly as many words are drawn as the
+        # one-by-one loop would draw, so the stream stays the same for what follows.
+        draw = self._rng.getrandbits
+        chars: list[str] = []
+        need = length
+        while need:
+            words = draw(32 * need).to_bytes(4 * need, "little")
+            chars.extend(char for char in map(_TOP_BYTE_CHAR.__getitem__, words[3::4]) if char)
+            need = length - len(chars)
+        return "".join(chars)
 
     def new(self, prefix: str) -> str:
         assert prefix and prefix.isidentifier(), prefix

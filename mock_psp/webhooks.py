@@ -39,9 +39,13 @@ DUPLICATE_SPREAD_S = 5.0
 USER_AGENT = "Stripe/1.0 (+https://stripe.com/docs/webhooks)"
 
 
-def event_payload(event: Event) -> bytes:
-    """The bytes that are signed and sent; Stripe sends indented JSON."""
-    return json.dumps(event.to_json(), indent=2).encode("utf-8")
+def event_payload(event: Event, indent: int | None = 2) -> bytes:
+    """The bytes that are signed and sent; Stripe sends indented JSON.
+
+    ``indent=None`` sends compact JSON: the same document, encoded several times
+    faster (Python's encoder indents only in pure Python), for simulations.
+    """
+    return json.dumps(event.to_json(), indent=indent).encode("utf-8")
 
 
 def compute_signature(payload: bytes, secret: str, timestamp_s: int) -> str:
@@ -113,6 +117,8 @@ class DeliveryScheduler:
         "_heap",
         "_in_flight",
         "_log",
+        "_payload_indent",
+        "_payload_refs",
         "_payloads",
         "_rng",
         "_seq",
@@ -127,8 +133,10 @@ class DeliveryScheduler:
         rng: random.Random,
         log: FaultLog,
         started_at_s: float,
+        payload_indent: int | None = 2,
     ) -> None:
         self._endpoints = endpoints
+        self._payload_indent = payload_indent
         self._config = config
         self._rng = rng
         self._log = log
@@ -136,6 +144,9 @@ class DeliveryScheduler:
         self._heap: list[tuple[float, int, _Scheduled]] = []
         self._seq = 0
         self._payloads: dict[str, tuple[str, bytes]] = {}  # event id -> (type, bytes)
+        # Scheduled items and unacknowledged deliveries of each event: its payload is
+        # dropped when the last one is done, so memory follows the queue, not history.
+        self._payload_refs: Counter[str] = Counter()
         self._in_flight: dict[str, Delivery] = {}
         self.stats: Counter[str] = Counter()
 
@@ -157,16 +168,29 @@ class DeliveryScheduler:
             return
         self._seq += 1
         heapq.heappush(self._heap, (item.due_at_s, self._seq, item))
+        self._payload_refs[item.event_id] += 1
+
+    def _release(self, event_id: str) -> None:
+        self._payload_refs[event_id] -= 1
+        if self._payload_refs[event_id] <= 0:
+            del self._payload_refs[event_id]
+            self._payloads.pop(event_id, None)
 
     def enqueue(self, event: Event, now_s: float) -> int:
         """Schedule an event for every endpoint that wants it; returns how many want it."""
         wanted = [ep for ep in self._endpoints.values() if ep.wants(event.type)]
         if not wanted:
             return 0
-        self._payloads[event.id] = (event.type, event_payload(event))
+        self._payloads[event.id] = (event.type, event_payload(event, self._payload_indent))
         for endpoint in wanted:
             self._plan_event(event, endpoint.id, now_s)
+        if not self._payload_refs[event.id]:  # lost on every endpoint: nothing will send it
+            self._release_unscheduled(event.id)
         return len(wanted)
+
+    def _release_unscheduled(self, event_id: str) -> None:
+        self._payload_refs.pop(event_id, None)
+        self._payloads.pop(event_id, None)
 
     def _plan_event(self, event: Event, endpoint_id: str, now_s: float) -> None:
         spec = self._config.webhooks
@@ -225,10 +249,12 @@ class DeliveryScheduler:
             endpoint = self._endpoints.get(item.endpoint_id)
             if endpoint is None or not endpoint.enabled:
                 self.stats["endpoint_gone"] += 1
+                self._release(item.event_id)
                 continue
             if item.kind is DeliveryKind.ORIGINAL and self._drop_attempt(item, now_s):
+                self._release(item.event_id)  # after the retry (if any) was scheduled
                 continue
-            delivery = self._build(item, seq, endpoint, now_s)
+            delivery = self._build(item, seq, endpoint, now_s)  # in flight until its ack
             self._in_flight[delivery.delivery_id] = delivery
             ready.append(delivery)
         return ready
@@ -285,6 +311,7 @@ class DeliveryScheduler:
         ok = status_code is not None and 200 <= status_code < 300
         self.stats[f"{delivery.kind}.{'accepted' if ok else 'rejected'}"] += 1
         if delivery.kind is not DeliveryKind.ORIGINAL or ok:
+            self._release(delivery.event_id)
             return
         item = _Scheduled(
             delivery.due_at_s,
@@ -295,6 +322,7 @@ class DeliveryScheduler:
             delivery.first_attempt_at_s,
         )
         self._retry(item, now_s)
+        self._release(delivery.event_id)
 
     def _retry(self, item: _Scheduled, now_s: float) -> None:
         retry = self._config.webhook_retry
@@ -320,6 +348,7 @@ class DeliveryScheduler:
         self._started_at_s = now_s
         self._heap.clear()
         self._payloads.clear()
+        self._payload_refs.clear()
         self._in_flight.clear()
         self.stats.clear()
 

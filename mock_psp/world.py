@@ -52,6 +52,8 @@ class ProviderConfig(BaseModel):
     order_ref_key: str = Field(default="order_id", min_length=1, max_length=40)
     # None accepts any ``sk_test_...`` key; a list accepts exactly those keys.
     api_keys: list[str] | None = None
+    # Webhook bodies are indented JSON, as Stripe's; None sends them compact (faster).
+    webhook_payload_indent: int | None = Field(default=2, ge=0, le=8)
 
 
 @dataclass(slots=True)

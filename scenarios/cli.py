@@ -46,11 +46,18 @@ def run_command(
     junit: Path | None,
     trace: Path | None,
     quiet: bool = False,
+    jobs: int = 1,
 ) -> int:
+    from scenarios.shards import check_jobs, run_sharded
+
     try:
         loaded = _load(scenarios, duration)
     except ScenarioError as exc:
         console.print(f"[red]error:[/] {exc}")
+        return 2
+    refusals = [why for s in loaded if (why := check_jobs(s, jobs)) is not None]
+    if refusals:
+        console.print(f"[red]error:[/] {refusals[0]}")
         return 2
     started = time.perf_counter()
     results: list[RunResult] = []
@@ -64,6 +71,11 @@ def run_command(
         disable=quiet,
     ) as progress:
         for scenario in loaded:
+            if jobs > 1:  # the shards run in other processes: no simulated-time progress
+                task = progress.add_task(f"{scenario.name} ({jobs} shards)", total=None, sim="")
+                results.append(run_sharded(scenario, seed, jobs, trace=trace is not None))
+                progress.remove_task(task)
+                continue
             task = progress.add_task(scenario.name, total=scenario.duration_s, sim="")
 
             def tick(now_s: float, task_id: TaskID = task) -> None:
@@ -216,11 +228,15 @@ def register(app: typer.Typer, console: Console) -> None:
         junit: Annotated[Path | None, typer.Option(help="Write JUnit XML for CI.")] = None,
         trace: Annotated[Path | None, typer.Option(help="Write every event (JSON lines).")] = None,
         quiet: Annotated[bool, typer.Option(help="Only the invariant tables.")] = False,
+        jobs: Annotated[
+            int, typer.Option(help="Shard each scenario by merchant into N worlds (processes).")
+        ] = 1,
     ) -> None:
         """Run scenarios in the deterministic simulation and check the invariants."""
         code = run_command(
-            console, scenarios or [], seed, duration, report_json, report_html, junit, trace, quiet
-        )
+            console, scenarios or [], seed, duration, report_json, report_html, junit, trace,
+            quiet, jobs,
+        )  # fmt: skip
         raise typer.Exit(code)
 
     @app.command("sweep")

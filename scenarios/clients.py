@@ -78,7 +78,11 @@ class Clients:
 
     def new_order(self, number: int) -> Order:
         rng, workload = self.workload_rng, self.s.workload
-        merchant_id = f"m_{rng.randrange(workload.merchants):04d}"
+        owned = self.w.merchants
+        number_m = rng.randrange(workload.merchants) if owned is None else (
+            owned[rng.randrange(len(owned))]
+        )  # fmt: skip
+        merchant_id = f"m_{number_m:04d}"
         amounts = workload.amounts
         raw = rng.lognormvariate(math.log(amounts.median_minor), amounts.sigma)
         amount = int(min(max(raw, amounts.min_minor), amounts.max_minor))

@@ -10,7 +10,7 @@ then are the invariants checked.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -33,6 +33,7 @@ class RunResult:
     problems: list[str]  # expectations not met: nothing fired, too few payments, ...
     report: dict[str, Any]
     trace: list[dict[str, Any]] = field(default_factory=list)
+    client_latencies_s: list[float] = field(default_factory=list)  # raw, for merging shards
 
     @property
     def ok(self) -> bool:
@@ -119,8 +120,15 @@ def run_scenario(
     scenario: Scenario,
     seed: int | None = None,
     on_progress: Callable[[float], None] | None = None,
+    *,
+    trace: bool = False,
+    merchants: Sequence[int] | None = None,
 ) -> RunResult:
-    world = World(scenario, seed)
+    """One run; ``trace`` records every event with its virtual time (for ``--trace``).
+
+    ``merchants`` limits the workload to those merchant numbers (a shard's own).
+    """
+    world = World(scenario, seed, trace=trace, merchants=merchants)
     clients = Clients(world)
     env = world.env
     env.process(clients.arrivals())
@@ -146,34 +154,47 @@ def run_scenario(
     problems = expectation_problems(world)
     report = build_report(world, invariants, problems)
     world.db.dispose()
-    return RunResult(scenario, world.seed, invariants, problems, report, world.trace)
+    return RunResult(
+        scenario, world.seed, invariants, problems, report, world.trace, world.client_latencies_s
+    )
 
 
 def expectation_problems(world: World) -> list[str]:
-    scenario, expect = world.scenario, world.scenario.expect
+    return check_expectations(
+        world.scenario, fired_faults(world), len(world.orders), world.coverage,
+        world.quiescent_at_s,
+    )  # fmt: skip
+
+
+def check_expectations(
+    scenario: Scenario,
+    fired: Mapping[str, int],
+    payments: int,
+    coverage: Mapping[str, int],
+    quiescent_at_s: float | None,
+) -> list[str]:
+    """The scenario's ``expect:`` bounds over a run's counts (one world's or merged shards')."""
+    expect = scenario.expect
     problems = []
-    fired = fired_faults(world)
     wanted = declared_faults(scenario) if expect.faults_fired == "declared" else expect.faults_fired
     for kind in wanted:
         if not fired.get(kind):
             problems.append(f"declared fault {kind} never fired: this run proves nothing about it")
-    if len(world.orders) < expect.payments_min:
-        problems.append(
-            f"only {len(world.orders)} payments, expected at least {expect.payments_min}"
-        )
+    if payments < expect.payments_min:
+        problems.append(f"only {payments} payments, expected at least {expect.payments_min}")
     for path, minimum in sorted(expect.coverage_min.items()):
-        if world.coverage[path] < minimum:
+        if coverage.get(path, 0) < minimum:
             problems.append(
-                f"path {path!r} reached {world.coverage[path]} times, expected {minimum}"
+                f"path {path!r} reached {coverage.get(path, 0)} times, expected {minimum}"
             )
-    if world.quiescent_at_s is not None and world.quiescent_at_s >= (
+    if quiescent_at_s is not None and quiescent_at_s >= (
         scenario.duration_s + scenario.quiescence_max_s
     ):
         problems.append("the world did not reach quiescence in quiescence_max_s")
     return problems
 
 
-def _percentiles(values: list[float]) -> dict[str, float]:
+def latency_percentiles(values: list[float]) -> dict[str, float]:
     if len(values) < 2:
         return {"count": len(values)}
     cuts = statistics.quantiles(values, n=100, method="inclusive")
@@ -189,7 +210,7 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
-def _histogram(values: list[float]) -> list[dict[str, Any]]:
+def latency_histogram(values: list[float]) -> list[dict[str, Any]]:
     """Counts per latency bucket (upper bounds in seconds; the last is open)."""
     counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
     for value in values:
@@ -207,9 +228,7 @@ def _faults_over_time(world: World) -> list[dict[str, Any]]:
     slice_s = max(world.scenario.duration_s / 100.0, 1.0)
     buckets: dict[tuple[float, str], int] = {}
     times = [(record.at_s - EPOCH_S, str(record.kind)) for record in world.psp.fault_log.records()]
-    times += [
-        (event["t"], "engine.crash") for event in world.trace if event["what"] == "engine.crash"
-    ]
+    times += [(t_s, "engine.crash") for t_s in world.crash_times_s]
     for t_s, kind in times:
         key = (round(int(t_s // slice_s) * slice_s, 3), kind)
         buckets[key] = buckets.get(key, 0) + 1
@@ -241,8 +260,8 @@ def build_report(world: World, invariants: list[Invariant], problems: list[str])
         "faults_declared": declared_faults(scenario),
         "faults_fired": fired_faults(world),
         "coverage": dict(sorted(world.coverage.items())),
-        "client_latency": _percentiles(world.client_latencies_s),
-        "client_latency_histogram": _histogram(world.client_latencies_s),
+        "client_latency": latency_percentiles(world.client_latencies_s),
+        "client_latency_histogram": latency_histogram(world.client_latencies_s),
         "faults_over_time": _faults_over_time(world),
         "samples": world.samples,
         "fault_log": [record.to_json() for record in world.psp.fault_log.records()[:5_000]],

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,6 +32,7 @@ from engine.domain.provider import CallKind, OutcomeStatus, ProviderCall, Provid
 from engine.service.engine import PaymentEngine
 from engine.service.views import OutboxEvent, StepResult
 from mock_psp.core import ApiRequest, ProviderCore
+from mock_psp.world import ProviderConfig
 from scenarios.schema import Scenario
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
@@ -130,7 +131,14 @@ class Projection:
 
 
 class World:
-    def __init__(self, scenario: Scenario, seed: int | None = None):
+    def __init__(
+        self,
+        scenario: Scenario,
+        seed: int | None = None,
+        *,
+        trace: bool = False,
+        merchants: Sequence[int] | None = None,
+    ):
         self.scenario = scenario
         self.seed = scenario.seed if seed is None else seed
         root = random.Random(self.seed)
@@ -142,7 +150,11 @@ class World:
         self.db = Database("sqlite://", migrate=True)
         self.engine = PaymentEngine(self.db, SimClock(self.env), SeededIds(self.rng["engine"]))
         self.psp = ProviderCore(
-            SimPspClock(self.env), self.rng["psp"], faults=scenario.fault_plan()
+            SimPspClock(self.env),
+            self.rng["psp"],
+            # Compact webhook bodies: the engine reads them the same, several times faster.
+            config=ProviderConfig(webhook_payload_indent=None),
+            faults=scenario.fault_plan(),
         )
         endpoint = self.psp.admin.register_webhook_endpoint("http://engine.sim/v1/webhooks/psp")
         self.webhook_secret = str(endpoint["secret"])
@@ -151,8 +163,12 @@ class World:
         )
         self.coverage: Counter[str] = Counter()
         self.projection = Projection()
+        self.tracing = trace  # every event with its virtual time, only when asked
         self.trace: list[dict[str, Any]] = []
+        self.crash_times_s: list[float] = []
         self.orders: dict[str, Order] = {}
+        # The merchant numbers this world serves: all of them, or a shard's own.
+        self.merchants = None if merchants is None else list(merchants)
         self.client_latencies_s: list[float] = []
         self.idempotency_violations: list[tuple[str, str]] = []
         self.intake_violations: list[tuple[str, str]] = []
@@ -164,7 +180,7 @@ class World:
 
     # -- bookkeeping ---------------------------------------------------------------
     def note(self, what: str, **detail: Any) -> None:
-        if len(self.trace) < TRACE_EVENTS_MAX:
+        if self.tracing and len(self.trace) < TRACE_EVENTS_MAX:
             self.trace.append({"t": round(self.env.now, 6), "what": what, **detail})
 
     def hit(self, path: str) -> None:
@@ -352,6 +368,7 @@ class World:
             self.node.up = False
             self.node.incarnation += 1
             self.hit("engine crashed")
+            self.crash_times_s.append(round(self.env.now, 6))
             self.note("engine.crash", incarnation=self.node.incarnation)
             yield self.env.timeout(restart_after_s)
             self.node.up = True

@@ -44,6 +44,22 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
         assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
+    # What the two processors above, composed with SQLite's DATETIME string format
+    # (``YYYY-MM-DD HH:MM:SS.ffffff``), give: for the store's direct path on SQLite.
+    @staticmethod
+    def sqlite_bind(value: datetime | None) -> str | None:
+        if value is None:
+            return None
+        assert value.tzinfo is not None, "naive datetimes are refused"
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+    @staticmethod
+    def sqlite_result(value: str | None) -> datetime | None:
+        if value is None:
+            return None
+        parsed = datetime.fromisoformat(value)
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
 
 Id = sa.String(64)
 Money = sa.BigInteger
@@ -196,6 +212,13 @@ outbox = sa.Table(
     sa.Column("published_at", UTCDateTime, nullable=True),
     sa.UniqueConstraint("event_id"),
     sa.UniqueConstraint("payment_id", "history_seq", name="uq_outbox_payment_history_seq"),
+    # Only the unpublished events: the relay's read costs its batch, not the history.
+    sa.Index(
+        "ix_outbox_unpublished",
+        "id",
+        sqlite_where=sa.text("published_at IS NULL"),
+        postgresql_where=sa.text("published_at IS NULL"),
+    ),
 )
 
 ledger_journals = sa.Table(

@@ -6,7 +6,9 @@ one payment serialize; SQLite serializes every writer with BEGIN IMMEDIATE.
 
 The hot statements are built once, with bind parameters, and rows go in as
 execution parameters: building a statement per call (``.values(**row)``) cost
-more than running it. A unique-index race raises ``RetryStep`` without a
+more than running it. On SQLite they run on the driver's connection
+(``engine.adapters.direct``): SQLAlchemy's own execution cost several times
+what SQLite did. A unique-index race raises ``RetryStep`` without a
 savepoint: the step's whole transaction is rolled back and run again anyway.
 """
 
@@ -22,9 +24,12 @@ from sqlalchemy.engine import Connection
 
 from engine.adapters import schema as t
 from engine.adapters.database import Database
+from engine.adapters.direct import FAST_PROCESSORS, Direct
 from engine.domain.ledger import Journal
 
 Row = dict[str, Any]
+
+FAST_PROCESSORS[t.UTCDateTime] = (t.UTCDateTime.sqlite_bind, t.UTCDateTime.sqlite_result)
 
 # Attempt statuses whose provider call may still have an effect.
 OPEN_ATTEMPT = ("pending", "unknown")
@@ -71,21 +76,75 @@ _ORDER_HOLDER = sa.select(t.payments.c.id, t.payments.c.state).where(
     t.payments.c.merchant_id == sa.bindparam("b_merchant_id"),
     t.payments.c.active_order_id == sa.bindparam("b_order_id"),
 )
-_ATTEMPTS_OF = (
-    sa.select(t.attempts)
-    .where(
-        t.attempts.c.payment_id == sa.bindparam("b_payment_id"),
-        t.attempts.c.kind.in_(sa.bindparam("b_kinds", expanding=True)),
-        t.attempts.c.status.in_(sa.bindparam("b_statuses", expanding=True)),
+_INSERT = {
+    table: table.insert()
+    for table in (
+        t.payments, t.payment_history, t.outbox, t.attempts, t.refunds, t.idempotency_keys,
+        t.provider_events, t.ledger_entries, t.ledger_journals,
     )
-    .order_by(t.attempts.c.created_at.desc(), t.attempts.c.id.desc())
+}  # fmt: skip
+_PAYMENT_BY_PROVIDER_ID = sa.select(t.payments).where(
+    t.payments.c.provider_payment_id == sa.bindparam("b_provider_payment_id")
 )
+_PAYMENT_BY_PROVIDER_ID_LOCKED = _PAYMENT_BY_PROVIDER_ID.with_for_update()
+_HISTORY = (
+    sa.select(t.payment_history)
+    .where(t.payment_history.c.payment_id == sa.bindparam("b_payment_id"))
+    .order_by(t.payment_history.c.seq)
+)
+_REFUND = _by_id(t.refunds)
+_REFUNDS_OF = (
+    sa.select(t.refunds)
+    .where(t.refunds.c.payment_id == sa.bindparam("b_payment_id"))
+    .order_by(t.refunds.c.created_at, t.refunds.c.id)
+)
+_KEY_RESPONSE = sa.select(
+    t.idempotency_keys.c.response_code, t.idempotency_keys.c.response_body
+).where(t.idempotency_keys.c.id == sa.bindparam("b_id"), t.idempotency_keys.c.status == "completed")
+_PROVIDER_EVENT = sa.select(t.provider_events).where(
+    t.provider_events.c.provider_event_id == sa.bindparam("b_provider_event_id")
+)
+_ATTEMPTS_OF_SHAPES: dict[tuple[int, int], sa.Select[Any]] = {}
+
+
+def _attempts_of(kinds_count: int, statuses_count: int) -> sa.Select[Any]:
+    """Open attempts of some kinds: one statement per list length, bound one by one."""
+    shape = (kinds_count, statuses_count)
+    query = _ATTEMPTS_OF_SHAPES.get(shape)
+    if query is None:
+        a = t.attempts.c
+        query = (
+            sa.select(t.attempts)
+            .where(
+                a.payment_id == sa.bindparam("b_payment_id"),
+                a.kind.in_([sa.bindparam(f"b_kind_{i}") for i in range(kinds_count)]),
+                a.status.in_([sa.bindparam(f"b_status_{i}") for i in range(statuses_count)]),
+            )
+            .order_by(a.created_at.desc(), a.id.desc())
+        )
+        _ATTEMPTS_OF_SHAPES[shape] = query
+        _PREBUILT.add(id(query))
+    return query
+
+
+# Module-level statements live as long as the process: on SQLite they run on the
+# driver's connection (``Direct``); any other statement goes through SQLAlchemy.
+_PREBUILT: set[int] = {
+    id(statement)
+    for statement in (
+        _PAYMENT, _ATTEMPT, _PAYMENT_OF_ATTEMPT, _UPDATE_PAYMENT, _UPDATE_ATTEMPT,
+        _UPDATE_REFUND, _CLAIM_ORDER, _IDEMPOTENCY_KEY, _FINISH_KEY, _ORDER_HOLDER,
+        *_INSERT.values(), _PAYMENT_BY_PROVIDER_ID, _HISTORY, _REFUND, _REFUNDS_OF,
+        _KEY_RESPONSE, _PROVIDER_EVENT,
+    )
+}  # fmt: skip
 
 
 class Store:
     def __init__(self, connection: Connection):
         self.c = connection
         self._lock = connection.dialect.name == "postgresql"
+        self._direct = Direct(connection) if connection.dialect.name == "sqlite" else None
 
     def commit(self) -> None:
         self.c.commit()
@@ -96,11 +155,25 @@ class Store:
         return self._lock
 
     def _one(self, query: sa.Select[Any], params: Mapping[str, Any] | None = None) -> Row | None:
+        if self._direct is not None and id(query) in _PREBUILT:
+            return self._direct.one(query, params or {})
         row = self.c.execute(query, params).mappings().first()
         return dict(row) if row is not None else None
 
+    def _all(self, query: sa.Select[Any], params: Mapping[str, Any]) -> list[Row]:
+        if self._direct is not None and id(query) in _PREBUILT:
+            return self._direct.all(query, params)
+        return [dict(row) for row in self.c.execute(query, params).mappings()]
+
+    def _write(self, statement: sa.Executable, params: Mapping[str, Any]) -> int:
+        """An INSERT or UPDATE with ``params`` as its values; returns the rowcount."""
+        if self._direct is not None and id(statement) in _PREBUILT:
+            return self._direct.write(statement, params)
+        return int(self.c.execute(statement, params).rowcount)
+
     def _insert(self, table: sa.Table, row: Row) -> None:
-        self.c.execute(table.insert(), row)
+        statement = _INSERT.get(table)
+        self._write(table.insert() if statement is None else statement, row)
 
     def _insert_unique(self, table: sa.Table, row: Row) -> None:
         try:
@@ -118,10 +191,9 @@ class Store:
         return self._one(query, {"b_attempt_id": attempt_id})
 
     def payment_by_provider_id(self, provider_payment_id: str, *, lock: bool) -> Row | None:
-        query = sa.select(t.payments).where(t.payments.c.provider_payment_id == provider_payment_id)
-        if lock and self._lock:
-            query = query.with_for_update()
-        return self._one(query)
+        locked = lock and self._lock
+        query = _PAYMENT_BY_PROVIDER_ID_LOCKED if locked else _PAYMENT_BY_PROVIDER_ID
+        return self._one(query, {"b_provider_payment_id": provider_payment_id})
 
     def order_holder(self, merchant_id: str, order_id: str) -> Row | None:
         return self._one(_ORDER_HOLDER, {"b_merchant_id": merchant_id, "b_order_id": order_id})
@@ -132,17 +204,17 @@ class Store:
     def claim_order(self, payment_id: str, order_id: str) -> None:
         """Mark the payment as the order's one money holder (unique per merchant)."""
         try:
-            self.c.execute(_CLAIM_ORDER, {"b_id": payment_id, "active_order_id": order_id})
+            self._write(_CLAIM_ORDER, {"b_id": payment_id, "active_order_id": order_id})
         except sa.exc.IntegrityError as exc:
             raise RetryStep from exc
 
     def update_payment(self, payment_id: str, expected_history_count: int, **values: Any) -> None:
         """Update guarded by the history count: a lost update is a defect."""
-        result = self.c.execute(
+        rowcount = self._write(
             _UPDATE_PAYMENT,
             {"b_id": payment_id, "b_history_count": expected_history_count, **values},
         )
-        assert result.rowcount == 1, f"payment {payment_id} changed under a lock"
+        assert rowcount == 1, f"payment {payment_id} changed under a lock"
 
     def payments(
         self, merchant_id: str, order_id: str | None, limit: int, offset: int
@@ -158,12 +230,7 @@ class Store:
         self._insert(t.payment_history, row)
 
     def history(self, payment_id: str) -> list[Row]:
-        query = (
-            sa.select(t.payment_history)
-            .where(t.payment_history.c.payment_id == payment_id)
-            .order_by(t.payment_history.c.seq)
-        )
-        return [dict(row) for row in self.c.execute(query).mappings()]
+        return self._all(_HISTORY, {"b_payment_id": payment_id})
 
     def insert_outbox(self, row: Row) -> None:
         self._insert(t.outbox, row)
@@ -178,11 +245,13 @@ class Store:
     def attempts_of(
         self, payment_id: str, kinds: Sequence[str], statuses: Sequence[str]
     ) -> list[Row]:
-        params = {"b_payment_id": payment_id, "b_kinds": list(kinds), "b_statuses": list(statuses)}
-        return [dict(row) for row in self.c.execute(_ATTEMPTS_OF, params).mappings()]
+        params = {"b_payment_id": payment_id}
+        params.update((f"b_kind_{i}", kind) for i, kind in enumerate(kinds))
+        params.update((f"b_status_{i}", status) for i, status in enumerate(statuses))
+        return self._all(_attempts_of(len(kinds), len(statuses)), params)
 
     def update_attempt(self, attempt_id: str, **values: Any) -> None:
-        self.c.execute(_UPDATE_ATTEMPT, {"b_id": attempt_id, **values})
+        self._write(_UPDATE_ATTEMPT, {"b_id": attempt_id, **values})
 
     def unresolved_attempts(
         self, updated_before: datetime, limit: int, awaiting_customer: bool
@@ -202,22 +271,39 @@ class Store:
         )
         return [dict(row) for row in self.c.execute(query).mappings()]
 
+    def due_attempts(self, now: datetime, limit: int) -> list[Row]:
+        """Open attempts whose scheduled lookup is due (an unscheduled one: from its last touch)."""
+        a = t.attempts.c
+        due_at = sa.func.coalesce(a.next_lookup_at, a.updated_at)
+        query = (
+            sa.select(t.attempts)
+            .where(a.status.in_(OPEN_ATTEMPT), a.needs_review == sa.false(), due_at <= now)
+            .order_by(due_at, a.id)
+            .limit(limit)
+        )
+        return [dict(row) for row in self.c.execute(query).mappings()]
+
+    def review_attempts(self, limit: int) -> list[Row]:
+        a = t.attempts.c
+        query = (
+            sa.select(t.attempts)
+            .where(a.status.in_(OPEN_ATTEMPT), a.needs_review == sa.true())
+            .order_by(a.updated_at, a.id)
+            .limit(limit)
+        )
+        return [dict(row) for row in self.c.execute(query).mappings()]
+
     def insert_refund(self, row: Row) -> None:
         self._insert(t.refunds, row)
 
     def refund(self, refund_id: str) -> Row | None:
-        return self._one(sa.select(t.refunds).where(t.refunds.c.id == refund_id))
+        return self._one(_REFUND, {"b_id": refund_id})
 
     def refunds_of(self, payment_id: str) -> list[Row]:
-        query = (
-            sa.select(t.refunds)
-            .where(t.refunds.c.payment_id == payment_id)
-            .order_by(t.refunds.c.created_at, t.refunds.c.id)
-        )
-        return [dict(row) for row in self.c.execute(query).mappings()]
+        return self._all(_REFUNDS_OF, {"b_payment_id": payment_id})
 
     def update_refund(self, refund_id: str, **values: Any) -> None:
-        self.c.execute(_UPDATE_REFUND, {"b_id": refund_id, **values})
+        self._write(_UPDATE_REFUND, {"b_id": refund_id, **values})
 
     # idempotency ----------------------------------------------------------
     def idempotency_key(self, merchant_id: str, scope: str, key: str) -> Row | None:
@@ -229,19 +315,16 @@ class Store:
 
     def finish_idempotency_key(self, key_id: str, code: int, body: Mapping[str, Any]) -> None:
         values = {"status": "completed", "response_code": code, "response_body": dict(body)}
-        self.c.execute(_FINISH_KEY, {"b_id": key_id, **values})
+        self._write(_FINISH_KEY, {"b_id": key_id, **values})
 
     def idempotency_response(self, key_id: str | None) -> tuple[int, dict[str, Any]] | None:
         """The saved (code, body) of a finished key, or None."""
         if key_id is None:
             return None
-        k = t.idempotency_keys.c
-        row = self.c.execute(
-            sa.select(k.response_code, k.response_body).where(
-                k.id == key_id, k.status == "completed"
-            )
-        ).first()
-        return (int(row[0]), dict(row[1])) if row is not None else None
+        row = self._one(_KEY_RESPONSE, {"b_id": key_id})
+        if row is None:
+            return None
+        return int(row["response_code"]), dict(row["response_body"])
 
     def expire_idempotency_keys(self, now: datetime, limit: int) -> int:
         k = t.idempotency_keys.c
@@ -256,13 +339,37 @@ class Store:
 
     # provider events --------------------------------------------------------
     def provider_event(self, provider_event_id: str) -> Row | None:
-        e = t.provider_events.c
-        return self._one(
-            sa.select(t.provider_events).where(e.provider_event_id == provider_event_id)
-        )
+        return self._one(_PROVIDER_EVENT, {"b_provider_event_id": provider_event_id})
 
     def insert_provider_event(self, row: Row) -> None:
         self._insert_unique(t.provider_events, row)
+
+    # webhook inbox ------------------------------------------------------------
+    def inbox_row(self, inbox_id: int, *, lock: bool = False) -> Row | None:
+        query = sa.select(t.webhook_inbox).where(t.webhook_inbox.c.id == inbox_id)
+        return self._one(query.with_for_update() if lock and self._lock else query)
+
+    def inbox_by_event(self, provider_event_id: str, *, lock: bool = False) -> Row | None:
+        w = t.webhook_inbox.c
+        query = sa.select(t.webhook_inbox).where(w.provider_event_id == provider_event_id)
+        return self._one(query.with_for_update() if lock and self._lock else query)
+
+    def insert_inbox(self, row: Row) -> None:
+        self._insert_unique(t.webhook_inbox, row)
+
+    def pending_inbox(self, limit: int) -> list[int]:
+        w = t.webhook_inbox.c
+        query = sa.select(w.id).where(w.status == "pending").order_by(w.id).limit(limit)
+        return [int(inbox_id) for inbox_id in self.c.execute(query).scalars()]
+
+    def dead_inbox(self, limit: int) -> list[Row]:
+        w = t.webhook_inbox.c
+        query = sa.select(t.webhook_inbox).where(w.status == "dead").order_by(w.id).limit(limit)
+        return [dict(row) for row in self.c.execute(query).mappings()]
+
+    def update_inbox(self, inbox_id: int, **values: Any) -> None:
+        w = t.webhook_inbox
+        self.c.execute(w.update().where(w.c.id == inbox_id).values(**values))
 
     # ledger -------------------------------------------------------------------
     def insert_journal(
@@ -274,9 +381,7 @@ class Store:
         at: datetime,
     ) -> None:
         """Entries first, the journal row last: the database checks the balance then."""
-        self.c.execute(
-            t.ledger_entries.insert(),
-            [
+        entries = [
                 {
                     "journal_id": journal_id,
                     "account": entry.account,
@@ -284,9 +389,12 @@ class Store:
                     "amount_minor": entry.amount_minor,
                     "currency": entry.currency,
                 }
-                for entry in journal.entries
-            ],
-        )
+            for entry in journal.entries
+        ]
+        if self._direct is not None:
+            self._direct.write_many(_INSERT[t.ledger_entries], entries)  # prebuilt
+        else:
+            self.c.execute(_INSERT[t.ledger_entries], entries)
         self._insert(
             t.ledger_journals,
             {
@@ -314,6 +422,18 @@ class Store:
             for row in self.c.execute(query).mappings():
                 entries[row["journal_id"]].append(dict(row))
         return [(journal, entries[journal["id"]]) for journal in journals]
+
+    def account_balances(self, accounts: Sequence[str]) -> list[tuple[str, str, int]]:
+        """(account, currency, debits - credits) for each of ``accounts``."""
+        e = t.ledger_entries.c
+        signed = sa.case((e.side == "D", e.amount_minor), else_=-e.amount_minor)
+        query = (
+            sa.select(e.account, e.currency, sa.func.sum(signed))
+            .where(e.account.in_(list(accounts)))
+            .group_by(e.account, e.currency)
+            .order_by(e.account, e.currency)
+        )
+        return [(str(a), str(c), int(total)) for a, c, total in self.c.execute(query)]
 
     # outbox relay -------------------------------------------------------------
     def unpublished_outbox(self, limit: int) -> list[Row]:

@@ -38,9 +38,11 @@ from engine.entrypoints.metrics import Metrics
 from engine.service.driver import Provider, perform
 from engine.service.engine import PaymentEngine
 from engine.service.views import StepResult
+from engine.workers.inbox import InboxProcessor
 
 log = logging.getLogger("paychaos.api")
 REQUEST_ID_HEADER = "Request-Id"
+INBOX_BATCH_MAX = 20
 
 
 class Forbidden(PaychaosError):
@@ -298,9 +300,15 @@ def _operational_routes(app: FastAPI) -> None:
             services.metrics.webhooks.labels(outcome="malformed").inc()
             raise InvalidRequest("webhook_malformed", "not a provider event", "body") from exc
         services.metrics.webhook_lag.observe(max(0.0, now_s - int(event["created"])))
-        result = services.engine.apply_provider_event(translated)
-        services.metrics.webhooks.labels(outcome=result.outcome).inc()
-        return JSONResponse({"received": True, "outcome": result.outcome})
+        # Durable first (the inbox), then answered; applied here when it can be,
+        # else by the worker, with dead letters after repeated failures.
+        stored = services.engine.store_webhook(
+            translated.event_id, translated.type, payload.decode()
+        )
+        services.metrics.webhooks.labels(outcome=stored).inc()
+        if stored == "stored":
+            InboxProcessor(services.engine, batch_max=INBOX_BATCH_MAX).run_once()
+        return JSONResponse({"received": True, "outcome": stored})
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:

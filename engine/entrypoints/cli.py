@@ -147,6 +147,16 @@ def bench_psp(
     run(small=small, console=console)
 
 
+@bench_app.command("sim")
+def bench_sim(
+    small: Annotated[bool, typer.Option("--small", help="A quick run, for CI.")] = False,
+) -> None:
+    """Simulated payments per wall second next to simpy and raw SQLite; the 1M/day goal."""
+    from loadtests.bench_sim import run
+
+    run(small=small, console=console)
+
+
 @serve_app.command("psp")
 def serve_psp(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
@@ -240,6 +250,36 @@ def serve_engine(
     )  # fmt: skip
 
 
+@app.command("load")
+def load(
+    users: Annotated[int, typer.Option(help="Concurrent locust users.")] = 20,
+    rate: Annotated[float, typer.Option(help="Target checkouts per second in all.")] = 20.0,
+    duration: Annotated[int, typer.Option(help="Seconds of load (at most 3600).")] = 30,
+    db: Annotated[str | None, typer.Option("--db", help="Database URL (default: SQLite).")] = None,
+    out: Annotated[str, typer.Option(help="Where locust's CSV and HTML go.")] = "reports/load",
+    processes: Annotated[int, typer.Option(help="Locust worker processes (1: none).")] = 1,
+    expect_rps: Annotated[float | None, typer.Option(help="Fail below this rate.")] = None,
+    expect_p99_ms: Annotated[float | None, typer.Option(help="Fail above this p99.")] = None,
+) -> None:
+    """Locust against engine and mock PSP on 127.0.0.1, then the invariants."""
+    from pathlib import Path
+
+    from loadtests.load import run_load
+
+    if not 1 <= users <= 1_000:
+        fail("--users: between 1 and 1000")
+    if not 1 <= duration <= 3_600:
+        fail("--duration: between 1 and 3600 seconds")
+    if not 0 < rate <= 10_000:
+        fail("--rate: above 0 and at most 10000")
+    if not 1 <= processes <= 8:
+        fail("--processes: between 1 and 8")
+    code = run_load(
+        console, users, rate, duration, db, Path(out), processes, expect_rps, expect_p99_ms
+    )
+    raise typer.Exit(code)
+
+
 def _register_harness() -> None:
     from scenarios.cli import register
 
@@ -247,6 +287,15 @@ def _register_harness() -> None:
 
 
 _register_harness()
+
+
+def _register_workers() -> None:
+    from engine.entrypoints.worker_cli import register
+
+    register(app, serve_app, console)
+
+
+_register_workers()
 
 
 def main() -> None:

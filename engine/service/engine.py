@@ -13,12 +13,14 @@ idempotent per (merchant, operation, key).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from engine.adapters.database import Database
+from engine.adapters.database import Database, LedgerGuardRefused
 from engine.adapters.store import OPEN_ATTEMPT, RetryStep, Row, Store, unit_of_work
 from engine.domain import ledger
 from engine.domain.commands import Authorize, Capture, CreatePayment, Refund, Void
@@ -32,6 +34,8 @@ from engine.domain.errors import (
     NotFound,
     OperationInProgress,
     OrderAlreadyActive,
+    PaychaosError,
+    StoreUnavailable,
 )
 from engine.domain.money import Money
 from engine.domain.ports import Clock, IdSource
@@ -46,6 +50,8 @@ from engine.domain.provider import (
 from engine.domain.states import PaymentState, is_legal, transition
 from engine.service.views import (
     EventResult,
+    InboxItem,
+    InboxResult,
     OutboxEvent,
     PaymentView,
     StepResult,
@@ -77,6 +83,18 @@ DISPUTE_EVENTS = frozenset(
     {EventType.DISPUTE_CREATED, EventType.DISPUTE_WON, EventType.DISPUTE_LOST}
 )
 RESPONSE_CODE = {O.SUCCEEDED: 200, O.DECLINED: 402, O.REQUIRES_ACTION: 200, O.UNKNOWN: 202}
+# When recovery asks the provider about an open attempt: the first lookup one step
+# after the attempt began, each further one a step after the last "unknown"; after
+# the last step the attempt is flagged for review (and stays open: never guessed).
+RECOVERY_SCHEDULE = (
+    timedelta(minutes=1), timedelta(minutes=5), timedelta(hours=1),
+    timedelta(days=1), timedelta(days=1), timedelta(days=1),
+)  # fmt: skip
+# Failures of a webhook's application that count against it (then dead-letter it).
+# A database outage is nobody's fault and a defect must stop the world: neither counts.
+Translate = Callable[[Mapping[str, Any]], ProviderEvent]
+_SECRET = re.compile(r"\b(?:sk|rk|pk|whsec)_[A-Za-z0-9_]+|(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
+ERROR_TEXT_MAX = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +103,9 @@ class EngineSettings:
     step_retry_max: int = 8
     page_size_max: int = 100
     expiry_batch_max: int = 1000
+    recovery_schedule: tuple[timedelta, ...] = RECOVERY_SCHEDULE
+    webhook_attempts_max: int = 5
+    webhook_payload_bytes_max: int = 256 * 1024
 
 
 class PaymentEngine:
@@ -290,6 +311,7 @@ class PaymentEngine:
             "provider_idempotency_key": f"paychaos-{attempt_id}",
             "refund_id": refund_id,
             "idempotency_id": key_id,
+            "next_lookup_at": now + self.settings.recovery_schedule[0],
             "created_at": now,
             "updated_at": now,
         }
@@ -409,12 +431,14 @@ class PaymentEngine:
         if status is O.REQUIRES_ACTION and attempt["kind"] != CallKind.AUTHORIZE.value:
             status = O.UNKNOWN  # not an answer a capture, void or refund can have
         now = self.clock.now()
+        resolved = {} if status is O.UNKNOWN else {"next_lookup_at": None, "needs_review": False}
         s.update_attempt(
             attempt["id"],
             status=ATTEMPT_STATUS[status],
             decline_code=outcome.decline_code,
             updated_at=now,
             resolved_at=None if status is O.UNKNOWN else now,
+            **resolved,
         )
         apply = {
             CallKind.AUTHORIZE.value: self._apply_authorize,
@@ -684,6 +708,9 @@ class PaymentEngine:
         ``unknown`` (the provider could not tell) keeps the attempt open;
         ``not_found`` (the provider never received it) returns the same call,
         with the same key, to send again; anything else is applied as an answer.
+        Each ``unknown`` moves the attempt along ``settings.recovery_schedule``
+        (``next_lookup_at``); after its last step the attempt is flagged
+        ``needs_review`` and stays open.
         """
 
         def step(s: Store) -> tuple[StepResult, ProviderCall | None]:
@@ -694,8 +721,11 @@ class PaymentEngine:
                 awaiting = False  # the payment moved on by another path
             if attempt["status"] not in OPEN_ATTEMPT and not awaiting:
                 return StepResult(view, 200), None
-            s.update_attempt(attempt_id, lookup_count=attempt["lookup_count"] + 1,
-                             updated_at=self.clock.now())  # fmt: skip
+            lookups = attempt["lookup_count"] + 1
+            unknown = outcome.status is O.UNKNOWN and not awaiting
+            schedule = self._next_lookup(lookups) if unknown else {}
+            s.update_attempt(attempt_id, lookup_count=lookups, updated_at=self.clock.now(),
+                             **schedule)  # fmt: skip
             if awaiting and outcome.status in {O.UNKNOWN, O.NOT_FOUND, O.REQUIRES_ACTION}:
                 return StepResult(view, 200), None  # still waiting for the customer
             if outcome.status is O.NOT_FOUND:
@@ -707,26 +737,126 @@ class PaymentEngine:
 
         return self._run(step)
 
+    def _next_lookup(self, lookups: int) -> dict[str, Any]:
+        """After ``lookups`` answers of "unknown": when to ask again, or flag for review."""
+        schedule = self.settings.recovery_schedule
+        if lookups < len(schedule):
+            return {"next_lookup_at": self.clock.now() + schedule[lookups]}
+        return {"next_lookup_at": None, "needs_review": True}
+
+    def due_attempts(self, limit: int = 100) -> list[ProviderCall]:
+        """Open attempts whose scheduled lookup is due and that are not flagged for review."""
+        limit = min(limit, self.settings.page_size_max)
+        return self._run(lambda s: self._calls(s, s.due_attempts(self.clock.now(), limit)))
+
+    def attempts_for_review(self, limit: int = 100) -> list[ProviderCall]:
+        """Open attempts the provider could not explain by the schedule's end: a person's job."""
+        limit = min(limit, self.settings.page_size_max)
+        return self._run(lambda s: self._calls(s, s.review_attempts(limit)))
+
+    def _calls(self, s: Store, attempts: list[Row]) -> list[ProviderCall]:
+        calls = []
+        for attempt in attempts:
+            payment = s.payment(attempt["payment_id"])
+            assert payment is not None
+            calls.append(self._call(payment, attempt))
+        return calls
+
     # -- provider events --------------------------------------------------------------
     def apply_provider_event(self, event: ProviderEvent) -> EventResult:
-        def step(s: Store) -> EventResult:
-            payment = self._event_payment(s, event)
-            if s.provider_event(event.event_id) is not None:
-                return EventResult("duplicate", payment["id"] if payment else None)
-            outcome = "unmatched"
-            if payment is not None:
-                before = payment["history_count"]
-                outcome = self._apply_event(s, payment, event)
-                if outcome == "applied" and payment["history_count"] == before:
-                    outcome = "applied_no_change"
-            s.insert_provider_event(
+        return self._run(lambda s: self._take_event(s, event))
+
+    def _take_event(self, s: Store, event: ProviderEvent) -> EventResult:
+        payment = self._event_payment(s, event)
+        if s.provider_event(event.event_id) is not None:
+            return EventResult("duplicate", payment["id"] if payment else None)
+        outcome = "unmatched"
+        if payment is not None:
+            before = payment["history_count"]
+            outcome = self._apply_event(s, payment, event)
+            if outcome == "applied" and payment["history_count"] == before:
+                outcome = "applied_no_change"
+        s.insert_provider_event(
+            {
+                "id": self.ids.new_id("pev"), "provider_event_id": event.event_id,
+                "type": event.type, "payment_id": payment["id"] if payment else None,
+                "outcome": outcome, "received_at": self.clock.now(),
+            }
+        )  # fmt: skip
+        return EventResult(outcome, payment["id"] if payment else None)
+
+    # -- webhook inbox and its dead letters ----------------------------------------------
+    def store_webhook(self, provider_event_id: str, event_type: str, payload: str) -> str:
+        """Keep a verified delivery durably before answering 2xx: ``stored`` or ``duplicate``."""
+        if not 0 < len(provider_event_id) <= 255 or not 0 < len(event_type) <= 64:
+            raise InvalidRequest("webhook_malformed", "event id or type is missing or too long")
+        if len(payload.encode()) > self.settings.webhook_payload_bytes_max:
+            raise InvalidRequest("webhook_too_large", "webhook payload is too large", "body")
+
+        def step(s: Store) -> str:
+            if s.inbox_by_event(provider_event_id) is not None:
+                return "duplicate"
+            s.insert_inbox(
                 {
-                    "id": self.ids.new_id("pev"), "provider_event_id": event.event_id,
-                    "type": event.type, "payment_id": payment["id"] if payment else None,
-                    "outcome": outcome, "received_at": self.clock.now(),
+                    "provider_event_id": provider_event_id, "type": event_type,
+                    "payload": payload, "status": "pending", "attempts": 0,
+                    "received_at": self.clock.now(),
                 }
             )  # fmt: skip
-            return EventResult(outcome, payment["id"] if payment else None)
+            return "stored"
+
+        return self._run(step)
+
+    def pending_webhooks(self, limit: int = 100) -> list[int]:
+        """Inbox rows waiting to be applied, oldest first."""
+        return self._run(lambda s: s.pending_inbox(min(limit, self.settings.page_size_max)))
+
+    def apply_webhook(self, inbox_id: int, translate: Translate) -> InboxResult:
+        """Translate and apply one pending inbox row in one transaction, or count a failure."""
+
+        def step(s: Store) -> InboxResult:
+            row = s.inbox_row(inbox_id, lock=True)
+            if row is None or row["status"] != "pending":
+                return InboxResult(inbox_id, row["provider_event_id"] if row else None, "skipped")
+            result = self._take_event(s, translate(json.loads(row["payload"])))
+            s.update_inbox(inbox_id, status="applied", attempts=row["attempts"] + 1,
+                           applied_at=self.clock.now())  # fmt: skip
+            return InboxResult(inbox_id, row["provider_event_id"], "applied", result.outcome)
+
+        try:
+            return self._run(step)
+        except (StoreUnavailable, LedgerGuardRefused):
+            raise
+        except (PaychaosError, ValueError, KeyError, TypeError) as exc:
+            error = _error_text(exc)
+        return self._run(lambda s: self._webhook_failed(s, inbox_id, error))
+
+    def _webhook_failed(self, s: Store, inbox_id: int, error: str) -> InboxResult:
+        row = s.inbox_row(inbox_id, lock=True)
+        assert row is not None
+        attempts = row["attempts"] + 1
+        status = "dead" if attempts >= self.settings.webhook_attempts_max else "pending"
+        s.update_inbox(inbox_id, status=status, attempts=attempts, last_error=error)
+        return InboxResult(inbox_id, row["provider_event_id"], status, error=error)
+
+    def dead_letters(self, limit: int = 100) -> list[InboxItem]:
+        limit = min(limit, self.settings.page_size_max)
+        return self._run(lambda s: [InboxItem.of(row) for row in s.dead_inbox(limit)])
+
+    def retry_dead_letter(self, provider_event_id: str) -> InboxItem:
+        """Put a dead letter back in line, with a fresh count of attempts."""
+
+        def step(s: Store) -> InboxItem:
+            row = s.inbox_by_event(provider_event_id, lock=True)
+            if row is None:
+                raise NotFound("dead_letter_not_found", f"no webhook {provider_event_id} in "
+                               "the inbox", field="event_id")  # fmt: skip
+            if row["status"] != "dead":
+                state = row["status"]
+                raise Conflict("not_a_dead_letter", f"webhook {provider_event_id} is {state}")
+            s.update_inbox(row["id"], status="pending", attempts=0)
+            row.update(status="pending", attempts=0)
+            return InboxItem.of(row)
 
         return self._run(step)
 
@@ -856,6 +986,21 @@ class PaymentEngine:
     def ledger_of(self, payment_id: str) -> list[tuple[Row, list[Row]]]:
         return self._run(lambda s: s.journals_of(payment_id))
 
+    def merchant_balance(self, merchant_id: str) -> dict[str, dict[str, int]]:
+        """What the merchant is owed per currency: ``available`` (captured, net of
+        refunds) and ``pending`` (authorizations held, not yet captured)."""
+        accounts = [
+            ledger.merchant_payable(merchant_id),
+            ledger.holds_merchant_payable(merchant_id),
+        ]
+        rows = self._run(lambda s: s.account_balances(accounts))
+        balance: dict[str, dict[str, int]] = {}
+        for account, currency, debits_minus_credits in rows:
+            kind = "pending" if account.startswith("holds:") else "available"
+            entry = balance.setdefault(currency, {"available": 0, "pending": 0})
+            entry[kind] = -debits_minus_credits  # payables are credit-normal
+        return balance
+
     # -- outbox relay -------------------------------------------------------------------------
     def unpublished_events(self, limit: int = 100) -> list[OutboxEvent]:
         """Outbox events not yet published, oldest first (at-least-once relay)."""
@@ -878,3 +1023,12 @@ class PaymentEngine:
         return self._run(
             lambda s: s.expire_idempotency_keys(self.clock.now(), self.settings.expiry_batch_max)
         )
+
+
+def _error_text(exc: Exception) -> str:
+    """An error as kept in the inbox: short, and with anything like a key or card blanked."""
+    if isinstance(exc, PaychaosError):
+        text = f"{exc.code}: {exc.message}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return _SECRET.sub("[redacted]", text)[:ERROR_TEXT_MAX]

@@ -112,3 +112,36 @@ class OutboxEvent:
     payment_id: str
     history_seq: int | None
     payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class InboxItem:
+    """A stored webhook delivery, as the dead-letter queue shows it."""
+
+    inbox_id: int
+    provider_event_id: str
+    type: str
+    status: str
+    attempts: int
+    last_error: str | None
+    received_at: datetime
+    applied_at: datetime | None
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> InboxItem:
+        return cls(
+            row["id"], row["provider_event_id"], row["type"], row["status"], row["attempts"],
+            row["last_error"], row["received_at"], row["applied_at"],
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class InboxResult:
+    """One inbox row's processing: ``applied``, ``pending`` (failed, will retry),
+    ``dead`` (failed for the last time) or ``skipped`` (already taken)."""
+
+    inbox_id: int
+    provider_event_id: str | None
+    status: str
+    event_outcome: str | None = None
+    error: str | None = None

@@ -198,7 +198,9 @@ def signed(
     return payload, {"Stripe-Signature": sign(payload, secret, int(at.timestamp()))}
 
 
-def test_webhooks_are_verified_and_applied_once(client: TestClient, psp: ProviderCore) -> None:
+def test_webhooks_are_verified_stored_and_applied_once(
+    client: TestClient, psp: ProviderCore, services: Services
+) -> None:
     pid = create(client)["id"]
     post(client, f"/v1/payments/{pid}/confirm", key="a")
     intent = next(iter(psp.state.payment_intents.values()))
@@ -213,13 +215,14 @@ def test_webhooks_are_verified_and_applied_once(client: TestClient, psp: Provide
     refused = client.post("/v1/webhooks/psp", content=payload, headers=headers)
     assert refused.json()["error"]["code"] == "webhook_timestamp_out_of_tolerance"
     payload, headers = signed(event, NOW)
-    assert (
-        client.post("/v1/webhooks/psp", content=payload, headers=headers).json()["outcome"]
-        == "applied"
-    )
+    first = client.post("/v1/webhooks/psp", content=payload, headers=headers)
+    assert first.json()["outcome"] == "stored"
+    assert get(client, f"/v1/payments/{pid}").json()["state"] == "canceled"
     again = client.post("/v1/webhooks/psp", content=payload, headers=headers)
     assert again.json()["outcome"] == "duplicate"
-    assert get(client, f"/v1/payments/{pid}").json()["state"] == "canceled"
+    with services.engine.db.engine.connect() as connection:
+        inbox = connection.exec_driver_sql("SELECT provider_event_id, status FROM webhook_inbox")
+        assert inbox.all() == [("evt_1", "applied")]
 
 
 def test_operations_endpoints(client: TestClient) -> None:

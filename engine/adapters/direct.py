@@ -1,0 +1,155 @@
+"""Prebuilt statements run straight on SQLite's DB-API connection.
+
+SQLAlchemy Core costs about five times what SQLite itself does for the short
+statements the engine runs (building the execution context, the result
+object, the events). On SQLite the store therefore compiles each prebuilt
+statement once, with SQLAlchemy, and runs the compiled SQL on the driver's
+connection, inside the transaction SQLAlchemy began. What SQLAlchemy would
+do around the call is kept: its own bind and result processors convert the
+values (aware datetimes, JSON), and a driver error is wrapped in the same
+``sqlalchemy.exc`` class, so callers and ``Database.transaction`` translate
+it exactly as before. PostgreSQL goes through SQLAlchemy unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Dialect
+
+Row = dict[str, Any]
+Processor = Callable[[Any], Any]
+PREPARED_MAX = 1_000
+# Type -> (bind, result) conversions on SQLite that give exactly what the type's
+# SQLAlchemy processors give, without their layers (the schema registers its own).
+FAST_PROCESSORS: dict[type[Any], tuple[Processor, Processor]] = {}
+
+
+class Prepared:
+    """One statement compiled for one dialect and one set of parameter names."""
+
+    __slots__ = ("_bind_processors", "_get", "_keys", "_literals", "_result_processors", "sql")
+
+    def __init__(self, statement: sa.Executable, dialect: Dialect, keys: Sequence[str]) -> None:
+        compiled = statement.compile(dialect=dialect, column_keys=list(keys))  # type: ignore[attr-defined]
+        assert compiled.positional, "the direct path needs a positional paramstyle"
+        assert not compiled.insert_prefetch and not compiled.update_prefetch, (
+            "Python-side column defaults would be skipped"
+        )
+        self.sql: str = compiled.string
+        names: list[str] = list(compiled.positiontup)
+        processors = compiled._bind_processors
+        defaults = compiled.construct_params(_check=False)
+        # Binds with a value in the statement itself (``status == "in_flight"``).
+        literal_names = {name for name in names if name in defaults and defaults[name] is not None}
+        self._literals: dict[str, Any] = {name: defaults[name] for name in literal_names}
+        # itemgetter of one name returns the value, of several a tuple: always a tuple.
+        self._get: Callable[[Mapping[str, Any]], Any] = (
+            itemgetter(*names) if len(names) > 1 else _as_tuple(itemgetter(*names)) if names
+            else _none
+        )  # fmt: skip
+        fast = FAST_PROCESSORS if dialect.name == "sqlite" else {}
+        for name in names:
+            bind_type = type(compiled.binds[name].type)
+            if name in processors and bind_type in fast:
+                processors = {**processors, name: fast[bind_type][0]}
+        self._bind_processors: tuple[tuple[int, Processor], ...] = tuple(
+            (index, processors[name]) for index, name in enumerate(names) if name in processors
+        )
+        columns = getattr(compiled, "_result_columns", None) or []
+        self._keys: tuple[str, ...] = tuple(column.keyname for column in columns)
+        self._result_processors: tuple[tuple[str, Processor], ...] = tuple(
+            (column.keyname, processor)
+            for column in columns
+            if (processor := _result_processor(column.type, dialect, fast)) is not None
+        )
+
+    def args(self, params: Mapping[str, Any]) -> list[Any]:
+        if self._literals:
+            params = {**self._literals, **params}
+        values = list(self._get(params))
+        for index, processor in self._bind_processors:
+            values[index] = processor(values[index])
+        return values
+
+    def row(self, raw: Sequence[Any]) -> Row:
+        row = dict(zip(self._keys, raw, strict=True))
+        for key, processor in self._result_processors:
+            row[key] = processor(row[key])
+        return row
+
+
+def _result_processor(
+    type_: Any, dialect: Dialect, fast: Mapping[type[Any], tuple[Processor, Processor]]
+) -> Processor | None:
+    if type(type_) in fast:
+        return fast[type(type_)][1]
+    processor: Processor | None = type_._cached_result_processor(dialect, None)
+    return processor
+
+
+def _none(_params: Mapping[str, Any]) -> tuple[Any, ...]:
+    return ()
+
+
+def _as_tuple(get: Callable[[Mapping[str, Any]], Any]) -> Callable[[Mapping[str, Any]], Any]:
+    return lambda params: (get(params),)
+
+
+_prepared: dict[tuple[int, str, tuple[str, ...]], tuple[sa.Executable, Prepared]] = {}
+
+
+def prepared(statement: sa.Executable, dialect: Dialect, keys: Sequence[str] = ()) -> Prepared:
+    """The compiled form, cached per statement object and parameter names."""
+    cache_key = (id(statement), dialect.name, tuple(keys))
+    hit = _prepared.get(cache_key)
+    if hit is not None and hit[0] is statement:
+        return hit[1]
+    if len(_prepared) >= PREPARED_MAX:
+        _prepared.clear()
+    made = Prepared(statement, dialect, keys)
+    # The statement is kept alive with its entry, so its id cannot be reused.
+    _prepared[cache_key] = (statement, made)
+    return made
+
+
+class Direct:
+    """Runs prepared statements on a SQLAlchemy connection's DB-API connection."""
+
+    __slots__ = ("_dbapi_error", "_dialect", "_raw")
+
+    def __init__(self, connection: Connection) -> None:
+        self._dialect = connection.dialect
+        self._raw: Any = connection.connection.driver_connection
+        self._dbapi_error: type[Exception] = connection.dialect.loaded_dbapi.Error
+
+    def _run(self, sql: str, args: Any, many: bool = False) -> Any:
+        try:
+            if many:
+                return self._raw.executemany(sql, args)
+            return self._raw.execute(sql, args)
+        except self._dbapi_error as exc:
+            raise sa.exc.DBAPIError.instance(
+                sql, args, exc, self._dbapi_error, dialect=self._dialect
+            ) from exc
+
+    def one(self, statement: sa.Executable, params: Mapping[str, Any]) -> Row | None:
+        p = prepared(statement, self._dialect)
+        raw = self._run(p.sql, p.args(params)).fetchone()
+        return None if raw is None else p.row(raw)
+
+    def all(self, statement: sa.Executable, params: Mapping[str, Any]) -> list[Row]:
+        p = prepared(statement, self._dialect)
+        return [p.row(raw) for raw in self._run(p.sql, p.args(params)).fetchall()]
+
+    def write(self, statement: sa.Executable, params: Mapping[str, Any]) -> int:
+        """An INSERT or UPDATE whose columns are the keys of ``params``; returns rowcount."""
+        p = prepared(statement, self._dialect, sorted(params))
+        return int(self._run(p.sql, p.args(params)).rowcount)
+
+    def write_many(self, statement: sa.Executable, rows: Sequence[Mapping[str, Any]]) -> None:
+        p = prepared(statement, self._dialect, sorted(rows[0]))
+        self._run(p.sql, [p.args(row) for row in rows], many=True)

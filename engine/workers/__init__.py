@@ -1,0 +1,39 @@
+"""The engine's workers: recovery on a schedule, the outbox relay, the webhook inbox.
+
+Each worker has a ``run_once()`` that does one bounded batch of service steps;
+``loop.Worker`` runs them all (and idempotency-key expiry) in turn, every
+``interval_s``. They are drivers around the engine's steps, like the simulation's
+simpy processes: the engine itself never does I/O.
+
+    recovery.RecoveryWorker   due_attempts -> provider.lookup -> resolve_attempt
+    relay.OutboxRelay         unpublished_events -> publisher -> mark_published
+    inbox.InboxProcessor      pending_webhooks -> apply_webhook (DLQ after N failures)
+    nats_bus.NatsPublisher    JetStream, Nats-Msg-Id = event id (deduped in the window)
+"""
+
+from __future__ import annotations
+
+from engine.workers.inbox import InboxProcessor, InboxReport
+from engine.workers.loop import LoopReport, Worker
+from engine.workers.recovery import RecoveryReport, RecoveryWorker
+from engine.workers.relay import (
+    InProcessPublisher,
+    OutboxRelay,
+    Projection,
+    Publisher,
+    PublishFailed,
+)
+
+__all__ = [
+    "InProcessPublisher",
+    "InboxProcessor",
+    "InboxReport",
+    "LoopReport",
+    "OutboxRelay",
+    "Projection",
+    "PublishFailed",
+    "Publisher",
+    "RecoveryReport",
+    "RecoveryWorker",
+    "Worker",
+]

@@ -1,0 +1,52 @@
+"""Webhook inbox processing: apply stored deliveries, dead-letter the ones that keep failing.
+
+A delivery is stored (``PaymentEngine.store_webhook``) before the provider gets
+its 2xx; this worker applies pending rows one transaction each. A failure is
+counted on the row with its (redacted, truncated) error; after
+``EngineSettings.webhook_attempts_max`` the row is ``dead`` until someone runs
+``paychaos dlq retry EVENT_ID``. Applying is exactly once: the row and the
+provider-event record commit with the payment's change, or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from engine.adapters.stripe_dialect import event_from_stripe
+from engine.service.engine import PaymentEngine, Translate
+
+log = logging.getLogger("paychaos.worker.inbox")
+
+
+@dataclass(slots=True)
+class InboxReport:
+    applied: int = 0
+    failed: int = 0
+    dead: int = 0
+
+
+class InboxProcessor:
+    def __init__(
+        self, engine: PaymentEngine, translate: Translate = event_from_stripe, batch_max: int = 50
+    ):
+        assert batch_max > 0
+        self.engine = engine
+        self.translate = translate
+        self.batch_max = batch_max
+
+    def run_once(self) -> InboxReport:
+        report = InboxReport()
+        for inbox_id in self.engine.pending_webhooks(self.batch_max):
+            result = self.engine.apply_webhook(inbox_id, self.translate)
+            if result.status == "applied":
+                report.applied += 1
+            elif result.status in {"pending", "dead"}:
+                report.failed += 1
+                report.dead += result.status == "dead"
+                log.warning(
+                    "webhook failed",
+                    extra={"provider_event_id": result.provider_event_id,
+                           "status": result.status, "error": result.error},
+                )  # fmt: skip
+        return report

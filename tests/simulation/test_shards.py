@@ -1,0 +1,87 @@
+"""``paychaos run --jobs N``: sharded by merchant, merged into one deterministic report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner
+
+from engine.entrypoints.cli import app
+from scenarios.schema import library_paths, load_scenario
+from scenarios.shards import Shard, check_jobs, merge_samples, shard_scenario, shard_seed
+
+LIBRARY = {path.stem: path for path in library_paths()}
+runner = CliRunner()
+
+
+def run_cli(tmp_path: Path, name: str, *args: str) -> tuple[str, list[dict[str, object]]]:
+    """The JSON report without its wall time, and the trace's events."""
+    report, trace = tmp_path / f"{name}.json", tmp_path / f"{name}.jsonl"
+    result = runner.invoke(
+        app,
+        ["run", *args, "--quiet", "--report-json", str(report), "--trace", str(trace)],
+    )
+    assert result.exit_code in {0, 1}, result.output
+    lines = [line for line in report.read_text().splitlines() if "wall_time_s" not in line]
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    return "\n".join(lines), events
+
+
+def test_jobs_1_gives_exactly_the_unsharded_report_and_trace(tmp_path: Path) -> None:
+    args = [str(LIBRARY["happy-path"]), "--duration", "2m", "--seed", "3"]
+    plain = run_cli(tmp_path, "plain", *args)
+    one_job = run_cli(tmp_path, "one", *args, "--jobs", "1")
+    assert plain == one_job
+    assert '"jobs"' not in plain[0]
+
+
+def test_jobs_2_gives_a_byte_identical_merged_report_for_one_seed(tmp_path: Path) -> None:
+    args = [str(LIBRARY["kitchen-sink"]), "--duration", "3m", "--seed", "5", "--jobs", "2"]
+    first, first_events = run_cli(tmp_path, "a", *args)
+    second, second_events = run_cli(tmp_path, "b", *args)
+    assert first == second
+    assert first_events == second_events
+    run = _run_of(tmp_path / "a.json")
+    assert run["jobs"] == 2
+    assert [shard["index"] for shard in run["shards"]] == [0, 1]
+    assert run["payments"] == sum(shard["payments"] for shard in run["shards"]) > 0
+    assert all(inv["checked"] > 0 for inv in run["invariants"] if inv["applicable"])
+    # Merchants are partitioned: shard k serves m_k, m_{k+2}, ...
+    for event in first_events:
+        key = event.get("key")
+        if isinstance(key, str) and key.startswith("m_"):
+            assert int(key[2:6]) % 2 == event["shard"], event
+
+
+def _run_of(path: Path) -> dict[str, Any]:
+    run: dict[str, Any] = json.loads(path.read_text())["runs"][0]
+    return run
+
+
+def test_a_shard_gets_its_share_of_the_workload_and_its_own_seed() -> None:
+    scenario = load_scenario(LIBRARY["kitchen-sink"])
+    shard = Shard(1, 3)
+    mine = shard_scenario(scenario, shard)
+    assert mine.workload.arrivals.rate_per_s == scenario.workload.arrivals.rate_per_s / 3
+    assert mine.psp_faults["rate_limit"]["refill_per_s"] == 1.0
+    assert shard.merchant_numbers(scenario.workload.merchants)[:3] == [1, 4, 7]
+    seeds = {shard_seed(11, Shard(k, 3)) for k in range(3)}
+    assert len(seeds) == 3 and shard_seed(11, shard) == shard_seed(11, Shard(1, 3))
+    assert check_jobs(scenario, 21) is not None  # 20 merchants cannot make 21 shards
+    assert check_jobs(scenario, 2) is None
+
+
+def test_merged_samples_count_a_finished_shard_with_its_last_sample() -> None:
+    early = [{"t": 0.0, "by_state": {"created": 1}, "unresolved": 1, "faults": 0},
+             {"t": 10.0, "by_state": {"captured": 1}, "unresolved": 0, "faults": 2}]  # fmt: skip
+    late = [{"t": 0.0, "by_state": {}, "unresolved": 0, "faults": 0},
+            {"t": 10.0, "by_state": {"created": 2}, "unresolved": 2, "faults": 1},
+            {"t": 20.0, "by_state": {"captured": 2}, "unresolved": 0, "faults": 3}]  # fmt: skip
+    merged = merge_samples([early, late])
+    assert [sample["t"] for sample in merged] == [0.0, 10.0, 20.0]
+    assert merged[1] == {"t": 10.0, "by_state": {"captured": 1, "created": 2},
+                         "unresolved": 2, "faults": 3}  # fmt: skip
+    assert merged[2]["by_state"] == {"captured": 3}
+    assert merged[2]["faults"] == 5
