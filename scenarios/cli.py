@@ -81,9 +81,7 @@ def run_command(
             def tick(now_s: float, task_id: TaskID = task) -> None:
                 progress.update(task_id, completed=now_s, sim=f"sim {now_s:,.0f} s")
 
-            results.append(
-                run_scenario(scenario, seed, on_progress=tick, trace=trace is not None)
-            )
+            results.append(run_scenario(scenario, seed, on_progress=tick, trace=trace is not None))
             progress.remove_task(task)
     wall_time_s = time.perf_counter() - started
     for result in results:

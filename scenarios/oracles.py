@@ -146,7 +146,9 @@ def check_provider_amounts(world: World) -> Invariant:
 
 
 def check_idempotency(world: World) -> Invariant:
-    inv = Invariant("I6", "idempotency", "replays answer the same; other bodies are refused")
+    inv = Invariant(
+        "I6", "idempotency", "replays answer the same; other bodies are refused; events once"
+    )
     inv.checked = (
         world.coverage["client replayed a finished request"]
         + world.coverage["key reused with another body: refused"]
@@ -231,6 +233,14 @@ def check_projection(world: World, inv: Invariant) -> None:
             inv.add(payment_id, f"projection says {projected}, the engine says {state}")
 
 
+def check_engine_errors(world: World) -> Invariant:
+    inv = Invariant("E", "typed_outcomes", "every step ends in a typed outcome, never a crash")
+    inv.checked = sum(world.coverage.values())
+    for what, detail in world.engine_errors:
+        inv.add(what, detail)
+    return inv
+
+
 def check_wallets() -> Invariant:
     inv = Invariant("I5", "wallets", "wallets equal the ledger; no payout beyond the balance")
     inv.applicable = False
@@ -262,6 +272,7 @@ def run_oracles(world: World) -> list[Invariant]:
         check_convergence(world),
         engine_checks["I8"],
         check_webhook_intake(world),
+        check_engine_errors(world),
     ]
 
 

@@ -75,6 +75,8 @@ def declared_faults(scenario: Scenario) -> list[str]:
         declared.add("engine.crash")
     if engine.db_outages:
         declared.add("engine.db_outage")
+    if engine.commit_failure_rate > 0:
+        declared.add("engine.commit_failure")
     return sorted(declared)
 
 
@@ -88,6 +90,8 @@ def fired_faults(world: World) -> dict[str, int]:
     )
     if outage_hits:
         fired["engine.db_outage"] = outage_hits
+    if world.coverage["engine.commit_failure"]:
+        fired["engine.commit_failure"] = world.coverage["engine.commit_failure"]
     return dict(sorted(fired.items()))
 
 

@@ -151,6 +151,7 @@ class EngineFaults(_Strict):
     crash_rate_per_hour: float = Field(default=0.0, ge=0.0, le=100.0)
     restart_after_s: DurationS = 30.0
     db_outages: list[Window] = Field(default_factory=list, max_length=1_000)
+    commit_failure_rate: Probability = 0.0  # a step's commit fails: it must roll back whole
 
 
 class Workers(_Strict):

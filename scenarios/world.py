@@ -17,14 +17,17 @@ import json
 import random
 from collections import Counter
 from collections.abc import Callable, Generator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import simpy
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
 
 from engine.adapters import stripe_dialect as dialect
-from engine.adapters.database import Database
+from engine.adapters.database import Database, LedgerGuardRefused
 from engine.adapters.webhook_signature import WebhookRejected, verify
 from engine.domain.errors import PaychaosError, StoreUnavailable
 from engine.domain.ports import SeededIds
@@ -62,6 +65,13 @@ class SimPspClock:
 
     def now(self) -> float:
         return EPOCH_S + float(self._env.now)
+
+
+class EngineFault(PaychaosError):
+    """A step failed with an error the engine does not define: a defect, not an outcome."""
+
+    code = "internal_error"
+    http_status = 500
 
 
 class EngineDown(Exception):
@@ -144,10 +154,21 @@ class World:
         root = random.Random(self.seed)
         self.rng = {
             name: random.Random(root.getrandbits(64))
-            for name in ("workload", "clients", "engine", "psp", "crashes", "customers", "relay")
+            for name in (
+                "workload",
+                "clients",
+                "engine",
+                "psp",
+                "crashes",
+                "customers",
+                "relay",
+                "commits",
+            )
         }
         self.env = simpy.Environment()
         self.db = Database("sqlite://", migrate=True)
+        if scenario.engine_faults.commit_failure_rate > 0:
+            sa_event.listen(self.db.engine, "commit", self._maybe_fail_commit)
         self.engine = PaymentEngine(self.db, SimClock(self.env), SeededIds(self.rng["engine"]))
         self.psp = ProviderCore(
             SimPspClock(self.env),
@@ -173,6 +194,8 @@ class World:
         self.idempotency_violations: list[tuple[str, str]] = []
         self.intake_violations: list[tuple[str, str]] = []
         self.transition_violations: list[tuple[str, str]] = []  # illegal commands accepted
+        self.engine_errors: list[tuple[str, str]] = []  # steps that failed untyped
+        self.applied_events: set[str] = set()
         self.samples: list[dict[str, Any]] = []
         self.active_checkouts = 0
         self.arrivals_done = False
@@ -215,9 +238,31 @@ class World:
         return outcome
 
     # -- one engine operation as a client sees it ----------------------------------------
+    def _maybe_fail_commit(self, connection: Any) -> None:
+        """The database fails a step at its commit: the whole step must roll back."""
+        rate = self.scenario.engine_faults.commit_failure_rate
+        if self.node.faults_on and self.rng["commits"].random() < rate:
+            self.hit("engine.commit_failure")
+            # What the server does when a commit fails: the transaction is gone.
+            connection.connection.dbapi_connection.rollback()
+            raise sa.exc.OperationalError("COMMIT", None, Exception("simulated commit failure"))
+
+    def guarded(self, what: str, step: Callable[..., Any], *args: Any) -> Any:
+        """Run an engine step; an untyped error or a ledger refusal is a defect found."""
+        try:
+            return step(*args)
+        except LedgerGuardRefused as exc:
+            self.engine_errors.append((what, f"{exc.code}: {exc.message}"[:300]))
+            raise EngineFault(message=f"{what} failed") from None
+        except (PaychaosError, EngineDown):
+            raise
+        except Exception as exc:
+            self.engine_errors.append((what, f"{type(exc).__name__}: {exc}"[:300]))
+            raise EngineFault(message=f"{what} failed") from None
+
     def engine_op(self, begin: Callable[[Any], StepResult], command: Any) -> Step:
         incarnation = self.node.check(self.env.now)
-        begun = begin(command)
+        begun = self.guarded(type(command).__name__, begin, command)
         if begun.call is None:
             return begun
         outcome = yield from self.provider_call(begun.call)
@@ -228,7 +273,7 @@ class World:
             CallKind.VOID: self.engine.complete_void,
             CallKind.REFUND: self.engine.complete_refund,
         }[begun.call.kind]
-        done = complete(begun.call.attempt_id, outcome)
+        done = self.guarded(f"complete {begun.call.kind}", complete, begun.call.attempt_id, outcome)
         if outcome.status is OutcomeStatus.UNKNOWN:
             self.hit(f"{begun.call.kind} outcome unknown: left to recovery")
         return StepResult(done.payment, done.status_code, None, False, begun.refund_id)
@@ -276,8 +321,20 @@ class World:
             self.hit(f"webhook refused: {exc.code}")
             return 400
         event = dialect.event_from_stripe(json.loads(payload))
-        result = self.engine.apply_provider_event(event)
+        try:
+            result = self.guarded("apply_provider_event", self.engine.apply_provider_event, event)
+        except EngineFault:
+            return 500  # the provider retries; the error is a finding of the run
+        except StoreUnavailable:
+            self.hit("webhook answered 503: the database failed the step")
+            return 503
         self.hit(f"webhook {event.type} {result.outcome}")
+        if event.event_id in self.applied_events and result.outcome != "duplicate":
+            # Inbound idempotency (I6): a provider event is taken once by its id.
+            self.idempotency_violations.append(
+                (event.event_id, f"a redelivered event was taken again ({result.outcome})")
+            )
+        self.applied_events.add(event.event_id)
         return 200
 
     # -- recovery worker ----------------------------------------------------------------------
@@ -301,14 +358,20 @@ class World:
         for call in calls:
             outcome = self.look_up(call)
             self.node.check(self.env.now)
-            _, resend = self.engine.resolve_attempt(call.attempt_id, outcome)
+            try:
+                _, resend = self.guarded("resolve_attempt", self.engine.resolve_attempt,
+                                         call.attempt_id, outcome)  # fmt: skip
+            except EngineFault:
+                continue
             self.note("recovery.lookup", attempt=call.attempt_id, outcome=str(outcome.status))
             if resend is not None:
                 self.hit(f"{call.kind} never reached the provider: sent again with its key")
                 incarnation = self.node.check(self.env.now)
                 again = yield from self.provider_call(resend)
                 self.node.still(incarnation, self.env.now)
-                self.engine.resolve_attempt(call.attempt_id, again)
+                with suppress(EngineFault):
+                    self.guarded("resolve_attempt", self.engine.resolve_attempt,
+                                 call.attempt_id, again)  # fmt: skip
             elif not call.awaiting_action and outcome.status is not OutcomeStatus.UNKNOWN:
                 self.hit(f"{call.kind} {outcome.status} resolved by lookup")
         return len(calls)

@@ -160,7 +160,7 @@ class Database:
         connection: Connection | None = getattr(self._kept, "connection", None)
         if connection is None or connection.closed or connection.invalidated:
             connection = self._kept.connection = self.engine.connect()
-        return None if connection.in_transaction() else connection
+        return None if connection.get_transaction() is not None else connection
 
     @staticmethod
     def _unit(connection: Connection) -> Iterator[Connection]:
@@ -168,7 +168,9 @@ class Database:
         try:
             yield connection
         finally:
-            if connection.in_transaction():
+            # get_transaction, not in_transaction: a commit that failed leaves an
+            # inactive transaction that still has to be rolled back.
+            if connection.get_transaction() is not None:
                 connection.rollback()
 
     @contextmanager

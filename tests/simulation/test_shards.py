@@ -9,8 +9,16 @@ from typing import Any
 from typer.testing import CliRunner
 
 from engine.entrypoints.cli import app
+from scenarios.runner import run_scenario
 from scenarios.schema import library_paths, load_scenario
-from scenarios.shards import Shard, check_jobs, merge_samples, shard_scenario, shard_seed
+from scenarios.shards import (
+    Shard,
+    check_jobs,
+    merge_samples,
+    run_sharded,
+    shard_scenario,
+    shard_seed,
+)
 
 LIBRARY = {path.stem: path for path in library_paths()}
 runner = CliRunner()
@@ -85,3 +93,10 @@ def test_merged_samples_count_a_finished_shard_with_its_last_sample() -> None:
                          "unresolved": 2, "faults": 3}  # fmt: skip
     assert merged[2]["by_state"] == {"captured": 3}
     assert merged[2]["faults"] == 5
+
+
+def test_a_merged_report_has_every_field_of_a_single_report() -> None:
+    scenario = load_scenario(LIBRARY["happy-path"]).model_copy(update={"duration_s": 60.0})
+    single = run_scenario(scenario).report
+    merged = run_sharded(scenario, None, 2).report
+    assert set(merged) == set(single) | {"jobs", "shards"}
