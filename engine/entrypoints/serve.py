@@ -17,6 +17,7 @@ from engine.adapters.api_keys import PREFIXES, KeyStore
 from engine.adapters.database import Database, check_schema
 from engine.adapters.psp_http import HttpProvider, RetryPolicy
 from engine.entrypoints.api import Services, TokenBucket, create_app
+from engine.entrypoints.logs import configure as configure_logs
 from engine.entrypoints.metrics import Metrics
 from engine.entrypoints.system import RandomIds, SystemClock
 from engine.service.engine import PaymentEngine
@@ -78,6 +79,7 @@ def build_services(settings: ServiceSettings) -> Services:
 
 
 def app_from_env() -> FastAPI:
+    configure_logs()
     return create_app(build_services(ServiceSettings.from_env()))
 
 

@@ -4,6 +4,7 @@ and the real mock PSP core behind the HTTP provider adapter (no network)."""
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from collections.abc import Iterator
@@ -289,3 +290,22 @@ def test_serving_a_stale_schema_is_a_clear_error(tmp_path: Any) -> None:
     result = CliRunner().invoke(app, ["serve", "engine", "--db", url])
     assert result.exit_code == 2
     assert "paychaos db upgrade" in result.output and "Traceback" not in result.output
+
+
+def test_logs_are_json_with_correlation_ids_and_never_a_secret(
+    client: TestClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine.entrypoints.logs import configure
+
+    configure()
+    try:
+        create(client)
+        post(client, "/v1/payments", {**PAYMENT, "payment_method": "4242424242424242"}, key="x")
+    finally:
+        logging.getLogger("paychaos").handlers.clear()
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.strip()]
+    requests = [line for line in lines if line.get("message") == "request"]
+    assert requests and all(line["request_id"].startswith("req_") for line in requests)
+    assert requests[0]["merchant_id"] == "m_one"
+    text = json.dumps(lines)
+    assert "4242424242424242" not in text and SECRET not in text
