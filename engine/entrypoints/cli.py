@@ -264,8 +264,12 @@ def load(
     """Locust against engine and mock PSP on 127.0.0.1, then the invariants."""
     from pathlib import Path
 
+    import importlib.util
+
     from loadtests.load import run_load
 
+    if importlib.util.find_spec("locust") is None:
+        fail("locust is not installed: pip install -e '.[load]' (or '.[dev]')")
     if not 1 <= users <= 1_000:
         fail("--users: between 1 and 1000")
     if not 1 <= duration <= 3_600:
