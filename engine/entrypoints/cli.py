@@ -262,9 +262,8 @@ def load(
     expect_p99_ms: Annotated[float | None, typer.Option(help="Fail above this p99.")] = None,
 ) -> None:
     """Locust against engine and mock PSP on 127.0.0.1, then the invariants."""
-    from pathlib import Path
-
     import importlib.util
+    from pathlib import Path
 
     from loadtests.load import run_load
 
