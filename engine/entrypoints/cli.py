@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 import sys
 from datetime import timedelta
@@ -301,7 +302,13 @@ def _register_workers() -> None:
 _register_workers()
 
 
+# Simulations and servers hold large, long-lived heaps; the default thresholds
+# make the cycle collector walk them every few thousand allocations.
+GC_THRESHOLDS = (100_000, 50, 1_000)
+
+
 def main() -> None:
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         app()
     except PaychaosError as exc:
