@@ -45,13 +45,14 @@ from starlette.types import Receive, Scope, Send
 
 from mock_psp.clock import OffsetClock
 from mock_psp.core import ApiRequest, ApiResponse, ProviderCore
-from mock_psp.errors import ApiError, InvalidRequestError
+from mock_psp.errors import ApiError, InvalidRequestError, UnknownRoute
 from mock_psp.faults import FaultPlanConfig
 from mock_psp.webhooks import Delivery
 from mock_psp.world import ProviderConfig
 
 BODY_BYTES_MAX = 1_000_000
 GC_THRESHOLDS = (100_000, 50, 1_000)
+ALL_METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH"]
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 _ABORTED_MESSAGE = "ASGI callable returned without completing response."
 log = logging.getLogger("mock_psp.server")
@@ -139,7 +140,9 @@ class PspServer:
                     # The core answers methods it has no route for, in Stripe's shape.
                     methods=["GET", "POST", "DELETE", "PUT", "PATCH"],
                 ),
-                Route("/_admin/{rest:path}", self._admin, methods=["GET", "POST", "PUT"]),
+                Route("/_admin/{rest:path}", self._admin, methods=ALL_METHODS),
+                # Anything else still answers in Stripe's shape, never plain text.
+                Route("/{rest:path}", self._unknown, methods=ALL_METHODS),
             ],
             lifespan=self._lifespan,
         )
@@ -169,6 +172,12 @@ class PspServer:
         if delay_s > 0:
             await asyncio.sleep(delay_s)
         return _json_response(result.response)
+
+    async def _unknown(self, request: Request) -> Response:
+        error = UnknownRoute(
+            f"Unrecognized request URL ({request.method}: {request.url.path[:200]})."
+        )
+        return _json_response(ApiResponse(error.http_status, error.to_body(), {}))
 
     async def _admin(self, request: Request) -> Response:
         try:

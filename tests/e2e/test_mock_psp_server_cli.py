@@ -154,3 +154,17 @@ def test_paychaos_serve_psp_serves_the_fault_plan_it_was_given(tmp_path: Path) -
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_unknown_paths_and_methods_answer_in_stripes_shape() -> None:
+    import httpx
+
+    from mock_psp.background import serve_in_thread
+    from mock_psp.server import PspServer, build_core
+
+    server = PspServer(build_core(seed=1))
+    with serve_in_thread(server.app) as url:
+        for method, path in (("GET", "/nowhere"), ("DELETE", "/_admin/faults")):
+            response = httpx.request(method, f"{url}{path}", timeout=5.0)
+            assert response.status_code == 404, (method, path, response.text)
+            assert response.json()["error"]["type"] == "invalid_request_error"
