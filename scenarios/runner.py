@@ -84,12 +84,10 @@ def fired_faults(world: World) -> dict[str, int]:
     fired = {str(kind): count for kind, count in world.psp.fault_log.counts().items() if count}
     if world.coverage["engine crashed"]:
         fired["engine.crash"] = world.coverage["engine crashed"]
-    outage_hits = (
-        sum(count for path, count in world.coverage.items() if "store_unavailable" in path)
-        + world.coverage["webhook delivered during a database outage"]
-    )
-    if outage_hits:
-        fired["engine.db_outage"] = outage_hits
+    # Counted where the outage refuses a step: a commit failure also surfaces as
+    # store_unavailable, so coverage paths cannot tell the two faults apart.
+    if world.node.outage_hits:
+        fired["engine.db_outage"] = world.node.outage_hits
     if world.coverage["engine.commit_failure"]:
         fired["engine.commit_failure"] = world.coverage["engine.commit_failure"]
     return dict(sorted(fired.items()))

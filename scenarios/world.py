@@ -86,11 +86,13 @@ class EngineNode:
     incarnation: int = 0
     db_outages: list[tuple[float, float]] = field(default_factory=list)
     faults_on: bool = True
+    outage_hits: int = 0  # steps refused because an outage window was open
 
     def check(self, now_s: float) -> int:
         if not self.up:
             raise EngineDown("engine is restarting")
         if self.faults_on and any(start <= now_s < end for start, end in self.db_outages):
+            self.outage_hits += 1
             raise StoreUnavailable(message="database unavailable (simulated outage)")
         return self.incarnation
 
@@ -470,7 +472,3 @@ def is_engine_trouble(exc: BaseException) -> bool:
     return isinstance(exc, PaychaosError) and exc.code in {
         "idempotency_key_in_flight", "contention",
     }  # fmt: skip
-
-
-def unknown_outcome() -> ProviderOutcome:
-    return dialect.UNKNOWN

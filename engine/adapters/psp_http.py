@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from engine.adapters import stripe_dialect as dialect
-from engine.domain.provider import OutcomeStatus, ProviderCall, ProviderOutcome
+from engine.domain.provider import ProviderCall, ProviderOutcome
 
 RETRYABLE_STATUS = frozenset({409, 429, 502, 503, 504})
 RETRY_AFTER_S_MAX = 30.0
@@ -198,7 +198,3 @@ class HttpProvider:
         retry_after = response.headers.get("Retry-After")
         retry_after_s = float(retry_after) if retry_after and retry_after.isdigit() else None
         return response.status_code, body if isinstance(body, dict) else None, retry_after_s
-
-
-def is_unknown(outcome: ProviderOutcome) -> bool:
-    return outcome.status is OutcomeStatus.UNKNOWN

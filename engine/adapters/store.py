@@ -382,13 +382,13 @@ class Store:
     ) -> None:
         """Entries first, the journal row last: the database checks the balance then."""
         entries = [
-                {
-                    "journal_id": journal_id,
-                    "account": entry.account,
-                    "side": entry.side.value,
-                    "amount_minor": entry.amount_minor,
-                    "currency": entry.currency,
-                }
+            {
+                "journal_id": journal_id,
+                "account": entry.account,
+                "side": entry.side.value,
+                "amount_minor": entry.amount_minor,
+                "currency": entry.currency,
+            }
             for entry in journal.entries
         ]
         if self._direct is not None:

@@ -2,9 +2,12 @@
 
 Expected outcomes are typed errors with a stable machine-readable ``code`` and
 an HTTP status hint; broken invariants are ``assert``s. Lower-layer exceptions
-(SQLAlchemy, drivers) are translated in ``engine.adapters.store`` only.
+(SQLAlchemy, drivers) are translated in ``engine.adapters.database`` only.
 
     PaychaosError                         code              http
+    ├── Unauthorized                      unauthorized      401
+    ├── Forbidden                         forbidden         403
+    ├── RateLimited                       rate_limited      429
     ├── InvalidRequest                    (field-specific)  400
     │   ├── CurrencyMismatch              currency_mismatch 400
     │   └── AmountExceeded                amount_exceeds_*  400
@@ -36,6 +39,25 @@ class PaychaosError(Exception):
         if self.field is not None:
             body["field"] = self.field
         return body
+
+
+class Unauthorized(PaychaosError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class Forbidden(PaychaosError):
+    code = "forbidden"
+    http_status = 403
+
+
+class RateLimited(PaychaosError):
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, retry_after_s: float):
+        self.retry_after_s = retry_after_s
+        super().__init__(message="too many requests for this API key; slow down")
 
 
 class InvalidRequest(PaychaosError):

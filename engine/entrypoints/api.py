@@ -32,7 +32,13 @@ from engine.adapters.api_keys import KeyStore, Principal
 from engine.adapters.database import check_schema
 from engine.adapters.webhook_signature import WebhookRejected, verify
 from engine.domain.commands import Authorize, Capture, CreatePayment, Refund, Void
-from engine.domain.errors import InvalidRequest, PaychaosError
+from engine.domain.errors import (
+    Forbidden,
+    InvalidRequest,
+    PaychaosError,
+    RateLimited,
+    Unauthorized,
+)
 from engine.domain.ports import Clock
 from engine.entrypoints.metrics import Metrics
 from engine.service.driver import Provider, perform
@@ -43,25 +49,6 @@ from engine.workers.inbox import InboxProcessor
 log = logging.getLogger("paychaos.api")
 REQUEST_ID_HEADER = "Request-Id"
 INBOX_BATCH_MAX = 20
-
-
-class Forbidden(PaychaosError):
-    code = "forbidden"
-    http_status = 403
-
-
-class Unauthorized(PaychaosError):
-    code = "unauthorized"
-    http_status = 401
-
-
-class RateLimited(PaychaosError):
-    code = "rate_limited"
-    http_status = 429
-
-    def __init__(self, retry_after_s: float):
-        self.retry_after_s = retry_after_s
-        super().__init__(message="too many requests for this API key; slow down")
 
 
 @dataclass(slots=True)
@@ -177,8 +164,13 @@ Writer = Annotated[Principal, Depends(writer)]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 
 
-def _respond(services: Services, result: StepResult) -> JSONResponse:
+def _respond(result: StepResult) -> JSONResponse:
     return JSONResponse(payment_body(result), status_code=result.status_code)
+
+
+def _drive(services: Services, begun: StepResult) -> JSONResponse:
+    """Make the provider call a ``begin_*`` step asked for, complete it, answer."""
+    return _respond(perform(services.engine, services.provider, begun))
 
 
 # -- payments -----------------------------------------------------------------------------
@@ -191,7 +183,7 @@ def _payment_routes(app: FastAPI) -> None:
             who.merchant_id, key or "", body.order_id, body.amount_minor, body.currency,
             body.payment_method, body.capture_method, body.metadata,
         )  # fmt: skip
-        return _respond(services, services.engine.create_payment(command))
+        return _respond(services.engine.create_payment(command))
 
     @app.get("/v1/payments/{payment_id}", tags=["payments"])
     def get_payment(payment_id: str, who: Reader, services: ServicesDep) -> dict[str, Any]:
@@ -214,7 +206,7 @@ def _payment_routes(app: FastAPI) -> None:
     ) -> JSONResponse:
         command = Authorize(who.merchant_id, key or "", payment_id)
         begun = services.engine.begin_authorize(command)
-        return _respond(services, perform(services.engine, services.provider, begun))
+        return _drive(services, begun)
 
     @app.post("/v1/payments/{payment_id}/capture", tags=["payments"])
     def capture(
@@ -228,14 +220,14 @@ def _payment_routes(app: FastAPI) -> None:
         begun = services.engine.begin_capture(
             Capture(who.merchant_id, key or "", payment_id, amount)
         )
-        return _respond(services, perform(services.engine, services.provider, begun))
+        return _drive(services, begun)
 
     @app.post("/v1/payments/{payment_id}/cancel", tags=["payments"])
     def cancel(
         payment_id: str, who: Writer, services: ServicesDep, key: IdempotencyKey = None
     ) -> JSONResponse:
         begun = services.engine.begin_void(Void(who.merchant_id, key or "", payment_id))
-        return _respond(services, perform(services.engine, services.provider, begun))
+        return _drive(services, begun)
 
     @app.post("/v1/payments/{payment_id}/refunds", tags=["refunds"])
     def refund(
@@ -248,7 +240,7 @@ def _payment_routes(app: FastAPI) -> None:
         amount, reason = (body.amount_minor, body.reason) if body else (None, None)
         command = Refund(who.merchant_id, key or "", payment_id, amount, reason)
         begun = services.engine.begin_refund(command)
-        return _respond(services, perform(services.engine, services.provider, begun))
+        return _drive(services, begun)
 
     @app.get("/v1/payments/{payment_id}/refunds", tags=["refunds"])
     def list_refunds(payment_id: str, who: Reader, services: ServicesDep) -> dict[str, Any]:
