@@ -1,14 +1,21 @@
-"""Prebuilt statements run straight on SQLite's DB-API connection.
+"""Prebuilt statements run straight on the DB-API connection.
 
 SQLAlchemy Core costs about five times what SQLite itself does for the short
 statements the engine runs (building the execution context, the result
-object, the events). On SQLite the store therefore compiles each prebuilt
-statement once, with SQLAlchemy, and runs the compiled SQL on the driver's
-connection, inside the transaction SQLAlchemy began. What SQLAlchemy would
-do around the call is kept: its own bind and result processors convert the
-values (aware datetimes, JSON), and a driver error is wrapped in the same
-``sqlalchemy.exc`` class, so callers and ``Database.transaction`` translate
-it exactly as before. PostgreSQL goes through SQLAlchemy unchanged.
+object, the events). The store therefore compiles each prebuilt statement
+once, with SQLAlchemy, and runs the compiled SQL on the driver's connection,
+inside the transaction SQLAlchemy began. What SQLAlchemy would do around the
+call is kept: its own bind and result processors convert the values (aware
+datetimes, JSON), and a driver error is wrapped in the same ``sqlalchemy.exc``
+class, so callers and ``Database.transaction`` translate it exactly as before.
+
+On PostgreSQL the cost that matters is the network round trip, and most of a
+step's statements are writes whose results nobody reads. Those are held back
+(``defer``) and sent together in one psycopg pipeline when the step next
+needs an answer: a read, a write whose failure it handles, or its commit. A
+step is then BEGIN, its reads, and one trip for all its writes, instead of a
+trip per statement; a deferred write that fails raises where the batch is
+sent, inside the same transaction, so nothing of the step is kept.
 """
 
 from __future__ import annotations
@@ -116,25 +123,59 @@ def prepared(statement: sa.Executable, dialect: Dialect, keys: Sequence[str] = (
     return made
 
 
+_positional_dialects: dict[type[Dialect], Dialect] = {}
+
+
+def _positional(dialect: Dialect) -> Dialect:
+    """The dialect itself if its paramstyle is positional, else a ``format`` twin."""
+    if dialect.positional:
+        return dialect
+    twin = _positional_dialects.get(type(dialect))
+    if twin is None:
+        twin = _positional_dialects[type(dialect)] = type(dialect)(paramstyle="format")  # type: ignore[call-arg]
+    return twin
+
+
+class _Deferred:
+    """A write held back until the step next needs an answer from the database."""
+
+    __slots__ = ("args", "many", "rowcount_expected", "sql")
+
+    def __init__(self, sql: str, args: Any, many: bool, rowcount_expected: int | None) -> None:
+        self.sql, self.args, self.many = sql, args, many
+        self.rowcount_expected = rowcount_expected
+
+
 class Direct:
     """Runs prepared statements on a SQLAlchemy connection's DB-API connection."""
 
-    __slots__ = ("_dbapi_error", "_dialect", "_raw")
+    __slots__ = ("_dbapi_error", "_dialect", "_pending", "_raw", "_sa_dialect")
 
     def __init__(self, connection: Connection) -> None:
-        self._dialect = connection.dialect
+        self._sa_dialect = connection.dialect
+        self._dialect = _positional(connection.dialect)
         self._raw: Any = connection.connection.driver_connection
         self._dbapi_error: type[Exception] = connection.dialect.loaded_dbapi.Error
+        self._pending: list[_Deferred] = []
+
+    @property
+    def defers(self) -> bool:
+        """Whether writes wait for the next round trip (PostgreSQL's pipeline)."""
+        return self._sa_dialect.name == "postgresql"
+
+    def _wrap(self, sql: str, args: Any, exc: Exception) -> sa.exc.StatementError:
+        return sa.exc.DBAPIError.instance(
+            sql, args, exc, self._dbapi_error, dialect=self._sa_dialect
+        )
 
     def _run(self, sql: str, args: Any, many: bool = False) -> Any:
+        self.flush()
         try:
             if many:
                 return self._raw.executemany(sql, args)
             return self._raw.execute(sql, args)
         except self._dbapi_error as exc:
-            raise sa.exc.DBAPIError.instance(
-                sql, args, exc, self._dbapi_error, dialect=self._dialect
-            ) from exc
+            raise self._wrap(sql, args, exc) from exc
 
     def one(self, statement: sa.Executable, params: Mapping[str, Any]) -> Row | None:
         p = prepared(statement, self._dialect)
@@ -153,3 +194,41 @@ class Direct:
     def write_many(self, statement: sa.Executable, rows: Sequence[Mapping[str, Any]]) -> None:
         p = prepared(statement, self._dialect, sorted(rows[0]))
         self._run(p.sql, [p.args(row) for row in rows], many=True)
+
+    def defer(
+        self,
+        statement: sa.Executable,
+        params: Mapping[str, Any],
+        rowcount_expected: int | None = None,
+    ) -> None:
+        """A write sent with the next round trip; its rowcount is checked then."""
+        p = prepared(statement, self._dialect, sorted(params))
+        self._pending.append(_Deferred(p.sql, p.args(params), False, rowcount_expected))
+
+    def defer_many(self, statement: sa.Executable, rows: Sequence[Mapping[str, Any]]) -> None:
+        p = prepared(statement, self._dialect, sorted(rows[0]))
+        self._pending.append(_Deferred(p.sql, [p.args(row) for row in rows], True, None))
+
+    def flush(self) -> None:
+        """Send every deferred write in one pipeline: one round trip for all of them."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        cursors = []
+        current = pending[0]
+        try:
+            with self._raw.pipeline():
+                for current in pending:
+                    cursor = self._raw.cursor()
+                    if current.many:
+                        cursor.executemany(current.sql, current.args)
+                    else:
+                        cursor.execute(current.sql, current.args)
+                    cursors.append(cursor)
+        except self._dbapi_error as exc:
+            raise self._wrap(current.sql, current.args, exc) from exc
+        for cursor, write in zip(cursors, pending, strict=True):
+            expected = write.rowcount_expected
+            assert expected is None or cursor.rowcount == expected, (
+                f"{write.sql.split(' WHERE')[0]}: {cursor.rowcount} rows, expected {expected}"
+            )

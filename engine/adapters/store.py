@@ -80,7 +80,7 @@ _INSERT = {
     table: table.insert()
     for table in (
         t.payments, t.payment_history, t.outbox, t.attempts, t.refunds, t.idempotency_keys,
-        t.provider_events, t.ledger_entries, t.ledger_journals,
+        t.provider_events, t.ledger_entries, t.ledger_journals, t.webhook_inbox,
     )
 }  # fmt: skip
 _PAYMENT_BY_PROVIDER_ID = sa.select(t.payments).where(
@@ -144,10 +144,16 @@ class Store:
     def __init__(self, connection: Connection):
         self.c = connection
         self._lock = connection.dialect.name == "postgresql"
-        self._direct = Direct(connection) if connection.dialect.name == "sqlite" else None
+        self._direct = Direct(connection)
 
     def commit(self) -> None:
+        self._direct.flush()
         self.c.commit()
+
+    def _execute(self, statement: sa.Executable) -> sa.CursorResult[Any]:
+        """Through SQLAlchemy, after any deferred write (statements run in order)."""
+        self._direct.flush()
+        return self.c.execute(statement)
 
     @property
     def locks_rows(self) -> bool:
@@ -155,31 +161,46 @@ class Store:
         return self._lock
 
     def _one(self, query: sa.Select[Any], params: Mapping[str, Any] | None = None) -> Row | None:
-        if self._direct is not None and id(query) in _PREBUILT:
+        if id(query) in _PREBUILT:
             return self._direct.one(query, params or {})
+        self._direct.flush()
         row = self.c.execute(query, params).mappings().first()
         return dict(row) if row is not None else None
 
     def _all(self, query: sa.Select[Any], params: Mapping[str, Any]) -> list[Row]:
-        if self._direct is not None and id(query) in _PREBUILT:
+        if id(query) in _PREBUILT:
             return self._direct.all(query, params)
+        self._direct.flush()
         return [dict(row) for row in self.c.execute(query, params).mappings()]
 
-    def _write(self, statement: sa.Executable, params: Mapping[str, Any]) -> int:
-        """An INSERT or UPDATE with ``params`` as its values; returns the rowcount."""
-        if self._direct is not None and id(statement) in _PREBUILT:
-            return self._direct.write(statement, params)
-        return int(self.c.execute(statement, params).rowcount)
+    def _write(
+        self,
+        statement: sa.Executable,
+        params: Mapping[str, Any],
+        rowcount_expected: int | None = None,
+    ) -> None:
+        """An INSERT or UPDATE with ``params`` as its values, deferred where it can be."""
+        assert id(statement) in _PREBUILT, "hot writes are prebuilt"
+        if self._direct.defers:
+            self._direct.defer(statement, params, rowcount_expected)
+            return
+        rowcount = self._direct.write(statement, params)
+        assert rowcount_expected is None or rowcount == rowcount_expected, (
+            f"{rowcount} rows written, expected {rowcount_expected}"
+        )
 
-    def _insert(self, table: sa.Table, row: Row) -> None:
-        statement = _INSERT.get(table)
-        self._write(table.insert() if statement is None else statement, row)
-
-    def _insert_unique(self, table: sa.Table, row: Row) -> None:
+    def _write_now(self, statement: sa.Executable, params: Mapping[str, Any]) -> None:
+        """A write whose failure the step handles: sent at once, with anything deferred."""
         try:
-            self._insert(table, row)
+            self._direct.write(statement, params)
         except sa.exc.IntegrityError as exc:
             raise RetryStep from exc
+
+    def _insert(self, table: sa.Table, row: Row) -> None:
+        self._write(_INSERT[table], row)
+
+    def _insert_unique(self, table: sa.Table, row: Row) -> None:
+        self._write_now(_INSERT[table], row)
 
     # payments -----------------------------------------------------------
     def payment(self, payment_id: str, *, lock: bool = False) -> Row | None:
@@ -203,18 +224,15 @@ class Store:
 
     def claim_order(self, payment_id: str, order_id: str) -> None:
         """Mark the payment as the order's one money holder (unique per merchant)."""
-        try:
-            self._write(_CLAIM_ORDER, {"b_id": payment_id, "active_order_id": order_id})
-        except sa.exc.IntegrityError as exc:
-            raise RetryStep from exc
+        self._write_now(_CLAIM_ORDER, {"b_id": payment_id, "active_order_id": order_id})
 
     def update_payment(self, payment_id: str, expected_history_count: int, **values: Any) -> None:
         """Update guarded by the history count: a lost update is a defect."""
-        rowcount = self._write(
+        self._write(
             _UPDATE_PAYMENT,
             {"b_id": payment_id, "b_history_count": expected_history_count, **values},
+            rowcount_expected=1,
         )
-        assert rowcount == 1, f"payment {payment_id} changed under a lock"
 
     def payments(
         self, merchant_id: str, order_id: str | None, limit: int, offset: int
@@ -223,7 +241,7 @@ class Store:
         if order_id is not None:
             query = query.where(t.payments.c.order_id == order_id)
         query = query.order_by(t.payments.c.created_at, t.payments.c.id).limit(limit).offset(offset)
-        return [dict(row) for row in self.c.execute(query).mappings()]
+        return [dict(row) for row in self._execute(query).mappings()]
 
     # history and outbox -------------------------------------------------
     def insert_history(self, row: Row) -> None:
@@ -269,7 +287,7 @@ class Store:
             .order_by(t.attempts.c.updated_at, t.attempts.c.id)
             .limit(limit)
         )
-        return [dict(row) for row in self.c.execute(query).mappings()]
+        return [dict(row) for row in self._execute(query).mappings()]
 
     def due_attempts(self, now: datetime, limit: int) -> list[Row]:
         """Open attempts whose scheduled lookup is due (an unscheduled one: from its last touch)."""
@@ -281,7 +299,7 @@ class Store:
             .order_by(due_at, a.id)
             .limit(limit)
         )
-        return [dict(row) for row in self.c.execute(query).mappings()]
+        return [dict(row) for row in self._execute(query).mappings()]
 
     def review_attempts(self, limit: int) -> list[Row]:
         a = t.attempts.c
@@ -291,7 +309,7 @@ class Store:
             .order_by(a.updated_at, a.id)
             .limit(limit)
         )
-        return [dict(row) for row in self.c.execute(query).mappings()]
+        return [dict(row) for row in self._execute(query).mappings()]
 
     def insert_refund(self, row: Row) -> None:
         self._insert(t.refunds, row)
@@ -334,7 +352,7 @@ class Store:
             .limit(limit)
             .scalar_subquery()
         )
-        result = self.c.execute(t.idempotency_keys.delete().where(k.id.in_(doomed)))
+        result = self._execute(t.idempotency_keys.delete().where(k.id.in_(doomed)))
         return int(result.rowcount)
 
     # provider events --------------------------------------------------------
@@ -360,16 +378,16 @@ class Store:
     def pending_inbox(self, limit: int) -> list[int]:
         w = t.webhook_inbox.c
         query = sa.select(w.id).where(w.status == "pending").order_by(w.id).limit(limit)
-        return [int(inbox_id) for inbox_id in self.c.execute(query).scalars()]
+        return [int(inbox_id) for inbox_id in self._execute(query).scalars()]
 
     def dead_inbox(self, limit: int) -> list[Row]:
         w = t.webhook_inbox.c
         query = sa.select(t.webhook_inbox).where(w.status == "dead").order_by(w.id).limit(limit)
-        return [dict(row) for row in self.c.execute(query).mappings()]
+        return [dict(row) for row in self._execute(query).mappings()]
 
     def update_inbox(self, inbox_id: int, **values: Any) -> None:
         w = t.webhook_inbox
-        self.c.execute(w.update().where(w.c.id == inbox_id).values(**values))
+        self._execute(w.update().where(w.c.id == inbox_id).values(**values))
 
     # ledger -------------------------------------------------------------------
     def insert_journal(
@@ -391,10 +409,10 @@ class Store:
             }
             for entry in journal.entries
         ]
-        if self._direct is not None:
-            self._direct.write_many(_INSERT[t.ledger_entries], entries)  # prebuilt
+        if self._direct.defers:
+            self._direct.defer_many(_INSERT[t.ledger_entries], entries)
         else:
-            self.c.execute(_INSERT[t.ledger_entries], entries)
+            self._direct.write_many(_INSERT[t.ledger_entries], entries)
         self._insert(
             t.ledger_journals,
             {
@@ -410,7 +428,7 @@ class Store:
         j, e = t.ledger_journals, t.ledger_entries
         journals = [
             dict(row)
-            for row in self.c.execute(
+            for row in self._execute(
                 sa.select(j)
                 .where(j.c.payment_id == payment_id)
                 .order_by(j.c.created_at, j.c.history_seq, j.c.id)
@@ -419,7 +437,7 @@ class Store:
         entries: dict[str, list[Row]] = {journal["id"]: [] for journal in journals}
         if journals:
             query = sa.select(e).where(e.c.journal_id.in_(list(entries))).order_by(e.c.id)
-            for row in self.c.execute(query).mappings():
+            for row in self._execute(query).mappings():
                 entries[row["journal_id"]].append(dict(row))
         return [(journal, entries[journal["id"]]) for journal in journals]
 
@@ -433,18 +451,18 @@ class Store:
             .group_by(e.account, e.currency)
             .order_by(e.account, e.currency)
         )
-        return [(str(a), str(c), int(total)) for a, c, total in self.c.execute(query)]
+        return [(str(a), str(c), int(total)) for a, c, total in self._execute(query)]
 
     # outbox relay -------------------------------------------------------------
     def unpublished_outbox(self, limit: int) -> list[Row]:
         o = t.outbox.c
         query = sa.select(t.outbox).where(o.published_at.is_(None)).order_by(o.id).limit(limit)
-        return [dict(row) for row in self.c.execute(query).mappings()]
+        return [dict(row) for row in self._execute(query).mappings()]
 
     def mark_outbox_published(self, ids: Sequence[int], at: datetime) -> None:
         if ids:
             o = t.outbox.c
-            self.c.execute(t.outbox.update().where(o.id.in_(list(ids))).values(published_at=at))
+            self._execute(t.outbox.update().where(o.id.in_(list(ids))).values(published_at=at))
 
 
 @contextmanager
