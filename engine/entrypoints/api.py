@@ -8,16 +8,21 @@ and the request id; nothing else (and never a stack trace) reaches a client.
 A slow or unreachable provider never holds a checkout: the provider call is
 made once, within ``provider_timeout_s``; when it gives no answer the payment
 is answered ``processing`` (202) and the recovery worker finishes the job.
+
+When ``Services.background`` holds the engine's workers, the app's lifespan
+starts them with the server and stops them (bounded) when it shuts down.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -44,6 +49,7 @@ from engine.entrypoints.metrics import Metrics
 from engine.service.driver import Provider, perform
 from engine.service.engine import PaymentEngine
 from engine.service.views import StepResult
+from engine.workers.background import BackgroundWorker, WorkerState
 from engine.workers.inbox import InboxProcessor
 
 log = logging.getLogger("paychaos.api")
@@ -84,6 +90,7 @@ class Services:
     metrics: Metrics
     rate_limit: TokenBucket = field(default_factory=lambda: TokenBucket(100.0, 200.0))
     monotonic: Callable[[], float] = time.monotonic
+    background: BackgroundWorker | None = None  # the workers, when they run in this process
 
 
 # -- request bodies ------------------------------------------------------------------
@@ -121,6 +128,7 @@ def create_app(services: Services) -> FastAPI:
         title="paychaos engine",
         version="1",
         description="Payments with idempotency on every write and a double-entry ledger.",
+        lifespan=_lifespan,
     )
     app.state.services = services
     _install_handlers(app)
@@ -128,6 +136,18 @@ def create_app(services: Services) -> FastAPI:
     _payment_routes(app)
     _operational_routes(app)
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    background: BackgroundWorker | None = app.state.services.background
+    if background is not None:
+        background.start()
+    try:
+        yield
+    finally:
+        if background is not None:
+            await asyncio.to_thread(background.stop)
 
 
 # -- dependencies ------------------------------------------------------------------------
@@ -303,8 +323,12 @@ def _operational_routes(app: FastAPI) -> None:
         return JSONResponse({"received": True, "outcome": stored})
 
     @app.get("/healthz", tags=["operations"])
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    def healthz(services: ServicesDep) -> JSONResponse:
+        background = services.background
+        if background is not None and background.state is WorkerState.FAILED:
+            # Unknown attempts would stay open: let the supervisor restart this process.
+            return JSONResponse({"status": "workers_failed"}, 503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/readyz", tags=["operations"])
     def readyz(services: ServicesDep) -> JSONResponse:

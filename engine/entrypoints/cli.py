@@ -220,18 +220,46 @@ def serve_engine(
     ] = "",
     host: str = "127.0.0.1",
     port: int = 8000,
-    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    workers: Annotated[
+        int, typer.Option(help="API processes; one at a time runs the engine's workers.")
+    ] = 1,
     provider_timeout_s: float = 5.0,
+    no_workers: Annotated[
+        bool, typer.Option("--no-workers", help="Leave the workers to `paychaos serve worker`.")
+    ] = False,
+    worker_interval_s: Annotated[float, typer.Option(help="Seconds between worker loops.")] = 1.0,
+    recovery_schedule_s: Annotated[
+        str | None,
+        typer.Option(
+            help="Seconds to an attempt's first lookup, then between lookups: "
+            "60,300,3600,86400,86400,86400 (then flagged for review)."
+        ),
+    ] = None,
+    circuit_open_s: Annotated[
+        float, typer.Option(help="Seconds an open circuit fails calls fast.")
+    ] = 30.0,
 ) -> None:
-    """The engine's HTTP API (run `paychaos db upgrade` first)."""
+    """The engine's HTTP API and its workers (run `paychaos db upgrade` first)."""
     import os
 
     import uvicorn
 
     from engine.adapters.database import Database
-    from engine.entrypoints.serve import ServiceSettings
+    from engine.entrypoints import serve
 
-    settings = ServiceSettings(db, psp, psp_key, webhook_secret, provider_timeout_s)
+    schedule = serve.DEFAULT_RECOVERY_SCHEDULE_S
+    try:
+        schedule = serve.parse_schedule(recovery_schedule_s) if recovery_schedule_s else schedule
+    except ValueError as exc:
+        fail(f"--recovery-schedule-s: {exc}")
+    settings = serve.ServiceSettings(
+        db, psp, psp_key, webhook_secret, provider_timeout_s, workers=not no_workers,
+        worker_interval_s=worker_interval_s, recovery_schedule_s=schedule,
+        circuit_open_s=circuit_open_s,
+    )  # fmt: skip
+    problem = settings.problem()
+    if problem is not None:
+        fail(f"--{problem[0].replace('_', '-')}: {problem[1]}")
     try:
         database = Database(db)
         check_schema(database.engine)

@@ -3,6 +3,10 @@
 ``uvicorn --factory engine.entrypoints.serve:app_from_env`` builds one app per
 worker process from ``PAYCHAOS_*`` environment variables; ``paychaos serve
 engine`` sets them and starts uvicorn.
+
+Unless ``workers`` is off, each app also carries the engine's workers
+(``engine.workers.background``), started and stopped by the app's lifespan;
+with several processes on one database, one of them runs them at a time.
 """
 
 from __future__ import annotations
@@ -10,20 +14,43 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
 from fastapi import FastAPI
 
 from engine.adapters.api_keys import PREFIXES, KeyStore
 from engine.adapters.database import Database, check_schema
-from engine.adapters.psp_http import HttpProvider, RetryPolicy
+from engine.adapters.psp_http import CircuitBreaker, HttpProvider, RetryPolicy
 from engine.entrypoints.api import Services, TokenBucket, create_app
 from engine.entrypoints.logs import configure as configure_logs
 from engine.entrypoints.metrics import Metrics
 from engine.entrypoints.system import RandomIds, SystemClock
-from engine.service.engine import PaymentEngine
+from engine.service.engine import RECOVERY_SCHEDULE, EngineSettings, PaymentEngine
+from engine.workers import BackgroundWorker, InProcessPublisher, Worker, lease_for
 
 DEFAULT_DB_URL = "sqlite:///paychaos.db"
 DEFAULT_PSP_URL = "http://127.0.0.1:12111"
+DEFAULT_RECOVERY_SCHEDULE_S = tuple(step.total_seconds() for step in RECOVERY_SCHEDULE)
+DEFAULT_SCHEDULE_TEXT = ",".join(f"{step:g}" for step in DEFAULT_RECOVERY_SCHEDULE_S)
+RECOVERY_STEPS_MAX = 32
+RECOVERY_STEP_S_MAX = 30 * 86_400.0
+
+
+def parse_schedule(text: str) -> tuple[float, ...]:
+    """``"60,300,3600"`` -> seconds between lookups; ValueError naming the problem."""
+    try:
+        steps = tuple(float(part) for part in text.split(","))
+    except ValueError as exc:
+        raise ValueError("comma-separated seconds, such as 60,300,3600") from exc
+    if not 1 <= len(steps) <= RECOVERY_STEPS_MAX:
+        raise ValueError(f"between 1 and {RECOVERY_STEPS_MAX} steps")
+    if not all(0 < step <= RECOVERY_STEP_S_MAX for step in steps):
+        raise ValueError(f"each step above 0 and at most {RECOVERY_STEP_S_MAX:.0f} seconds")
+    return steps
+
+
+def format_schedule(steps: tuple[float, ...]) -> str:
+    return ",".join(f"{step:g}" for step in steps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +62,10 @@ class ServiceSettings:
     provider_timeout_s: float = 5.0
     rate_per_s: float = 100.0
     rate_burst: float = 200.0
+    workers: bool = True
+    worker_interval_s: float = 1.0
+    recovery_schedule_s: tuple[float, ...] = DEFAULT_RECOVERY_SCHEDULE_S
+    circuit_open_s: float = 30.0
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
@@ -47,6 +78,12 @@ class ServiceSettings:
             provider_timeout_s=float(env.get("PAYCHAOS_PROVIDER_TIMEOUT_S", "5")),
             rate_per_s=float(env.get("PAYCHAOS_RATE_PER_S", "100")),
             rate_burst=float(env.get("PAYCHAOS_RATE_BURST", "200")),
+            workers=env.get("PAYCHAOS_WORKERS", "1") != "0",
+            worker_interval_s=float(env.get("PAYCHAOS_WORKER_INTERVAL_S", "1")),
+            recovery_schedule_s=parse_schedule(
+                env.get("PAYCHAOS_RECOVERY_SCHEDULE_S") or DEFAULT_SCHEDULE_TEXT
+            ),
+            circuit_open_s=float(env.get("PAYCHAOS_CIRCUIT_OPEN_S", "30")),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -58,23 +95,59 @@ class ServiceSettings:
             "PAYCHAOS_PROVIDER_TIMEOUT_S": str(self.provider_timeout_s),
             "PAYCHAOS_RATE_PER_S": str(self.rate_per_s),
             "PAYCHAOS_RATE_BURST": str(self.rate_burst),
+            "PAYCHAOS_WORKERS": "1" if self.workers else "0",
+            "PAYCHAOS_WORKER_INTERVAL_S": str(self.worker_interval_s),
+            "PAYCHAOS_RECOVERY_SCHEDULE_S": format_schedule(self.recovery_schedule_s),
+            "PAYCHAOS_CIRCUIT_OPEN_S": str(self.circuit_open_s),
         }
+
+    def problem(self) -> tuple[str, str] | None:
+        """The first setting that cannot work, as (setting, why); None when all can."""
+        if self.recovery_schedule_s[0] < self.provider_timeout_s:
+            return "recovery_schedule_s", (
+                "its first step is shorter than the provider timeout: recovery would ask "
+                "about calls still in flight"
+            )
+        if not 0 < self.worker_interval_s <= 3_600:
+            return "worker_interval_s", "above 0 and at most 3600 seconds"
+        if not 0 < self.circuit_open_s <= 3_600:
+            return "circuit_open_s", "above 0 and at most 3600 seconds"
+        return None
 
 
 def build_services(settings: ServiceSettings) -> Services:
-    """Wire the engine, its provider and its keys; a stale schema is refused here."""
+    """Wire the engine, its provider, its keys and its workers; a stale schema is refused here."""
     database = Database(settings.db_url)
     check_schema(database.engine)
     clock = SystemClock()
-    engine = PaymentEngine(database, clock, RandomIds())
+    schedule = tuple(timedelta(seconds=step) for step in settings.recovery_schedule_s)
+    engine = PaymentEngine(database, clock, RandomIds(), EngineSettings(recovery_schedule=schedule))
     # One try within the timeout: a checkout never waits on retries; recovery retries.
     provider = HttpProvider(
         settings.psp_url, settings.psp_api_key, timeout_s=settings.provider_timeout_s,
-        retry=RetryPolicy(attempts_max=1),
+        retry=RetryPolicy(attempts_max=1), breaker=CircuitBreaker(open_s=settings.circuit_open_s),
     )  # fmt: skip
     return Services(
         engine, provider, KeyStore(database), clock, settings.webhook_secret, Metrics(),
         TokenBucket(settings.rate_per_s, settings.rate_burst),
+        background=build_workers(engine, settings) if settings.workers else None,
+    )  # fmt: skip
+
+
+def build_workers(engine: PaymentEngine, settings: ServiceSettings) -> BackgroundWorker:
+    """The workers of ``paychaos serve worker``, on a thread, relaying to an in-process consumer."""
+    # A provider of their own: lookups retry with the attempt's key (nobody waits on
+    # them), and their breaker opens on what they see, not on checkouts'.
+    provider = HttpProvider(
+        settings.psp_url, settings.psp_api_key, timeout_s=settings.provider_timeout_s,
+        breaker=CircuitBreaker(open_s=settings.circuit_open_s),
+    )  # fmt: skip
+    worker = Worker.assemble(engine, provider, InProcessPublisher())
+    # Stopping waits at most for one lookup in flight: its tries, their backoff.
+    stop_s_max = provider.retry.attempts_max * (settings.provider_timeout_s + 1.0) + 1.0
+    return BackgroundWorker(
+        worker, lease_for(engine.db), settings.worker_interval_s, close=provider.close,
+        stop_s_max=stop_s_max,
     )  # fmt: skip
 
 

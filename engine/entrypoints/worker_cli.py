@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import signal
 import threading
+from datetime import timedelta
 from types import FrameType
 from typing import Annotated, NoReturn
 
@@ -18,7 +19,7 @@ from rich.table import Table
 
 from engine.adapters.database import Database, SchemaOutOfDate, check_schema
 from engine.domain.errors import Conflict, NotFound, PaychaosError
-from engine.service.engine import PaymentEngine
+from engine.service.engine import EngineSettings, PaymentEngine
 from engine.service.views import InboxItem
 
 DbUrl = Annotated[
@@ -33,7 +34,7 @@ def _fail(console: Console, message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _engine(console: Console, db: str) -> PaymentEngine:
+def _engine(console: Console, db: str, settings: EngineSettings | None = None) -> PaymentEngine:
     from engine.entrypoints.system import RandomIds, SystemClock
 
     try:
@@ -43,7 +44,7 @@ def _engine(console: Console, db: str) -> PaymentEngine:
         _fail(console, f"--db: {exc.message}")
     except Exception as exc:  # a bad URL or an unreachable server: say so, no trace
         _fail(console, f"--db: cannot use {db!r}: {type(exc).__name__}: {exc}")
-    return PaymentEngine(database, SystemClock(), RandomIds())
+    return PaymentEngine(database, SystemClock(), RandomIds(), settings)
 
 
 def dead_letter_table(items: list[InboxItem]) -> Table:
@@ -105,14 +106,35 @@ def register(app: typer.Typer, serve_app: typer.Typer, console: Console) -> None
             int | None, typer.Option("--max-loops", min=1, help="Stop after N loops.")
         ] = None,
         provider_timeout_s: Annotated[float, typer.Option(min=0.1, max=120.0)] = 10.0,
+        recovery_schedule_s: Annotated[
+            str | None,
+            typer.Option(
+                help="Seconds to an attempt's first lookup, then between lookups "
+                "(as for serve engine: use the same schedule)."
+            ),
+        ] = None,
     ) -> None:
-        """Recovery, outbox relay, webhook inbox and key expiry, in a loop (Ctrl-C stops)."""
+        """Recovery, outbox relay, webhook inbox and key expiry, in a loop (Ctrl-C stops).
+
+        One process per database runs them at a time (an API process with embedded
+        workers included); another started on the same database stands by."""
+        from engine.entrypoints.serve import parse_schedule
+
         if not psp.startswith(("http://", "https://")):
             _fail(console, "--psp: an http:// or https:// URL")
         if bus is not None and not bus.startswith("nats://"):
             _fail(console, "--bus: a nats://host:port URL")
-        _run_worker(console, _engine(console, db), psp, psp_key, bus, interval_s, max_loops,
-                    provider_timeout_s)  # fmt: skip
+        settings = EngineSettings()
+        if recovery_schedule_s:
+            try:
+                steps = parse_schedule(recovery_schedule_s)
+            except ValueError as exc:
+                _fail(console, f"--recovery-schedule-s: {exc}")
+            settings = EngineSettings(
+                recovery_schedule=tuple(timedelta(seconds=step) for step in steps)
+            )
+        _run_worker(console, _engine(console, db, settings), psp, psp_key, bus, interval_s,
+                    max_loops, provider_timeout_s)  # fmt: skip
 
 
 def _run_worker(
@@ -126,8 +148,7 @@ def _run_worker(
     provider_timeout_s: float,
 ) -> None:
     from engine.adapters.psp_http import HttpProvider
-    from engine.workers import InboxProcessor, InProcessPublisher, OutboxRelay, RecoveryWorker
-    from engine.workers.loop import Worker
+    from engine.workers import InProcessPublisher, Worker, lease_for
     from engine.workers.relay import Publisher
 
     provider = HttpProvider(psp, psp_key, timeout_s=provider_timeout_s, rng=random.Random())
@@ -138,10 +159,8 @@ def _run_worker(
         publisher = NatsPublisher(bus)
     else:
         publisher = InProcessPublisher()
-    worker = Worker(
-        engine, RecoveryWorker(engine, provider), OutboxRelay(engine, publisher),
-        InboxProcessor(engine),
-    )  # fmt: skip
+    worker = Worker.assemble(engine, provider, publisher)
+    lease = lease_for(engine.db)
     stop = threading.Event()
     previous = None
     if threading.current_thread() is threading.main_thread():
@@ -153,19 +172,22 @@ def _run_worker(
     console.print(f"worker on {engine.db.url.split('@')[-1]}: provider {psp}, "
                   f"bus {bus or 'in-process'}, every {interval_s} s")  # fmt: skip
     try:
-        report = worker.run(interval_s, max_loops, stop)
+        report = worker.run(interval_s, max_loops, stop, lease)
     except KeyboardInterrupt:
         report = worker.report
         console.print("stopping")
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        lease.release()
         publisher.close()
         provider.close()
         engine.db.dispose()
     errors = ", ".join(f"{name} {count}" for name, count in sorted(report.errors.items()))
+    standby = f", {report.standby_loops} standing by (another process ran them)"
     console.print(
-        f"{report.loops} loops: {report.resolved} attempts resolved "
+        f"{report.loops} loops" + (standby if report.standby_loops else "") + ": "
+        f"{report.resolved} attempts resolved "
         f"({report.still_unknown} still unknown), {report.published} events published, "
         f"{report.webhooks_applied} webhooks applied ({report.webhooks_dead} dead), "
         f"{report.keys_expired} keys expired" + (f"; skipped: {errors}" if errors else "")

@@ -9,11 +9,15 @@ simpy processes: the engine itself never does I/O.
     relay.OutboxRelay         unpublished_events -> publisher -> mark_published
     inbox.InboxProcessor      pending_webhooks -> apply_webhook (DLQ after N failures)
     nats_bus.NatsPublisher    JetStream, Nats-Msg-Id = event id (deduped in the window)
+    lease                     one process per database runs the loop; the others stand by
+    background.BackgroundWorker  the loop on a thread of the API's process (serve engine)
 """
 
 from __future__ import annotations
 
+from engine.workers.background import BackgroundWorker, WorkerState
 from engine.workers.inbox import InboxProcessor, InboxReport
+from engine.workers.lease import Lease, lease_for
 from engine.workers.loop import LoopReport, Worker
 from engine.workers.recovery import RecoveryReport, RecoveryWorker
 from engine.workers.relay import (
@@ -25,9 +29,11 @@ from engine.workers.relay import (
 )
 
 __all__ = [
+    "BackgroundWorker",
     "InProcessPublisher",
     "InboxProcessor",
     "InboxReport",
+    "Lease",
     "LoopReport",
     "OutboxRelay",
     "Projection",
@@ -36,4 +42,6 @@ __all__ = [
     "RecoveryReport",
     "RecoveryWorker",
     "Worker",
+    "WorkerState",
+    "lease_for",
 ]

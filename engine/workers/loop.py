@@ -4,21 +4,30 @@ Bounded: each task does one batch per loop, ``loops_max`` bounds the loop (for
 tests), and ``stop`` ends it between tasks. Transient trouble (the database or
 the bus away, contention) is logged and retried next loop; anything else is a
 defect and stops the worker, to be restarted by its supervisor.
+
+With a ``lease`` (``engine.workers.lease``), a loop runs the tasks only while
+this process holds it, and stands by otherwise: several processes on one
+database (API processes with embedded workers, ``paychaos serve worker``) do
+the work once between them.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from engine.domain.errors import Conflict, StoreUnavailable
+from engine.service.driver import Provider
 from engine.service.engine import PaymentEngine
 from engine.workers.inbox import InboxProcessor
+from engine.workers.lease import Lease
 from engine.workers.recovery import RecoveryWorker
-from engine.workers.relay import OutboxRelay, PublishFailed
+from engine.workers.relay import OutboxRelay, Publisher, PublishFailed
 
 log = logging.getLogger("paychaos.worker")
 TRANSIENT = (StoreUnavailable, PublishFailed, Conflict)
@@ -26,14 +35,24 @@ TRANSIENT = (StoreUnavailable, PublishFailed, Conflict)
 
 @dataclass(slots=True)
 class LoopReport:
+    """Totals since the worker started (read by ``/metrics`` from another thread)."""
+
     loops: int = 0
+    standby_loops: int = 0
+    holds_lease: bool = False
+    looked_up: int = 0
     resolved: int = 0
+    resent: int = 0
     still_unknown: int = 0
+    deferred: int = 0
     published: int = 0
     webhooks_applied: int = 0
+    webhooks_failed: int = 0
     webhooks_dead: int = 0
     keys_expired: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    last_loop_at: datetime | None = None
+    last_loop_s: float = 0.0
 
 
 class Worker:
@@ -43,12 +62,22 @@ class Worker:
         recovery: RecoveryWorker | None,
         relay: OutboxRelay,
         inbox: InboxProcessor,
+        monotonic: Callable[[], float] = time.monotonic,
     ):
         self.engine = engine
         self.recovery = recovery
         self.relay = relay
         self.inbox = inbox
+        self.monotonic = monotonic
         self.report = LoopReport()
+
+    @classmethod
+    def assemble(cls, engine: PaymentEngine, provider: Provider, publisher: Publisher) -> Worker:
+        """Every task, with its default batch size: what ``serve`` and ``serve worker`` run."""
+        return cls(
+            engine, RecoveryWorker(engine, provider), OutboxRelay(engine, publisher),
+            InboxProcessor(engine),
+        )  # fmt: skip
 
     def _guarded(self, name: str, task: Callable[[], Any]) -> Any:
         try:
@@ -58,32 +87,54 @@ class Worker:
             log.warning("%s skipped this loop: %s", name, exc.code, extra={"task": name})
             return None
 
-    def run_once(self) -> LoopReport:
+    def run_once(self, stop: threading.Event | None = None) -> LoopReport:
+        """One batch of each task; ``stop`` set in the middle skips the rest of this loop."""
+        stopping = stop.is_set if stop is not None else lambda: False
         r = self.report
-        if self.recovery is not None:
-            recovered = self._guarded("recovery", self.recovery.run_once)
+        started_s = self.monotonic()
+        recovery = self.recovery
+        if recovery is not None:
+            recovered = self._guarded("recovery", lambda: recovery.run_once(stopping))
             if recovered is not None:
+                r.looked_up += recovered.looked_up
                 r.resolved += recovered.resolved
+                r.resent += recovered.resent
                 r.still_unknown += recovered.still_unknown
-        relayed = self._guarded("relay", self.relay.run_once)
-        r.published += relayed.published if relayed is not None else 0
-        inbox = self._guarded("inbox", self.inbox.run_once)
-        if inbox is not None:
-            r.webhooks_applied += inbox.applied
-            r.webhooks_dead += inbox.dead
-        r.keys_expired += self._guarded("expiry", self.engine.expire_idempotency_keys) or 0
+                r.deferred += recovered.deferred
+        if not stopping():
+            relayed = self._guarded("relay", self.relay.run_once)
+            r.published += relayed.published if relayed is not None else 0
+        if not stopping():
+            inbox = self._guarded("inbox", self.inbox.run_once)
+            if inbox is not None:
+                r.webhooks_applied += inbox.applied
+                r.webhooks_failed += inbox.failed
+                r.webhooks_dead += inbox.dead
+        if not stopping():
+            r.keys_expired += self._guarded("expiry", self.engine.expire_idempotency_keys) or 0
         r.loops += 1
+        r.last_loop_s = self.monotonic() - started_s
+        r.last_loop_at = self.engine.clock.now()
         return r
 
     def run(
-        self, interval_s: float, loops_max: int | None = None, stop: threading.Event | None = None
+        self,
+        interval_s: float,
+        loops_max: int | None = None,
+        stop: threading.Event | None = None,
+        lease: Lease | None = None,
     ) -> LoopReport:
-        """Loop until ``stop`` is set or ``loops_max`` loops ran; wait ``interval_s`` between."""
+        """Loop until ``stop`` is set or ``loops_max`` loops ran (standing by counts);
+        wait ``interval_s`` between loops."""
         assert interval_s >= 0 and (loops_max is None or loops_max > 0)
         stop = stop or threading.Event()
         while not stop.is_set():
-            self.run_once()
-            if loops_max is not None and self.report.loops >= loops_max:
+            self.report.holds_lease = lease is None or lease.try_acquire()
+            if self.report.holds_lease:
+                self.run_once(stop)
+            else:
+                self.report.standby_loops += 1
+            if loops_max is not None and self.report.loops + self.report.standby_loops >= loops_max:
                 break
             stop.wait(interval_s)
         return self.report

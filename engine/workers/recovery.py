@@ -4,13 +4,19 @@ The engine decides when an attempt is due (``next_lookup_at``, moved along
 ``EngineSettings.recovery_schedule`` by every "unknown") and when it needs a
 person (``needs_review``); this worker only asks and hands over the answers.
 A request the provider never received is sent again with the same key.
+
+While the provider adapter's circuit breaker is open (and not yet due for its
+trial call) the rest of the batch waits for a later loop: a lookup then would
+answer "unknown" without asking anyone, and use up a step of the schedule.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from engine.adapters.psp_http import CircuitBreaker, CircuitState
 from engine.domain.provider import OutcomeStatus
 from engine.service.driver import Provider
 from engine.service.engine import PaymentEngine
@@ -24,6 +30,15 @@ class RecoveryReport:
     resolved: int = 0
     resent: int = 0
     still_unknown: int = 0
+    deferred: int = 0
+
+
+def provider_known_away(provider: Provider) -> bool:
+    """An open circuit that lets no trial call through yet: every call would fail fast."""
+    breaker = getattr(provider, "breaker", None)
+    if not isinstance(breaker, CircuitBreaker) or breaker.state is not CircuitState.OPEN:
+        return False
+    return breaker.clock() - breaker.opened_at_s < breaker.open_s
 
 
 class RecoveryWorker:
@@ -33,9 +48,16 @@ class RecoveryWorker:
         self.provider = provider
         self.batch_max = batch_max
 
-    def run_once(self) -> RecoveryReport:
+    def run_once(self, stopping: Callable[[], bool] = lambda: False) -> RecoveryReport:
+        """One batch of due attempts; ``stopping()`` is asked between lookups."""
         report = RecoveryReport()
-        for call in self.engine.due_attempts(self.batch_max):
+        calls = self.engine.due_attempts(self.batch_max)
+        for index, call in enumerate(calls):
+            if stopping():
+                break
+            if provider_known_away(self.provider):
+                report.deferred = len(calls) - index
+                break
             outcome = self.provider.lookup(call)
             report.looked_up += 1
             result, resend = self.engine.resolve_attempt(call.attempt_id, outcome)

@@ -9,6 +9,7 @@ window) and every consumer dedupes by event id anyway (``Projection``).
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -41,17 +42,25 @@ def message_body(event: OutboxEvent) -> bytes:
     ).encode()  # fmt: skip
 
 
+# What a long-running process's own consumer remembers (the relay republishes one batch).
+IN_PROCESS_WINDOW_MAX = 100_000
+
+
 @dataclass(slots=True)
 class Projection:
     """An idempotent consumer: each payment's latest state, every event taken once.
 
     ``seen`` is in memory here; a real consumer keeps it in its own database, in
-    the transaction that updates its projection.
+    the transaction that updates its projection. With ``window_max`` (a server's
+    in-process consumer) it remembers only the latest event ids and payments, as
+    a bus's duplicate window does: the relay republishes only its last batch.
     """
 
+    window_max: int | None = None
     seen: set[str] = field(default_factory=set)
     states: dict[str, tuple[int, str]] = field(default_factory=dict)
     duplicates: int = 0
+    _order: deque[str] = field(default_factory=deque)
 
     def consume(self, event_id: str, payload: Mapping[str, Any]) -> bool:
         """Take one event; False when it was seen before."""
@@ -62,8 +71,18 @@ class Projection:
         payment_id, seq = str(payload["payment_id"]), int(payload["seq"] or 0)
         current = self.states.get(payment_id)
         if current is None or current[0] < seq:  # an older event never wins
+            self.states.pop(payment_id, None)  # re-inserted last: the newest
             self.states[payment_id] = (seq, str(payload["to_state"]))
+        if self.window_max is not None:
+            self._forget_oldest(event_id, self.window_max)
         return True
+
+    def _forget_oldest(self, event_id: str, window_max: int) -> None:
+        self._order.append(event_id)
+        while len(self._order) > window_max:
+            self.seen.discard(self._order.popleft())
+        while len(self.states) > window_max:
+            del self.states[next(iter(self.states))]
 
     def consume_message(self, body: bytes) -> bool:
         message = json.loads(body)
@@ -78,7 +97,7 @@ class InProcessPublisher:
     """The bus when there is none: hands each event to a consumer in this process."""
 
     def __init__(self, consumer: Projection | None = None):
-        self.consumer = consumer if consumer is not None else Projection()
+        self.consumer = consumer if consumer is not None else Projection(IN_PROCESS_WINDOW_MAX)
 
     def publish(self, events: Sequence[OutboxEvent]) -> int:
         return sum(not self.consumer.consume(e.event_id, e.payload) for e in events)
