@@ -92,6 +92,8 @@ payments = sa.Table(
     sa.Column("history_count", sa.Integer, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # How many lines (sellers) a split payment has; 0 for a plain payment.
+    sa.Column("lines_count", sa.Integer, nullable=False, server_default="0"),
     sa.CheckConstraint("amount_minor > 0", name="amount_positive"),
     sa.CheckConstraint(
         "authorized_minor >= 0 AND authorized_minor <= amount_minor", name="authorized_in_range"
@@ -287,4 +289,63 @@ webhook_inbox = sa.Table(
     sa.CheckConstraint("status IN ('pending', 'applied', 'dead')", name="status_valid"),
     sa.UniqueConstraint("provider_event_id"),
     sa.Index("ix_webhook_inbox_status", "status"),
+)
+
+# Marketplace (split payments): one line per seller of a payment, the sellers'
+# fee plans, and their wallets (materialised from the ledger, audited against it).
+payment_lines = sa.Table(
+    "payment_lines",
+    metadata,
+    sa.Column("payment_id", Id, sa.ForeignKey("payments.id"), primary_key=True),
+    sa.Column("line_no", sa.Integer, primary_key=True),
+    sa.Column("seller_id", sa.String(255), nullable=False),
+    sa.Column("amount_minor", Money, nullable=False),
+    # The fee plan as it was when the payment was made.
+    sa.Column("fee_bps", sa.Integer, nullable=False),
+    sa.Column("fee_fixed_minor", Money, nullable=False),
+    sa.Column("captured_minor", Money, nullable=False, server_default="0"),
+    sa.Column("fee_minor", Money, nullable=False, server_default="0"),
+    sa.Column("refunded_minor", Money, nullable=False, server_default="0"),
+    sa.Column("fee_reversed_minor", Money, nullable=False, server_default="0"),
+    sa.Column("disputed_minor", Money, nullable=False, server_default="0"),
+    # Where the seller's share sits: "pending" until the payment settles.
+    sa.Column("bucket", sa.String(16), nullable=False, server_default="pending"),
+    sa.CheckConstraint("amount_minor > 0", name="amount_positive"),
+    sa.CheckConstraint(
+        "captured_minor >= 0 AND captured_minor <= amount_minor", name="captured_le_amount"
+    ),
+    sa.CheckConstraint(
+        "refunded_minor >= 0 AND refunded_minor <= captured_minor", name="refunded_le_captured"
+    ),
+    sa.CheckConstraint(
+        "fee_minor >= 0 AND fee_minor <= captured_minor"
+        " AND fee_reversed_minor >= 0 AND fee_reversed_minor <= fee_minor",
+        name="fee_in_range",
+    ),
+    sa.CheckConstraint("disputed_minor >= 0", name="disputed_non_negative"),
+    sa.CheckConstraint("bucket IN ('pending', 'available')", name="bucket_valid"),
+    sa.Index("ix_payment_lines_seller", "seller_id"),
+)
+
+fee_plans = sa.Table(
+    "fee_plans",
+    metadata,
+    sa.Column("seller_id", sa.String(255), primary_key=True),
+    sa.Column("percent_bps", sa.Integer, nullable=False),
+    sa.Column("fixed_minor", Money, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.CheckConstraint("percent_bps >= 0 AND percent_bps <= 10000", name="bps_in_range"),
+    sa.CheckConstraint("fixed_minor >= 0", name="fixed_non_negative"),
+)
+
+# Balances may go negative: a refund or dispute after a payout is the seller's
+# debt (engine/domain/marketplace.py); payouts check the available balance.
+wallets = sa.Table(
+    "wallets",
+    metadata,
+    sa.Column("owner_id", sa.String(255), primary_key=True),
+    sa.Column("currency", sa.String(3), primary_key=True),
+    sa.Column("pending_minor", Money, nullable=False, server_default="0"),
+    sa.Column("available_minor", Money, nullable=False, server_default="0"),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
 )

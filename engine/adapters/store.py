@@ -20,6 +20,8 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from engine.adapters import schema as t
@@ -81,6 +83,7 @@ _INSERT = {
     for table in (
         t.payments, t.payment_history, t.outbox, t.attempts, t.refunds, t.idempotency_keys,
         t.provider_events, t.ledger_entries, t.ledger_journals, t.webhook_inbox,
+        t.payment_lines,
     )
 }  # fmt: skip
 _PAYMENT_BY_PROVIDER_ID = sa.select(t.payments).where(
@@ -104,6 +107,39 @@ _KEY_RESPONSE = sa.select(
 _PROVIDER_EVENT = sa.select(t.provider_events).where(
     t.provider_events.c.provider_event_id == sa.bindparam("b_provider_event_id")
 )
+_LINES_OF = (
+    sa.select(t.payment_lines)
+    .where(t.payment_lines.c.payment_id == sa.bindparam("b_payment_id"))
+    .order_by(t.payment_lines.c.line_no)
+)
+_UPDATE_LINE = t.payment_lines.update().where(
+    t.payment_lines.c.payment_id == sa.bindparam("b_payment_id"),
+    t.payment_lines.c.line_no == sa.bindparam("b_line_no"),
+)
+_FEE_PLAN = sa.select(t.fee_plans).where(t.fee_plans.c.seller_id == sa.bindparam("b_seller_id"))
+_WALLET_KEY = ("owner_id", "currency")
+
+
+def _wallet_upsert(insert: Any) -> sa.Executable:
+    """Add to a wallet's balances, creating it at zero first: one statement."""
+    statement = insert(t.wallets)
+    excluded = statement.excluded
+    w = t.wallets.c
+    upsert: sa.Executable = statement.on_conflict_do_update(
+        index_elements=list(_WALLET_KEY),
+        set_={
+            "pending_minor": w.pending_minor + excluded.pending_minor,
+            "available_minor": w.available_minor + excluded.available_minor,
+            "updated_at": excluded.updated_at,
+        },
+    )
+    return upsert
+
+
+_WALLET_UPSERT = {
+    "sqlite": _wallet_upsert(sqlite_insert),
+    "postgresql": _wallet_upsert(postgresql_insert),
+}
 _ATTEMPTS_OF_SHAPES: dict[tuple[int, int], sa.Select[Any]] = {}
 
 
@@ -135,7 +171,8 @@ _PREBUILT: set[int] = {
         _PAYMENT, _ATTEMPT, _PAYMENT_OF_ATTEMPT, _UPDATE_PAYMENT, _UPDATE_ATTEMPT,
         _UPDATE_REFUND, _CLAIM_ORDER, _IDEMPOTENCY_KEY, _FINISH_KEY, _ORDER_HOLDER,
         *_INSERT.values(), _PAYMENT_BY_PROVIDER_ID, _HISTORY, _REFUND, _REFUNDS_OF,
-        _KEY_RESPONSE, _PROVIDER_EVENT,
+        _KEY_RESPONSE, _PROVIDER_EVENT, _LINES_OF, _UPDATE_LINE, _FEE_PLAN,
+        *_WALLET_UPSERT.values(),
     )
 }  # fmt: skip
 
@@ -242,6 +279,43 @@ class Store:
             query = query.where(t.payments.c.order_id == order_id)
         query = query.order_by(t.payments.c.created_at, t.payments.c.id).limit(limit).offset(offset)
         return [dict(row) for row in self._execute(query).mappings()]
+
+    # marketplace: lines, fee plans, wallets ---------------------------------
+    def insert_line(self, row: Row) -> None:
+        self._insert(t.payment_lines, row)
+
+    def lines_of(self, payment_id: str) -> list[Row]:
+        return self._all(_LINES_OF, {"b_payment_id": payment_id})
+
+    def update_line(self, payment_id: str, line_no: int, **values: Any) -> None:
+        params = {"b_payment_id": payment_id, "b_line_no": line_no, **values}
+        self._write(_UPDATE_LINE, params, rowcount_expected=1)
+
+    def fee_plan(self, seller_id: str) -> Row | None:
+        return self._one(_FEE_PLAN, {"b_seller_id": seller_id})
+
+    def set_fee_plan(
+        self, seller_id: str, percent_bps: int, fixed_minor: int, at: datetime
+    ) -> None:
+        f = t.fee_plans
+        self._execute(f.delete().where(f.c.seller_id == seller_id))
+        self._execute(f.insert().values(seller_id=seller_id, percent_bps=percent_bps,
+                                        fixed_minor=fixed_minor, updated_at=at))  # fmt: skip
+
+    def add_to_wallet(
+        self, owner_id: str, currency: str, pending_minor: int, available_minor: int, at: datetime
+    ) -> None:
+        """Move a wallet's balances by the given amounts (the ledger moved them too)."""
+        row = {"owner_id": owner_id, "currency": currency, "pending_minor": pending_minor,
+               "available_minor": available_minor, "updated_at": at}  # fmt: skip
+        self._write(_WALLET_UPSERT[self.c.dialect.name], row)
+
+    def wallets(self) -> list[Row]:
+        w = t.wallets
+        return [
+            dict(row)
+            for row in self._execute(sa.select(w).order_by(w.c.owner_id, w.c.currency)).mappings()
+        ]
 
     # history and outbox -------------------------------------------------
     def insert_history(self, row: Row) -> None:
@@ -448,6 +522,18 @@ class Store:
         query = (
             sa.select(e.account, e.currency, sa.func.sum(signed))
             .where(e.account.in_(list(accounts)))
+            .group_by(e.account, e.currency)
+            .order_by(e.account, e.currency)
+        )
+        return [(str(a), str(c), int(total)) for a, c, total in self._execute(query)]
+
+    def balances_with_prefix(self, prefix: str) -> list[tuple[str, str, int]]:
+        """(account, currency, debits - credits) of every account named ``prefix...``."""
+        e = t.ledger_entries.c
+        signed = sa.case((e.side == "D", e.amount_minor), else_=-e.amount_minor)
+        query = (
+            sa.select(e.account, e.currency, sa.func.sum(signed))
+            .where(e.account.startswith(prefix, autoescape=True))
             .group_by(e.account, e.currency)
             .order_by(e.account, e.currency)
         )

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
 from engine.domain.errors import InvalidRequest
+from engine.domain.marketplace import Split, parse_splits
 from engine.domain.money import parse_amount_minor, parse_currency
 from engine.domain.validation import (
     parse_idempotency_key,
@@ -59,6 +60,8 @@ class CreatePayment:
     payment_method: str
     capture_method: str = CaptureMethod.MANUAL.value
     metadata: dict[str, str] = field(default_factory=dict)
+    # A marketplace payment's lines, one per seller, adding up to ``amount_minor``.
+    splits: tuple[Split, ...] = ()
 
     operation = Operation.CREATE_PAYMENT
 
@@ -75,9 +78,13 @@ class CreatePayment:
                 "capture_method_invalid", "capture_method is manual or automatic", "capture_method"
             )
         _set(self, "metadata", parse_metadata(self.metadata))
+        _set(self, "splits", parse_splits(self.splits, self.amount_minor))
 
     def fingerprint(self) -> str:
-        return _fingerprint(self.operation, asdict(self))
+        body = asdict(self)
+        if not self.splits:
+            del body["splits"]  # a plain payment's fingerprint is what it always was
+        return _fingerprint(self.operation, body)
 
 
 @dataclass(frozen=True, slots=True)

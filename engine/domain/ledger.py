@@ -109,3 +109,99 @@ def dispute_withdrawal(disputed: Money) -> Journal:
 
 def dispute_reinstatement(disputed: Money) -> Journal:
     return Journal("dispute_reinstatement", tuple(_pair(PSP_CLEARING, DISPUTES, disputed)))
+
+
+# -- marketplace (split payments) ----------------------------------------------------
+# A seller's money sits on ``seller_pending:`` until the payment settles, then on
+# ``seller_available:``; the platform's fees on ``platform_fees:<merchant>``.
+SELLER_BUCKETS = ("pending", "available")
+
+
+def seller_account(seller_id: str, bucket: str) -> str:
+    assert bucket in SELLER_BUCKETS, bucket
+    return f"seller_{bucket}:{seller_id}"
+
+
+def platform_fees(merchant_id: str) -> str:
+    return f"platform_fees:{merchant_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class LineShare:
+    """One line's part of a money movement: the seller's amount and the platform's."""
+
+    seller_id: str
+    bucket: str
+    seller_minor: int
+    platform_minor: int
+
+
+def split_capture(
+    merchant_id: str, held: Money | None, captured: Money, fee: Money, shares: list[LineShare]
+) -> Journal:
+    """Post ``captured`` to the sellers (net of platform fees) and the platform."""
+    currency = captured.currency
+    assert sum(sh.seller_minor + sh.platform_minor for sh in shares) == captured.amount_minor
+    entries = hold_release(merchant_id, held) if held is not None else []
+    entries += _debit(PSP_CLEARING, captured)
+    for share in shares:
+        entries += _credit(seller_account(share.seller_id, share.bucket),
+                           Money(share.seller_minor, currency))  # fmt: skip
+    platform = sum(share.platform_minor for share in shares)
+    entries += _credit(platform_fees(merchant_id), Money(platform, currency))
+    entries += _pair(PROVIDER_FEES, PSP_CLEARING, fee)
+    return Journal("capture", tuple(entries))
+
+
+def split_refund(merchant_id: str, refunded: Money, shares: list[LineShare]) -> Journal:
+    """Take a refund back from the sellers and, for the fee it reverses, the platform."""
+    return Journal("refund", tuple(_from_lines(merchant_id, refunded, shares)))
+
+
+def split_dispute_withdrawal(merchant_id: str, disputed: Money, shares: list[LineShare]) -> Journal:
+    """The provider withdraws a disputed amount; the sellers bear it."""
+    return Journal("dispute_withdrawal", tuple(_from_lines(merchant_id, disputed, shares)))
+
+
+def split_dispute_reinstatement(
+    merchant_id: str, reinstated: Money, shares: list[LineShare]
+) -> Journal:
+    """A won dispute: the mirror of the withdrawal."""
+    withdrawal = _from_lines(merchant_id, reinstated, shares)
+    mirrored = [Entry(e.account, _other(e.side), e.amount_minor, e.currency) for e in withdrawal]
+    return Journal("dispute_reinstatement", tuple(mirrored))
+
+
+def _from_lines(merchant_id: str, total: Money, shares: list[LineShare]) -> list[Entry]:
+    currency = total.currency
+    assert sum(sh.seller_minor + sh.platform_minor for sh in shares) == total.amount_minor
+    entries: list[Entry] = []
+    for share in shares:
+        entries += _debit(seller_account(share.seller_id, share.bucket),
+                          Money(share.seller_minor, currency))  # fmt: skip
+    platform = sum(share.platform_minor for share in shares)
+    entries += _debit(platform_fees(merchant_id), Money(platform, currency))
+    entries += _credit(PSP_CLEARING, total)
+    return entries
+
+
+def _other(side: Side) -> Side:
+    return Side.CREDIT if side is Side.DEBIT else Side.DEBIT
+
+
+def _debit(account: str, money: Money) -> list[Entry]:
+    assert money.amount_minor >= 0, money
+    return (
+        [Entry(account, Side.DEBIT, money.amount_minor, money.currency)]
+        if money.amount_minor
+        else []
+    )
+
+
+def _credit(account: str, money: Money) -> list[Entry]:
+    assert money.amount_minor >= 0, money
+    return (
+        [Entry(account, Side.CREDIT, money.amount_minor, money.currency)]
+        if money.amount_minor
+        else []
+    )

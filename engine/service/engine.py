@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -37,6 +37,7 @@ from engine.domain.errors import (
     PaychaosError,
     StoreUnavailable,
 )
+from engine.domain.marketplace import FeePlan
 from engine.domain.money import Money
 from engine.domain.ports import Clock, IdSource
 from engine.domain.provider import (
@@ -48,6 +49,8 @@ from engine.domain.provider import (
     ProviderOutcome,
 )
 from engine.domain.states import PaymentState, is_legal, transition
+from engine.domain.validation import parse_identifier
+from engine.service import splits
 from engine.service.views import (
     EventResult,
     InboxItem,
@@ -106,6 +109,8 @@ class EngineSettings:
     recovery_schedule: tuple[timedelta, ...] = RECOVERY_SCHEDULE
     webhook_attempts_max: int = 5
     webhook_payload_bytes_max: int = 256 * 1024
+    # The platform fee of a seller without a plan of its own.
+    default_fee_plan: FeePlan = field(default_factory=FeePlan)
 
 
 class PaymentEngine:
@@ -340,8 +345,12 @@ class PaymentEngine:
                 "provider_payment_id": None, "decline_code": None,
                 "metadata": command.metadata,
                 "history_count": 1, "created_at": now, "updated_at": now,
+                "lines_count": len(command.splits),
             }  # fmt: skip
             s.insert_payment(payment)
+            if command.splits:
+                splits.create_lines(s, payment["id"], command.splits,
+                                    self.settings.default_fee_plan)  # fmt: skip
             self._record(s, payment, None, "created", None, None, command.amount_minor)
             self._new_key(s, command, (201, payment))
             return StepResult(PaymentView.of(payment), 201)
@@ -514,10 +523,13 @@ class PaymentEngine:
             s, p, to_state, reason, attempt_id=attempt["id"], event_id=event_id,
             amount_minor=captured, captured_minor=captured, fee_minor=outcome.fee_minor,
         )  # fmt: skip
-        journal = ledger.capture(
-            p["merchant_id"], self._money(p, p["authorized_minor"]), self._money(p, captured),
-            self._money(p, outcome.fee_minor),
-        )  # fmt: skip
+        held, money, fee = (self._money(p, p["authorized_minor"]), self._money(p, captured),
+                            self._money(p, outcome.fee_minor))  # fmt: skip
+        if p["lines_count"]:
+            shares = splits.capture_shares(s, p, captured, self.clock.now())
+            journal = ledger.split_capture(p["merchant_id"], held, money, fee, shares)
+        else:
+            journal = ledger.capture(p["merchant_id"], held, money, fee)
         self._post(s, p, journal, seq)
 
     def _apply_void(
@@ -577,7 +589,12 @@ class PaymentEngine:
             p.update(changes, updated_at=now)
         s.update_refund(attempt["refund_id"], status="succeeded", updated_at=now,
                         provider_refund_id=outcome.provider_refund_id)  # fmt: skip
-        self._post(s, p, ledger.refund(p["merchant_id"], self._money(p, amount)), seq)
+        money = self._money(p, amount)
+        if p["lines_count"]:
+            shares = splits.refund_shares(s, p, amount, now)
+            self._post(s, p, ledger.split_refund(p["merchant_id"], money, shares), seq)
+        else:
+            self._post(s, p, ledger.refund(p["merchant_id"], money), seq)
 
     # -- capture, void, refund -------------------------------------------------------
     def begin_capture(self, command: Capture) -> StepResult:
@@ -941,7 +958,13 @@ class PaymentEngine:
             seq = self._move(s, p, S.DISPUTED, "dispute_created_by_event",
                              event_id=event.event_id, amount_minor=amount,
                              disputed_minor=amount)  # fmt: skip
-            self._post(s, p, ledger.dispute_withdrawal(self._money(p, amount)), seq)
+            money = self._money(p, amount)
+            if p["lines_count"]:
+                shares = splits.dispute_shares(s, p, amount, self.clock.now())
+                journal = ledger.split_dispute_withdrawal(p["merchant_id"], money, shares)
+            else:
+                journal = ledger.dispute_withdrawal(money)
+            self._post(s, p, journal, seq)
             return "applied"
         if state is not S.DISPUTED:
             return "stale"
@@ -949,7 +972,13 @@ class PaymentEngine:
             disputed = p["disputed_minor"]
             seq = self._move(s, p, S.SETTLED, "dispute_won_by_event", event_id=event.event_id,
                              amount_minor=disputed, disputed_minor=0)  # fmt: skip
-            self._post(s, p, ledger.dispute_reinstatement(self._money(p, disputed)), seq)
+            money = self._money(p, disputed)
+            if p["lines_count"]:
+                shares = splits.reinstatement_shares(s, p, disputed, self.clock.now())
+                journal = ledger.split_dispute_reinstatement(p["merchant_id"], money, shares)
+            else:
+                journal = ledger.dispute_reinstatement(money)
+            self._post(s, p, journal, seq)
         return "applied"
 
     # -- reads ------------------------------------------------------------------------------
@@ -985,6 +1014,36 @@ class PaymentEngine:
 
     def ledger_of(self, payment_id: str) -> list[tuple[Row, list[Row]]]:
         return self._run(lambda s: s.journals_of(payment_id))
+
+    # -- marketplace ------------------------------------------------------------------------
+    def set_fee_plan(self, seller_id: str, plan: FeePlan) -> None:
+        """A seller's platform fee for payments made from now on (lines keep theirs)."""
+        parse_identifier(seller_id, "seller_id")
+        now = self.clock.now()
+
+        def step(s: Store) -> None:
+            s.set_fee_plan(seller_id, plan.percent_bps, plan.fixed_minor, now)
+
+        self._run(step)
+
+    def lines_of(self, payment_id: str) -> list[Row]:
+        """A split payment's lines (sellers, allocations, fees); empty for a plain payment."""
+        return self._run(lambda s: s.lines_of(payment_id))
+
+    def wallets(self) -> list[Row]:
+        """Every seller's materialised balances, per currency."""
+        return self._run(lambda s: s.wallets())
+
+    def seller_ledger_balances(self) -> dict[tuple[str, str], dict[str, int]]:
+        """Sellers' balances derived from the ledger alone: (seller, currency) -> buckets."""
+        rows = self._run(lambda s: s.balances_with_prefix("seller_"))
+        balances: dict[tuple[str, str], dict[str, int]] = {}
+        for account, currency, debits_minus_credits in rows:
+            bucket_account, seller_id = account.split(":", 1)
+            bucket = bucket_account.removeprefix("seller_")
+            entry = balances.setdefault((seller_id, currency), {"pending": 0, "available": 0})
+            entry[bucket] = -debits_minus_credits  # a seller's balance is credit-normal
+        return balances
 
     def merchant_balance(self, merchant_id: str) -> dict[str, dict[str, int]]:
         """What the merchant is owed per currency: ``available`` (captured, net of
