@@ -10,7 +10,8 @@ an HTTP status hint; broken invariants are ``assert``s. Lower-layer exceptions
     ├── RateLimited                       rate_limited      429
     ├── InvalidRequest                    (field-specific)  400
     │   ├── CurrencyMismatch              currency_mismatch 400
-    │   └── AmountExceeded                amount_exceeds_*  400
+    │   ├── AmountExceeded                amount_exceeds_*  400
+    │   └── SettlementFileInvalid         settlement_file_invalid  400
     ├── NotFound                          *_not_found       404
     ├── IdempotencyKeyReused              idempotency_key_reused   422
     ├── Conflict                                            409
@@ -77,6 +78,46 @@ class CurrencyMismatch(InvalidRequest):
 
 class AmountExceeded(InvalidRequest):
     pass
+
+
+class SettlementFileInvalid(InvalidRequest):
+    """A provider settlement report that cannot be read, and where: line and column.
+
+    ``reason`` is a stable machine-readable word (``empty``, ``missing_column``,
+    ``bad_number``, ``too_many_decimals``, ...); ``field`` is the column.
+    CSV names ``line N, column C``; a JSON row names ``data[i]`` and its field.
+    """
+
+    code = "settlement_file_invalid"
+
+    def __init__(
+        self,
+        reason: str,
+        problem: str,
+        *,
+        line: int | None = None,
+        row_index: int | None = None,
+        column: str | None = None,
+    ):
+        self.reason = reason
+        self.line = line
+        self.row_index = row_index
+        where = [] if line is None else [f"line {line}"]
+        if row_index is not None:
+            where.append(f"data[{row_index}]")
+        if column is not None:
+            where.append(f"{'column' if row_index is None else 'field'} {column}")
+        prefix = ", ".join(where) or "the report"
+        super().__init__(type(self).code, f"{prefix}: {problem}", field=column)
+
+    def as_dict(self) -> dict[str, object]:
+        body = super().as_dict()
+        body["reason"] = self.reason
+        if self.line is not None:
+            body["line"] = self.line
+        if self.row_index is not None:
+            body["row_index"] = self.row_index
+        return body
 
 
 class NotFound(PaychaosError):
