@@ -129,9 +129,14 @@ def psp_server(tmp_path: Path, port: int | None = None, *extra: str) -> Server:
 
 
 def engine_server(
-    tmp_path: Path, db_url: str, psp_url: str, webhook_secret: str = "", *extra: str
+    tmp_path: Path,
+    db_url: str,
+    psp_url: str,
+    webhook_secret: str = "",
+    *extra: str,
+    port: int | None = None,
 ) -> Server:
-    port = free_port()
+    port = port or free_port()
     args = cli("serve", "engine", "--db", db_url, "--psp", psp_url, "--port", str(port), *extra)
     env = {**os.environ, "PAYCHAOS_WEBHOOK_SECRET": webhook_secret}
     return Server("engine", args, f"http://127.0.0.1:{port}", "/readyz",
@@ -183,6 +188,13 @@ def metrics(engine_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 def sample(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
            **labels: str) -> float:  # fmt: skip
     return found.get((name, tuple(sorted(labels.items()))), float("nan"))
+
+
+def audit(db_url: str) -> None:
+    """``paychaos audit --db``, as an operator would run it: exit 0 or the table."""
+    result = subprocess.run(cli("audit", "--db", db_url), capture_output=True, text=True,
+                            timeout=READY_S_MAX, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @contextmanager
