@@ -156,6 +156,20 @@ def bench_sim(
     run(small=small, console=console)
 
 
+@bench_app.command("api")
+def bench_api(
+    small: Annotated[bool, typer.Option("--small", help="A quick run, for CI.")] = False,
+    db_url: Annotated[
+        str | None,
+        typer.Option("--db-url", help="A PostgreSQL server to measure too, next to pgbench."),
+    ] = None,
+) -> None:
+    """Payment API calls/s and p50/p95/p99 on SQLite and PostgreSQL, next to pgbench."""
+    from loadtests.bench_api import run
+
+    raise typer.Exit(run(small=small, db_url=db_url, console=console))
+
+
 @serve_app.command("psp")
 def serve_psp(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
