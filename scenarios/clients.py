@@ -11,7 +11,9 @@ engine must refuse as an illegal transition (I4).
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from engine.domain.commands import Authorize, Capture, CreatePayment, Refund, Void
@@ -22,6 +24,7 @@ from engine.domain.errors import (
     StoreUnavailable,
 )
 from engine.service.views import StepResult
+from scenarios.schema import Workload
 from scenarios.world import EngineDown, Order, Step, World, is_engine_trouble
 
 FLOW_METHODS = {
@@ -37,27 +40,63 @@ POLLS_MAX = 20
 LATE_CAPTURE_EVERY = 3  # every third voided order also gets a late capture (I4)
 
 
+@dataclass(frozen=True, slots=True)
+class Mix:
+    """A workload's weighted choices: the flows and currencies with a positive weight."""
+
+    flow_names: list[str]
+    flow_weights: list[float]
+    currency_names: list[str]
+    currency_weights: list[float]
+
+    @classmethod
+    def of(cls, workload: Workload) -> Mix:
+        flows = workload.flows.model_dump()
+        flow_names = [name for name, weight in flows.items() if weight > 0]
+        currencies = workload.currencies
+        currency_names = [c for c, weight in currencies.items() if weight > 0]
+        return cls(
+            flow_names, [flows[name] for name in flow_names],
+            currency_names, [currencies[c] for c in currency_names],
+        )  # fmt: skip
+
+
+def rate_at(workload: Workload, t_s: float) -> float:
+    """Arrivals per second at ``t_s`` into the run: the base rate times any open spike."""
+    arrivals = workload.arrivals
+    rate = arrivals.rate_per_s
+    for spike in arrivals.spikes:
+        if spike.start_s <= t_s < spike.end_s:
+            rate *= spike.multiplier
+    return rate
+
+
+def draw_order(
+    rng: random.Random, workload: Workload, mix: Mix, number: int, merchant_id: str, order_id: str
+) -> Order:
+    """One customer's order: amount (log-normal, clamped), currency and flow, from ``rng``."""
+    amounts = workload.amounts
+    raw = rng.lognormvariate(math.log(amounts.median_minor), amounts.sigma)
+    amount = int(min(max(raw, amounts.min_minor), amounts.max_minor))
+    currency = rng.choices(mix.currency_names, mix.currency_weights)[0]
+    flow = rng.choices(mix.flow_names, mix.flow_weights)[0]
+    capture_method, payment_method = FLOW_METHODS[flow]
+    return Order(
+        number, merchant_id, order_id, amount, currency, flow, capture_method, payment_method
+    )
+
+
 class Clients:
     def __init__(self, world: World):
         self.w = world
         self.s = world.scenario
         self.rng = world.rng["clients"]
         self.workload_rng = world.rng["workload"]
-        flows = self.s.workload.flows.model_dump()
-        self.flow_names = [name for name, weight in flows.items() if weight > 0]
-        self.flow_weights = [flows[name] for name in self.flow_names]
-        currencies = self.s.workload.currencies
-        self.currency_names = [c for c, weight in currencies.items() if weight > 0]
-        self.currency_weights = [currencies[c] for c in self.currency_names]
+        self.mix = Mix.of(self.s.workload)
 
     # -- arrivals --------------------------------------------------------------------
     def rate_at(self, t_s: float) -> float:
-        arrivals = self.s.workload.arrivals
-        rate = arrivals.rate_per_s
-        for spike in arrivals.spikes:
-            if spike.start_s <= t_s < spike.end_s:
-                rate *= spike.multiplier
-        return rate
+        return rate_at(self.s.workload, t_s)
 
     def arrivals(self) -> Step:
         """Poisson arrivals (thinned for spikes) until the duration or the cap."""
@@ -83,16 +122,8 @@ class Clients:
             owned[rng.randrange(len(owned))]
         )  # fmt: skip
         merchant_id = f"m_{number_m:04d}"
-        amounts = workload.amounts
-        raw = rng.lognormvariate(math.log(amounts.median_minor), amounts.sigma)
-        amount = int(min(max(raw, amounts.min_minor), amounts.max_minor))
-        currency = rng.choices(self.currency_names, self.currency_weights)[0]
-        flow = rng.choices(self.flow_names, self.flow_weights)[0]
-        capture_method, payment_method = FLOW_METHODS[flow]
-        order = Order(
-            number, merchant_id, f"{merchant_id}-o{number:07d}", amount, currency, flow,
-            capture_method, payment_method,
-        )  # fmt: skip
+        order_id = f"{merchant_id}-o{number:07d}"
+        order = draw_order(rng, workload, self.mix, number, merchant_id, order_id)
         self.w.orders[order.order_id] = order
         return order
 

@@ -9,6 +9,7 @@ trace of each: the engine's history next to the provider's events.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,7 @@ import sqlalchemy as sa
 
 from engine.adapters import schema as t
 from engine.audit import CheckResult, audit
-from mock_psp.truth import EffectKind
+from mock_psp.truth import EffectKind, GroundTruth, MoneyEffect, MoneyTotals
 from scenarios.world import World
 
 # What the provider's PaymentIntent status must be for each engine state.
@@ -44,6 +45,7 @@ class Invariant:
     checked: int = 0
     violations: list[dict[str, Any]] = field(default_factory=list)
     applicable: bool = True
+    reason: str = ""  # why it is not applicable (or not checked in this mode)
 
     @property
     def ok(self) -> bool:
@@ -53,11 +55,14 @@ class Invariant:
         self.violations.append({"subject": subject, "detail": detail})
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "id": self.id, "name": self.name, "description": self.description,
             "applicable": self.applicable, "checked": self.checked, "ok": self.ok,
             "violations": self.violations,
         }  # fmt: skip
+        if self.reason:
+            out["reason"] = self.reason
+        return out
 
 
 def _from_audit(result: CheckResult) -> Invariant:
@@ -77,43 +82,51 @@ def _intents_by_payment(world: World) -> dict[str, list[Any]]:
 
 
 def check_no_double_charge(world: World) -> Invariant:
+    amounts = {ref: order.amount_minor for ref, order in world.orders.items()}
+    return no_double_charge(world.psp.truth, amounts, _intents_by_payment(world))
+
+
+def no_double_charge(
+    truth: GroundTruth, order_amounts: Mapping[str, int], intents: Mapping[str, list[Any]]
+) -> Invariant:
     """Nobody is charged twice: per intent, per order, and per engine payment.
 
     An authorization that was released (voided) and replaced by another is not
     a double charge; two holds on one order at the same time, or two intents
-    that both kept money, are.
+    that both kept money, are. ``intents`` are the provider's intents per
+    engine payment (objects with ``id``, ``amount_received_minor`` and
+    ``amount_capturable_minor``).
     """
     inv = Invariant("I2", "no_double_charge", "one charge per payment and per order; net <= order")
-    truth = world.psp.truth
     for pi_id, totals in sorted(truth.per_payment_intent().items()):
         inv.checked += 1
         if totals.successful_charge_count > 1:
             inv.add(pi_id, f"{totals.successful_charge_count} successful charges on one intent")
     for order_ref, by_currency in sorted(truth.per_order().items()):
-        order = world.orders.get(order_ref)
+        amount = order_amounts.get(order_ref)
         for currency, totals in sorted(by_currency.items()):
-            if order is not None and totals.net_captured_minor > order.amount_minor:
+            if amount is not None and totals.net_captured_minor > amount:
                 inv.add(
                     order_ref,
                     f"net captured {totals.net_captured_minor} {currency} exceeds the order's "
-                    f"{order.amount_minor}",
+                    f"{amount}",
                 )
-    _check_holds(world, inv)
-    for payment_id, intents in sorted(_intents_by_payment(world).items()):
+    _check_holds(truth.effects(), inv)
+    for payment_id, held_by in sorted(intents.items()):
         charged = [
-            pi.id for pi in intents if pi.amount_received_minor or pi.amount_capturable_minor
+            pi.id for pi in held_by if pi.amount_received_minor or pi.amount_capturable_minor
         ]
         if len(charged) > 1:
             inv.add(payment_id, f"one payment holds money on {len(charged)} provider intents")
     return inv
 
 
-def _check_holds(world: World, inv: Invariant) -> None:
+def _check_holds(effects: Iterable[MoneyEffect], inv: Invariant) -> None:
     """Per order: never two intents holding money at once, never two that kept it."""
     live: dict[str, dict[str, int]] = defaultdict(dict)  # order -> intent -> held
     kept: dict[str, set[str]] = defaultdict(set)
     reported: set[str] = set()
-    for effect in world.psp.truth.effects():
+    for effect in effects:
         order, pi_id = effect.order_ref, effect.payment_intent_id
         if order is None or pi_id is None:
             continue
@@ -133,8 +146,12 @@ def _check_holds(world: World, inv: Invariant) -> None:
 
 
 def check_provider_amounts(world: World) -> Invariant:
+    return provider_amounts(world.psp.truth)
+
+
+def provider_amounts(truth: GroundTruth) -> Invariant:
     inv = Invariant("I3", "provider_amounts", "at the provider: refunded <= captured <= authorized")
-    for pi_id, totals in sorted(world.psp.truth.per_payment_intent().items()):
+    for pi_id, totals in sorted(truth.per_payment_intent().items()):
         inv.checked += 1
         if totals.captured_minor > totals.authorized_minor:
             inv.add(
@@ -167,9 +184,6 @@ def check_webhook_intake(world: World) -> Invariant:
 
 
 def check_convergence(world: World) -> Invariant:
-    inv = Invariant("I7", "convergence", "after quiescence the engine agrees with the provider")
-    intents = _intents_by_payment(world)
-    truth = world.psp.truth.per_payment_intent()
     p = t.payments.c
     with world.db.engine.connect() as c:
         open_attempts = {
@@ -183,8 +197,24 @@ def check_convergence(world: World) -> Invariant:
         rows = c.execute(
             sa.select(p.id, p.state, p.authorized_minor, p.captured_minor, p.refunded_minor)
         ).all()
+    payments = [tuple(row) for row in rows]
+    truth = world.psp.truth.per_payment_intent()
+    return convergence(payments, open_attempts, _intents_by_payment(world), truth)
+
+
+def convergence(
+    payments: Iterable[tuple[Any, ...]],
+    open_attempts: Mapping[str, int],
+    intents: Mapping[str, list[Any]],
+    truth: Mapping[str, MoneyTotals],
+) -> Invariant:
+    """I7 over the engine's payments ``(id, state, authorized, captured, refunded)``,
+    their open provider attempts, the provider's intents per payment (objects with
+    ``id``, ``status``, ``amount_capturable_minor``, ``amount_received_minor``) and
+    the provider's money totals per intent."""
+    inv = Invariant("I7", "convergence", "after quiescence the engine agrees with the provider")
     seen: set[str] = set()
-    for pid, state, authorized, captured, refunded in rows:
+    for pid, state, authorized, captured, refunded in payments:
         inv.checked += 1
         seen.add(pid)
         if open_attempts.get(pid):

@@ -74,7 +74,8 @@ def summary_table(result: RunResult) -> Table:
         table.add_column(column, justify="right" if column == "checked" else "left")
     for inv in result.invariants:
         if not inv.applicable:
-            table.add_row(f"{inv.id} {inv.name}", "-", "[dim]not applicable yet[/]", "")
+            verdict = "not checked" if inv.reason else "not applicable yet"
+            table.add_row(f"{inv.id} {inv.name}", "-", f"[dim]{verdict}[/]", inv.reason)
             continue
         examples = "; ".join(f"{v['subject']}: {v['detail']}" for v in inv.violations[:3])
         if len(inv.violations) > 3:

@@ -342,6 +342,15 @@ def _register_workers() -> None:
 _register_workers()
 
 
+def _register_live() -> None:
+    from loadtests.live.cli import register
+
+    register(app, console)
+
+
+_register_live()
+
+
 # Simulations and servers hold large, long-lived heaps; the default thresholds
 # make the cycle collector walk them every few thousand allocations.
 GC_THRESHOLDS = (100_000, 50, 1_000)
