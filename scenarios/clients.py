@@ -24,6 +24,7 @@ from engine.domain.errors import (
     StoreUnavailable,
 )
 from engine.service.views import StepResult
+from scenarios.marketplace import draw_splits
 from scenarios.schema import Workload
 from scenarios.world import EngineDown, Order, Step, World, is_engine_trouble
 
@@ -81,9 +82,13 @@ def draw_order(
     currency = rng.choices(mix.currency_names, mix.currency_weights)[0]
     flow = rng.choices(mix.flow_names, mix.flow_weights)[0]
     capture_method, payment_method = FLOW_METHODS[flow]
+    # Drawn only when the scenario splits orders, so other scenarios' draws stay as they were.
+    marketplace = workload.marketplace
+    splits = draw_splits(rng, marketplace, amount) if marketplace.split_rate > 0 else ()
     return Order(
-        number, merchant_id, order_id, amount, currency, flow, capture_method, payment_method
-    )
+        number, merchant_id, order_id, amount, currency, flow, capture_method, payment_method,
+        splits,
+    )  # fmt: skip
 
 
 class Clients:
@@ -215,7 +220,7 @@ class Clients:
         e = self.w.engine
         create = CreatePayment(
             order.merchant_id, f"{key_prefix}-create", order.order_id, order.amount_minor,
-            order.currency, order.payment_method, order.capture_method,
+            order.currency, order.payment_method, order.capture_method, splits=order.splits,
         )  # fmt: skip
         created = yield from self.request(e.create_payment, create)
         if not isinstance(created, StepResult):

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from engine.adapters import schema as t
 from engine.audit import CheckResult, audit
 from mock_psp.truth import EffectKind, GroundTruth, MoneyEffect, MoneyTotals
+from scenarios.marketplace import fee_violations, wallet_violations
 from scenarios.world import World
 
 # What the provider's PaymentIntent status must be for each engine state.
@@ -271,9 +272,29 @@ def check_engine_errors(world: World) -> Invariant:
     return inv
 
 
-def check_wallets() -> Invariant:
-    inv = Invariant("I5", "wallets", "wallets equal the ledger; no payout beyond the balance")
-    inv.applicable = False
+def check_wallets(world: World) -> Invariant:
+    inv = Invariant("I5", "wallets", "sellers' wallets equal the ledger's balances")
+    with world.db.engine.connect() as connection:
+        inv.checked, violations = wallet_violations(connection)
+    for subject, detail in violations:
+        inv.add(subject, detail)
+    return _needs_splits(world, inv)
+
+
+def check_platform_fees(world: World) -> Invariant:
+    inv = Invariant("F", "platform_fees", "each line's fee follows its seller's plan, half up")
+    with world.db.engine.connect() as connection:
+        inv.checked, violations = fee_violations(connection)
+    for subject, detail in violations:
+        inv.add(subject, detail)
+    return _needs_splits(world, inv)
+
+
+def _needs_splits(world: World, inv: Invariant) -> Invariant:
+    """Not applicable to a scenario without split payments (and none was made)."""
+    if inv.checked == 0 and inv.ok and world.scenario.workload.marketplace.split_rate == 0:
+        inv.applicable = False
+        inv.reason = "no split payments in this scenario"
     return inv
 
 
@@ -297,7 +318,8 @@ def run_oracles(world: World) -> list[Invariant]:
         check_no_double_charge(world),
         amounts,
         engine_checks["I4"],
-        check_wallets(),
+        check_wallets(world),
+        check_platform_fees(world),
         check_idempotency(world),
         check_convergence(world),
         engine_checks["I8"],

@@ -97,6 +97,22 @@ class Amounts(_Strict):
         return self
 
 
+class FeePlanSpec(_Strict):
+    percent_bps: int = Field(default=1_000, ge=0, le=10_000)
+    fixed_minor: int = Field(default=0, ge=0, le=10**9)
+
+
+class Marketplace(_Strict):
+    """Split orders: a share of payments is split among several sellers."""
+
+    split_rate: Probability = 0.0
+    sellers: int = Field(default=20, ge=2, le=100_000)
+    lines_max: int = Field(default=3, ge=2, le=50)
+    fee_plans: list[FeePlanSpec] = Field(
+        default_factory=lambda: [FeePlanSpec()], min_length=1, max_length=100
+    )
+
+
 class Workload(_Strict):
     arrivals: Arrivals = Field(default_factory=Arrivals)
     flows: Flows = Field(default_factory=Flows)
@@ -107,6 +123,7 @@ class Workload(_Strict):
     refunds_max: int = Field(default=2, ge=0, le=20)
     payments_max: int = Field(default=10_000, ge=1, le=PAYMENTS_MAX)
     think_time_s: DurationS = 5.0
+    marketplace: Marketplace = Field(default_factory=Marketplace)
 
     @model_validator(mode="after")
     def _known_currencies(self) -> Workload:

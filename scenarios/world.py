@@ -30,12 +30,14 @@ from engine.adapters import stripe_dialect as dialect
 from engine.adapters.database import Database, LedgerGuardRefused
 from engine.adapters.webhook_signature import WebhookRejected, verify
 from engine.domain.errors import PaychaosError, StoreUnavailable
+from engine.domain.marketplace import Split
 from engine.domain.ports import SeededIds
 from engine.domain.provider import CallKind, OutcomeStatus, ProviderCall, ProviderOutcome
 from engine.service.engine import PaymentEngine
 from engine.service.views import OutboxEvent, StepResult
 from mock_psp.core import ApiRequest, ProviderCore
 from mock_psp.world import ProviderConfig
+from scenarios.marketplace import fee_plans
 from scenarios.schema import Scenario
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
@@ -113,6 +115,7 @@ class Order:
     flow: str
     capture_method: str
     payment_method: str
+    splits: tuple[Split, ...] = ()
 
 
 RELAY_INTERVAL_S = 5.0
@@ -172,6 +175,9 @@ class World:
         if scenario.engine_faults.commit_failure_rate > 0:
             sa_event.listen(self.db.engine, "commit", self._maybe_fail_commit)
         self.engine = PaymentEngine(self.db, SimClock(self.env), SeededIds(self.rng["engine"]))
+        if scenario.workload.marketplace.split_rate > 0:
+            for seller_id, plan in fee_plans(scenario.workload.marketplace).items():
+                self.engine.set_fee_plan(seller_id, plan)
         self.psp = ProviderCore(
             SimPspClock(self.env),
             self.rng["psp"],

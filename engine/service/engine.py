@@ -481,10 +481,7 @@ class PaymentEngine:
                     amount_minor=amount, authorized_minor=amount, captured_minor=amount,
                     fee_minor=outcome.fee_minor, **ids,
                 )  # fmt: skip
-                journal = ledger.capture(
-                    p["merchant_id"], None, self._money(p, amount),
-                    self._money(p, outcome.fee_minor),
-                )  # fmt: skip
+                journal = self._capture_journal(s, p, None, amount, outcome.fee_minor)
             else:
                 seq = self._move(
                     s, p, S.AUTHORIZED, reason, attempt_id=attempt_id, event_id=event_id,
@@ -523,14 +520,19 @@ class PaymentEngine:
             s, p, to_state, reason, attempt_id=attempt["id"], event_id=event_id,
             amount_minor=captured, captured_minor=captured, fee_minor=outcome.fee_minor,
         )  # fmt: skip
-        held, money, fee = (self._money(p, p["authorized_minor"]), self._money(p, captured),
-                            self._money(p, outcome.fee_minor))  # fmt: skip
-        if p["lines_count"]:
-            shares = splits.capture_shares(s, p, captured, self.clock.now())
-            journal = ledger.split_capture(p["merchant_id"], held, money, fee, shares)
-        else:
-            journal = ledger.capture(p["merchant_id"], held, money, fee)
+        journal = self._capture_journal(s, p, p["authorized_minor"], captured, outcome.fee_minor)
         self._post(s, p, journal, seq)
+
+    def _capture_journal(
+        self, s: Store, p: Row, held_minor: int | None, captured_minor: int, fee_minor: int
+    ) -> ledger.Journal:
+        """The capture's journal; a split payment's lines and wallets move with it."""
+        held = None if held_minor is None else self._money(p, held_minor)
+        money, fee = self._money(p, captured_minor), self._money(p, fee_minor)
+        if not p["lines_count"]:
+            return ledger.capture(p["merchant_id"], held, money, fee)
+        shares = splits.capture_shares(s, p, captured_minor, self.clock.now())
+        return ledger.split_capture(p["merchant_id"], held, money, fee, shares)
 
     def _apply_void(
         self,

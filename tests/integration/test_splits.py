@@ -141,3 +141,19 @@ def test_a_plan_changed_later_does_not_reprice_a_payment(
     perform(engine, provider, engine.begin_authorize(Authorize(MERCHANT, "a-1", payment_id)))
     perform(engine, provider, engine.begin_capture(Capture(MERCHANT, "k-1", payment_id, None)))
     assert engine.lines_of(payment_id)[0]["fee_minor"] == 100
+
+
+def test_an_automatic_capture_pays_the_sellers_too(
+    engine: PaymentEngine, provider: FakeProvider
+) -> None:
+    created = engine.create_payment(
+        CreatePayment(MERCHANT, "c-1", "o-1", 1_000, "USD", "pm_card_visa", "automatic",
+                      splits=(Split("s_a", 400), Split("s_b", 600)))
+    )  # fmt: skip
+    payment_id = created.payment.id
+    result = perform(
+        engine, provider, engine.begin_authorize(Authorize(MERCHANT, "a-1", payment_id))
+    )
+    assert result.payment.state == "captured"
+    assert [ln["captured_minor"] for ln in engine.lines_of(payment_id)] == [400, 600]
+    assert_wallets_match_the_ledger(engine)

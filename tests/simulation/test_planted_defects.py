@@ -16,6 +16,8 @@ run catches them too); "first" is the first seed that catches:
 | capture allowed after void               | happy-path    | I4        | 1     | 17/20  |
 | refund posted twice on a duplicate hook  | webhook-storm | I7        | 1     | 16/20  |
 | webhook dedupe by event id skipped alone | webhook-storm | none      | -     | 0/20   |
+| platform fee rounded down, not half up   | marketplace-split | F     | 1     | 20/20  |
+| a refund's seller debit kept off a wallet | marketplace-split | I5   | 1     | 20/20  |
 
 The last is no money bug in this engine: intake is idempotent a second time,
 by state and open attempt, so the harness shows it only in coverage (below).
@@ -24,6 +26,7 @@ by state and open attempt, so the harness shows it only in coverage (below).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -31,6 +34,7 @@ from engine.adapters.store import Row, Store
 from engine.domain import ledger
 from engine.domain.commands import Authorize, Capture
 from engine.domain.errors import IllegalTransition, PaychaosError
+from engine.domain.marketplace import FeePlan
 from engine.domain.provider import (
     CallKind,
     EventType,
@@ -231,6 +235,29 @@ def refund_posted_twice_on_a_duplicate_webhook(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(PaymentEngine, "_apply_event", apply_event)
 
 
+def platform_fee_rounded_down(mp: pytest.MonkeyPatch) -> None:
+    """The percentage part of a platform fee truncated instead of rounded half up."""
+
+    def fee_minor(self: FeePlan, amount_minor: int) -> int:
+        if amount_minor == 0:
+            return 0
+        return min(amount_minor, amount_minor * self.percent_bps // 10_000 + self.fixed_minor)
+
+    mp.setattr(FeePlan, "fee_minor", fee_minor)
+
+
+def wallet_moved_outside_the_ledger(mp: pytest.MonkeyPatch) -> None:
+    """A refund's seller debit reaches the ledger but not the wallet."""
+    add_to_wallet = Store.add_to_wallet
+
+    def skip_debits(self: Store, owner_id: str, currency: str, pending_minor: int,
+                    available_minor: int, at: Any) -> None:  # fmt: skip
+        if pending_minor + available_minor >= 0:
+            add_to_wallet(self, owner_id, currency, pending_minor, available_minor, at)
+
+    mp.setattr(Store, "add_to_wallet", skip_debits)
+
+
 # -- what catches each ----------------------------------------------------------------------
 # (plant, scenario, duration_s, invariants that must be named). The first of
 # SEEDS that catches is enough (seed 1 catches each today); the others keep the
@@ -244,6 +271,8 @@ CATCHES: list[tuple[Plant, str, float, set[str]]] = [
     (refund_posted_twice_on_a_duplicate_webhook, "webhook-storm", 120.0, {"I7"}),
     (webhook_dedupe_skipped, "webhook-storm", 120.0, {"I6"}),
     (ledger_written_after_the_state_change, "crash-recovery", 600.0, {"I3"}),
+    (platform_fee_rounded_down, "marketplace-split", 120.0, {"F"}),
+    (wallet_moved_outside_the_ledger, "marketplace-split", 120.0, {"I5"}),
 ]
 
 
