@@ -19,7 +19,7 @@ def table_rows(output: str) -> list[list[str]]:
     rows = []
     for line in output.splitlines():
         cells = [cell.strip() for cell in line.split("│")[1:-1]]
-        if len(cells) == 11 and cells[3]:
+        if len(cells) == 12 and cells[3]:
             rows.append(cells)
     return rows
 
@@ -34,7 +34,7 @@ def assert_real_numbers(rows: list[list[str]], database: str) -> None:
         p50, p95, p99 = (float(cell) for cell in row[4:7])
         assert all(math.isfinite(p) and p > 0 for p in (p50, p95, p99))
         assert p50 <= p95 <= p99
-    assert saturation[8] == "0"  # invariant violations
+    assert saturation[9] == "0"  # invariant violations
 
 
 def test_bench_api_small_on_sqlite_answers_calls_and_keeps_every_invariant() -> None:
