@@ -85,8 +85,9 @@ class Metrics:
         self._read_database(services)
         providers = {"api": services.provider}
         background: BackgroundWorker | None = getattr(services, "background", None)
-        if background is not None:
-            providers["worker"] = background.worker.recovery.provider  # type: ignore[union-attr]
+        recovery = background.worker.recovery if background is not None else None
+        if recovery is not None:
+            providers["worker"] = recovery.provider
         for client, provider in providers.items():
             breaker = getattr(provider, "breaker", None)
             if breaker is not None:

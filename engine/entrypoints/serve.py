@@ -31,7 +31,6 @@ from engine.workers import BackgroundWorker, InProcessPublisher, Worker, lease_f
 DEFAULT_DB_URL = "sqlite:///paychaos.db"
 DEFAULT_PSP_URL = "http://127.0.0.1:12111"
 DEFAULT_RECOVERY_SCHEDULE_S = tuple(step.total_seconds() for step in RECOVERY_SCHEDULE)
-DEFAULT_SCHEDULE_TEXT = ",".join(f"{step:g}" for step in DEFAULT_RECOVERY_SCHEDULE_S)
 RECOVERY_STEPS_MAX = 32
 RECOVERY_STEP_S_MAX = 30 * 86_400.0
 
@@ -70,6 +69,8 @@ class ServiceSettings:
     @classmethod
     def from_env(cls) -> ServiceSettings:
         env = os.environ
+        text = env.get("PAYCHAOS_RECOVERY_SCHEDULE_S")
+        schedule = parse_schedule(text) if text else DEFAULT_RECOVERY_SCHEDULE_S
         return cls(
             db_url=env.get("PAYCHAOS_DB_URL", DEFAULT_DB_URL),
             psp_url=env.get("PAYCHAOS_PSP_URL", DEFAULT_PSP_URL),
@@ -80,9 +81,7 @@ class ServiceSettings:
             rate_burst=float(env.get("PAYCHAOS_RATE_BURST", "200")),
             workers=env.get("PAYCHAOS_WORKERS", "1") != "0",
             worker_interval_s=float(env.get("PAYCHAOS_WORKER_INTERVAL_S", "1")),
-            recovery_schedule_s=parse_schedule(
-                env.get("PAYCHAOS_RECOVERY_SCHEDULE_S") or DEFAULT_SCHEDULE_TEXT
-            ),
+            recovery_schedule_s=schedule,
             circuit_open_s=float(env.get("PAYCHAOS_CIRCUIT_OPEN_S", "30")),
         )
 
@@ -104,6 +103,8 @@ class ServiceSettings:
     def problem(self) -> tuple[str, str] | None:
         """The first setting that cannot work, as (setting, why); None when all can."""
         if self.recovery_schedule_s[0] < self.provider_timeout_s:
+            # Not a money matter (a resend reuses the attempt's key), but a lookup of
+            # a call still in flight races its own checkout for the answer.
             return "recovery_schedule_s", (
                 "its first step is shorter than the provider timeout: recovery would ask "
                 "about calls still in flight"
@@ -143,8 +144,8 @@ def build_workers(engine: PaymentEngine, settings: ServiceSettings) -> Backgroun
         breaker=CircuitBreaker(open_s=settings.circuit_open_s),
     )  # fmt: skip
     worker = Worker.assemble(engine, provider, InProcessPublisher())
-    # Stopping waits at most for one lookup in flight: its tries, their backoff.
-    stop_s_max = provider.retry.attempts_max * (settings.provider_timeout_s + 1.0) + 1.0
+    # Stopping waits at most for the lookup in flight and its resend: their tries and backoff.
+    stop_s_max = 2 * provider.retry.attempts_max * (settings.provider_timeout_s + 1.0) + 1.0
     return BackgroundWorker(
         worker, lease_for(engine.db), settings.worker_interval_s, close=provider.close,
         stop_s_max=stop_s_max,

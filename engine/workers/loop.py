@@ -128,9 +128,14 @@ class Worker:
         wait ``interval_s`` between loops."""
         assert interval_s >= 0 and (loops_max is None or loops_max > 0)
         stop = stop or threading.Event()
+        was_held: bool | None = None
         while not stop.is_set():
-            self.report.holds_lease = lease is None or lease.try_acquire()
-            if self.report.holds_lease:
+            held = lease is None or lease.try_acquire()
+            if lease is not None and held != was_held:
+                log.info("this process runs the workers" if held
+                         else "another process runs the workers: standing by")  # fmt: skip
+            was_held = self.report.holds_lease = held
+            if held:
                 self.run_once(stop)
             else:
                 self.report.standby_loops += 1

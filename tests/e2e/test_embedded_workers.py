@@ -189,6 +189,21 @@ def test_a_postgres_lease_is_held_by_one_session_at_a_time(postgres_url: str) ->
         database.dispose()
 
 
+def test_serve_worker_stands_by_while_another_process_runs_the_workers(
+    database: Database,
+) -> None:
+    held = lease_for(database)
+    assert isinstance(held, FileLease) and held.try_acquire()  # as serve engine would
+    try:
+        args = ["serve", "worker", "--db", database.url, "--psp", "http://127.0.0.1:9",
+                "--interval-s", "0", "--max-loops", "2"]  # fmt: skip
+        result = CliRunner().invoke(cli_app, args)
+    finally:
+        held.release()
+    assert result.exit_code == 0, result.output
+    assert "0 loops, 2 standing by" in result.output
+
+
 class Broken(Worker):
     def run_once(self, stop: threading.Event | None = None) -> Any:
         raise RuntimeError("a defect")
@@ -231,7 +246,7 @@ def test_without_workers_metrics_say_so_and_payments_by_state_drop_to_zero(
     [
         (["--recovery-schedule-s", "soon"], "--recovery-schedule-s: comma-separated"),
         (["--recovery-schedule-s", "0,60"], "--recovery-schedule-s: each step above 0"),
-        (["--recovery-schedule-s", "2", "--provider-timeout-s", "5"], "shorter than the provider"),
+        (["--recovery-schedule-s", "4", "--provider-timeout-s", "5"], "shorter than the provider"),
         (["--worker-interval-s", "0"], "--worker-interval-s"),
         (["--circuit-open-s", "-1"], "--circuit-open-s"),
     ],

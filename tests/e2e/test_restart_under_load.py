@@ -48,11 +48,11 @@ STEP_S_MAX = 180.0  # one POST (with its retries) or one wait for a payment's st
 RETRY_S = 0.1  # a customer's pause before a retry or a new look
 RETRYABLE = {409, 429}
 # Long enough that a provider call seen in flight is still in flight when the kill lands.
-PROVIDER_TIMEOUT_S = 15
+PROVIDER_TIMEOUT_S = 10
 CANARY = "order-canary"
 ENGINE_OPTIONS = (
     "--workers", "2", "--provider-timeout-s", str(PROVIDER_TIMEOUT_S),
-    "--recovery-schedule-s", f"{PROVIDER_TIMEOUT_S},1,2,4,8,16,32,64,128,256,512,1024",
+    "--recovery-schedule-s", f"{2 * PROVIDER_TIMEOUT_S},1,2,4,8,16,32,64,128,256,512,1024",
     "--worker-interval-s", "0.2", "--circuit-open-s", "1",
 )  # fmt: skip
 # Deliveries refused while the engine was down come back within seconds, not minutes.

@@ -31,12 +31,14 @@ from tests.e2e.live_servers import (
     wait_until,
 )
 
-PROVIDER_TIMEOUT_S = 1.0
-# Each "unknown" doubles the wait: an outage of any length in this test is looked
-# up again about as long after it ends, and review is half an hour away.
+PROVIDER_TIMEOUT_S = 1
+# The first lookup well after the call's own timeout, so that the checkout, not
+# recovery, answers first. Then each "unknown" doubles the wait: an outage of any
+# length in this test is looked up again about as long after it ends, and review
+# is half an hour away.
 ENGINE_OPTIONS = (
     "--provider-timeout-s", str(PROVIDER_TIMEOUT_S),
-    "--recovery-schedule-s", "1,1,2,4,8,16,32,64,128,256,512,1024",
+    "--recovery-schedule-s", f"{6 * PROVIDER_TIMEOUT_S},1,2,4,8,16,32,64,128,256,512,1024",
     "--worker-interval-s", "0.1", "--circuit-open-s", "1",
 )  # fmt: skip
 PAYMENTS = 6
