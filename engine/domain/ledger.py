@@ -205,3 +205,22 @@ def _credit(account: str, money: Money) -> list[Entry]:
         if money.amount_minor
         else []
     )
+
+
+def split_settlement(currency: str, moves: list[tuple[str, int]]) -> Journal:
+    """The provider settled the charge: each seller's share becomes available.
+
+    ``moves`` are (seller, amount) with the amount the line holds on pending,
+    which a dispute can make negative (then the debt moves to available).
+    """
+    entries: list[Entry] = []
+    for seller_id, amount_minor in moves:
+        pending, available = (
+            seller_account(seller_id, "pending"),
+            seller_account(seller_id, "available"),
+        )
+        if amount_minor > 0:
+            entries += _pair(pending, available, Money(amount_minor, currency))
+        elif amount_minor < 0:
+            entries += _pair(available, pending, Money(-amount_minor, currency))
+    return Journal("settlement", tuple(entries))

@@ -1017,6 +1017,27 @@ class PaymentEngine:
     def ledger_of(self, payment_id: str) -> list[tuple[Row, list[Row]]]:
         return self._run(lambda s: s.journals_of(payment_id))
 
+    # -- settlement -------------------------------------------------------------------------
+    def settle_payment(self, payment_id: str, reason: str = "settlement_matched") -> bool:
+        """The provider's settlement report matched the charge: the payment is settled and
+        its sellers' shares move from pending to available. Idempotent: False if nothing moved."""
+
+        def step(s: Store) -> bool:
+            p = self._locked(s, payment_id)
+            changed = False
+            seq: int | None = None
+            if is_legal(S(p["state"]), S.SETTLED) and S(p["state"]) is not S.DISPUTED:
+                seq = self._move(s, p, S.SETTLED, reason)
+                changed = True
+            if p["lines_count"]:
+                moves = splits.settlement_moves(s, p, self.clock.now())
+                if any(amount for _, amount in moves):
+                    self._post(s, p, ledger.split_settlement(p["currency"], moves), seq)
+                changed = changed or bool(moves)
+            return changed
+
+        return self._run(step)
+
     # -- marketplace ------------------------------------------------------------------------
     def set_fee_plan(self, seller_id: str, plan: FeePlan) -> None:
         """A seller's platform fee for payments made from now on (lines keep theirs)."""

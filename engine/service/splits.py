@@ -117,3 +117,24 @@ def reinstatement_shares(s: Store, p: Row, disputed_minor: int, at: datetime) ->
 def _held(line: Row) -> int:
     """What a line still holds: captured, less refunded and disputed."""
     return int(line["captured_minor"] - line["refunded_minor"] - line["disputed_minor"])
+
+
+def settlement_moves(s: Store, p: Row, at: datetime) -> list[tuple[str, int]]:
+    """Move each pending line to available: (seller, amount moved) per line moved."""
+    moves = []
+    for line in s.lines_of(p["id"]):
+        if line["bucket"] != "pending":
+            continue
+        amount = _net_on_bucket(line)
+        s.update_line(p["id"], line["line_no"], bucket="available")
+        if amount:
+            s.add_to_wallet(line["seller_id"], p["currency"], -amount, amount, at)
+        moves.append((line["seller_id"], amount))
+    return moves
+
+
+def _net_on_bucket(line: Row) -> int:
+    """What a line's seller holds for it: net captured, less net refunds and disputes."""
+    captured_net = line["captured_minor"] - line["fee_minor"]
+    refunded_net = line["refunded_minor"] - line["fee_reversed_minor"]
+    return int(captured_net - refunded_net - line["disputed_minor"])

@@ -157,3 +157,20 @@ def test_an_automatic_capture_pays_the_sellers_too(
     assert result.payment.state == "captured"
     assert [ln["captured_minor"] for ln in engine.lines_of(payment_id)] == [400, 600]
     assert_wallets_match_the_ledger(engine)
+
+
+def test_settlement_makes_each_sellers_share_available_once(
+    engine: PaymentEngine, provider: FakeProvider, database: Database
+) -> None:
+    payment_id = split_payment(engine, provider, None)
+    perform(engine, provider, engine.begin_refund(Refund(MERCHANT, "r-1", payment_id, 1_000)))
+    assert engine.settle_payment(payment_id) is True
+    assert engine.settle_payment(payment_id) is False
+    assert engine.get_payment(payment_id).state == "settled"
+    books, music = 5_371 - (600 - 63), 3_899 - (400 - 10)
+    assert wallets_by_seller(engine) == {"s_books": (0, books), "s_music": (0, music)}
+    # A refund after settlement is taken from the available balance.
+    perform(engine, provider, engine.begin_refund(Refund(MERCHANT, "r-2", payment_id, None)))
+    assert wallets_by_seller(engine) == {"s_books": (0, 0), "s_music": (0, 0)}
+    assert_wallets_match_the_ledger(engine)
+    assert_audit_holds(database)
