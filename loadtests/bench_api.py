@@ -518,7 +518,7 @@ def render(results: list[DatabaseResult], mode: Mode) -> Table:
     for column in ("database", "phase", "2xx calls", "calls/s", "p50 ms", "p95 ms", "p99 ms",
                    "errors", "unsent", "violations", "goal", "met"):  # fmt: skip
         justify = "left" if column in {"database", "phase", "goal"} else "right"
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        table.add_column(column, justify=justify, no_wrap=column != "database")  # type: ignore[arg-type]
     for r in results:
         sat, off = r.saturation, r.offered
         table.add_row(

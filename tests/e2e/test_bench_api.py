@@ -15,7 +15,7 @@ from engine.entrypoints.cli import app
 
 
 def table_rows(output: str) -> list[list[str]]:
-    """The table's rows that carry numbers (a wrapped cell continues on a line of its own)."""
+    """The table's rows that carry numbers (a wrapped name continues on a line of its own)."""
     rows = []
     for line in output.splitlines():
         cells = [cell.strip() for cell in line.split("│")[1:-1]]
@@ -41,7 +41,7 @@ def test_bench_api_small_on_sqlite_answers_calls_and_keeps_every_invariant() -> 
     result = CliRunner().invoke(app, ["bench", "api", "--small"])
     assert result.exit_code == 0, result.output
     assert "bench api" in result.output
-    assert_real_numbers(table_rows(result.output), "sqlite (file, WAL)")
+    assert_real_numbers(table_rows(result.output), "sqlite")
     assert "every invariant holds after the load on sqlite (file, WAL)" in result.output
     assert "CPU at saturation" in result.output
 
@@ -51,7 +51,7 @@ def test_bench_api_small_on_postgresql_stands_next_to_pgbench(postgres_url: str)
     result = CliRunner().invoke(app, ["bench", "api", "--small", "--db-url", postgres_url])
     assert result.exit_code == 0, result.output
     rows = table_rows(result.output)
-    assert_real_numbers(rows, "sqlite (file, WAL)")
+    assert_real_numbers(rows, "sqlite")
     assert_real_numbers(rows, "postgresql")
     pgbench = next(row for row in rows if row[1] == "pgbench TPC-B")
     assert pgbench[3].endswith(" tps") or "pgbench not installed" in result.output
