@@ -349,3 +349,92 @@ wallets = sa.Table(
     sa.Column("available_minor", Money, nullable=False, server_default="0"),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
+
+# Payouts: a seller's available money sent to its bank through the provider.
+payouts = sa.Table(
+    "payouts",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("seller_id", sa.String(255), nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("amount_minor", Money, nullable=False),
+    # pending (call not answered) | unknown (timed out) | in_transit | paid | failed
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("provider_payout_id", sa.String(255), nullable=True),
+    sa.Column("provider_idempotency_key", sa.String(255), nullable=False),
+    sa.Column("idempotency_id", Id, nullable=True),
+    sa.Column("failure_code", sa.String(64), nullable=True),
+    sa.Column("lookups", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_lookup_at", UTCDateTime, nullable=True),
+    sa.Column("needs_review", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("arrived_at", UTCDateTime, nullable=True),
+    sa.CheckConstraint("amount_minor > 0", name="amount_positive"),
+    sa.CheckConstraint(
+        "status IN ('pending', 'unknown', 'in_transit', 'paid', 'failed')", name="status_valid"
+    ),
+    sa.UniqueConstraint("provider_idempotency_key"),
+    sa.UniqueConstraint("provider_payout_id"),
+    sa.Index("ix_payouts_seller", "seller_id", "currency"),
+    sa.Index("ix_payouts_status", "status"),
+)
+
+# Reconciliation: each run over a settlement report, the report rows it matched
+# (a balance transaction is matched once, ever), and the exceptions it found.
+recon_runs = sa.Table(
+    "recon_runs",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("source", sa.String(255), nullable=False),
+    sa.Column("format", sa.String(8), nullable=False),
+    sa.Column("window_start_at", UTCDateTime, nullable=False),
+    sa.Column("window_end_at", UTCDateTime, nullable=False),
+    sa.Column("rows_count", sa.Integer, nullable=False),
+    sa.Column("matched_count", sa.Integer, nullable=False),
+    sa.Column("exceptions_count", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+settlement_rows = sa.Table(
+    "settlement_rows",
+    metadata,
+    sa.Column("balance_transaction_id", sa.String(255), primary_key=True),
+    sa.Column("run_id", Id, sa.ForeignKey("recon_runs.id"), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("provider_ref", sa.String(255), nullable=False),
+    sa.Column("payment_id", Id, nullable=True),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("gross_minor", Money, nullable=False),
+    sa.Column("fee_minor", Money, nullable=False),
+    sa.Column("net_minor", Money, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_settlement_rows_provider_ref", "provider_ref"),
+)
+
+recon_exceptions = sa.Table(
+    "recon_exceptions",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("run_id", Id, sa.ForeignKey("recon_runs.id"), nullable=False),
+    # One open exception per discrepancy, however many runs see it again.
+    sa.Column("dedupe_key", sa.String(600), nullable=False),
+    sa.Column("category", sa.String(32), nullable=False),
+    sa.Column("party", sa.String(16), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=True),
+    sa.Column("provider_ref", sa.String(255), nullable=True),
+    sa.Column("payment_id", Id, nullable=True),
+    sa.Column("balance_transaction_id", sa.String(255), nullable=True),
+    sa.Column("currency", sa.String(3), nullable=True),
+    sa.Column("expected_minor", Money, nullable=True),
+    sa.Column("reported_minor", Money, nullable=True),
+    sa.Column("detail", sa.String(500), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("resolution_reason", sa.String(500), nullable=True),
+    sa.Column("journal_id", Id, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("resolved_at", UTCDateTime, nullable=True),
+    sa.CheckConstraint("status IN ('open', 'resolved')", name="status_valid"),
+    sa.UniqueConstraint("dedupe_key"),
+    sa.Index("ix_recon_exceptions_status", "status", "category"),
+)
