@@ -20,6 +20,7 @@ payouts arriving) runs in ``tick``, which ``handle`` also calls first.
 from __future__ import annotations
 
 import base64
+import hashlib
 import heapq
 import random
 from collections.abc import Iterable, Mapping
@@ -47,7 +48,7 @@ from mock_psp.idempotency import (
 )
 from mock_psp.ids import IdSource, substream
 from mock_psp.params import decode_params, fingerprint, refuse_card_numbers
-from mock_psp.records import API_VERSION, JsonDict
+from mock_psp.records import API_VERSION, JsonDict, Payout
 from mock_psp.routes import Route, match_route
 from mock_psp.settlement import SettlementReport, SettlementReporter
 from mock_psp.truth import GroundTruth
@@ -125,7 +126,11 @@ class ProviderCore:
             now_s,
             payload_indent=self.config.webhook_payload_indent,
         )
-        self.reporter = SettlementReporter(f"{rng.getrandbits(128):032x}", self.fault_log)
+        salt = f"{rng.getrandbits(128):032x}"
+        self.reporter = SettlementReporter(salt, self.fault_log)
+        # Payout failures hash the payout id with a salt of their own: deterministic,
+        # and drawing nothing from the streams the other faults use.
+        self._payout_salt = hashlib.sha256(f"{salt}:payouts".encode()).hexdigest()
         self.world = World(self.state, self.config, self._ids, self.scheduler, self.truth)
         self.admin = AdminApi(self)
 
@@ -177,9 +182,18 @@ class ProviderCore:
         elif kind == "refund":
             refunds.settle(world, self.state.refunds[object_id])
         elif kind == "payout":
-            resources.payout_arrive(world, self.state.payouts[object_id])
+            self._payout_arrives(self.state.payouts[object_id])
         else:
             raise AssertionError(f"unknown timer kind {kind}")
+
+    def _payout_arrives(self, payout: Payout) -> None:
+        rate = self.planner.config.payouts.failure_rate
+        digest = hashlib.sha256(f"{self._payout_salt}:{payout.id}".encode()).hexdigest()
+        if payout.status == "pending" and int(digest[:13], 16) / float(1 << 52) < rate:
+            self.fault_log.record(self.now(), FaultKind.PAYOUT_FAILED, payout.id)
+            resources.payout_fail(self.world, payout, "account_closed")
+        else:
+            resources.payout_arrive(self.world, payout)
 
     # --- the API ------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ class FaultKind(StrEnum):
     SETTLEMENT_AMOUNT_MISMATCH = "settlement.amount_mismatch"
     SETTLEMENT_UNEXPECTED_ROW = "settlement.unexpected_row"
     SETTLEMENT_LATE_ROW = "settlement.late_row"
+    PAYOUT_FAILED = "payout.failed"
 
 
 @dataclass(frozen=True, slots=True)

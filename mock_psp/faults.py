@@ -159,6 +159,12 @@ class SettlementFaultSpec(_Strict):
     late_by_s: float = Field(default=86_400.0, gt=0.0, le=30 * 86_400.0)
 
 
+class PayoutFaultSpec(_Strict):
+    # A payout that reaches its arrival date fails instead (the bank refused it):
+    # ``payout.failed``, and the money goes back to the provider balance.
+    failure_rate: Probability = 0.0
+
+
 class FaultPlanConfig(_Strict):
     api_latency: LatencySpec = Field(default_factory=LatencySpec)
     api_rules: list[ApiFaultRule] = Field(default_factory=list, max_length=RULES_MAX)
@@ -166,6 +172,7 @@ class FaultPlanConfig(_Strict):
     webhooks: WebhookFaultSpec = Field(default_factory=WebhookFaultSpec)
     webhook_retry: WebhookRetrySpec = Field(default_factory=WebhookRetrySpec)
     settlement: SettlementFaultSpec = Field(default_factory=SettlementFaultSpec)
+    payouts: PayoutFaultSpec = Field(default_factory=PayoutFaultSpec)
 
 
 def parse_fault_config(data: Mapping[str, Any]) -> FaultPlanConfig:

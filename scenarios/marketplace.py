@@ -5,7 +5,9 @@ The oracles read the engine's tables directly and recompute from scratch, with
 their own arithmetic (``decimal``, half up), never with the engine's helpers:
 
 - **I5** (wallets): each seller's materialised wallet equals the balance the
-  ledger's entries give its pending and available accounts, per currency.
+  ledger's entries give its pending and available accounts, per currency; and
+  replaying the ledger in order, no payout took more than the seller's
+  available balance held just before it.
 - **F** (platform fees): each line's fee is its fee plan applied to its
   captured amount; fees given back never exceed fees charged, and a fully
   refunded line keeps none; the lines' captured and refunded amounts add up to
@@ -144,3 +146,25 @@ def _line_violations(payment: Any, lines: list[Any]) -> list[tuple[str, str]]:
                                     f"{line.fee_minor} given back after refunding "
                                     f"{line.refunded_minor} of {line.captured_minor}"))  # fmt: skip
     return out
+
+
+def payout_violations(connection: sa.Connection) -> tuple[int, list[tuple[str, str]]]:
+    """(payouts checked, [(seller, detail)]): the available balance before each payout."""
+    e, j = t.ledger_entries.c, t.ledger_journals.c
+    query = (
+        sa.select(e.account, e.currency, e.side, e.amount_minor, j.kind, j.id)
+        .join(t.ledger_journals, j.id == e.journal_id)
+        .where(e.account.startswith("seller_available:"))
+        .order_by(e.id)
+    )
+    balances: dict[tuple[str, str], int] = defaultdict(int)
+    checked, violations = 0, []
+    for account, currency, side, amount, kind, journal_id in connection.execute(query):
+        key = (str(account).split(":", 1)[1], str(currency))
+        if kind == "payout" and side == "D":
+            checked += 1
+            if amount > balances[key]:
+                violations.append((key[0], f"payout {journal_id} of {amount} {currency} with "
+                                           f"{balances[key]} available"))  # fmt: skip
+        balances[key] += amount if side == "C" else -amount
+    return checked, violations[:VIOLATIONS_MAX]

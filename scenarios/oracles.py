@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from engine.adapters import schema as t
 from engine.audit import CheckResult, audit
 from mock_psp.truth import EffectKind, GroundTruth, MoneyEffect, MoneyTotals
-from scenarios.marketplace import fee_violations, wallet_violations
+from scenarios.marketplace import fee_violations, payout_violations, wallet_violations
 from scenarios.world import World
 
 # What the provider's PaymentIntent status must be for each engine state.
@@ -273,9 +273,14 @@ def check_engine_errors(world: World) -> Invariant:
 
 
 def check_wallets(world: World) -> Invariant:
-    inv = Invariant("I5", "wallets", "sellers' wallets equal the ledger's balances")
+    inv = Invariant(
+        "I5", "wallets", "wallets equal the ledger; no payout beyond the available balance"
+    )
     with world.db.engine.connect() as connection:
         inv.checked, violations = wallet_violations(connection)
+        payouts_checked, payout_problems = payout_violations(connection)
+    inv.checked += payouts_checked
+    violations += payout_problems
     for subject, detail in violations:
         inv.add(subject, detail)
     return _needs_splits(world, inv)

@@ -110,6 +110,8 @@ def quiesce(world: World) -> Step:
             continue
         if world.engine.unresolved_attempts(timedelta(0), 1, awaiting_customer=False):
             continue
+        if world.engine.open_payouts(1):
+            continue
         if world.engine.unpublished_events(1):
             continue
         break
@@ -138,6 +140,8 @@ def run_scenario(
     env.process(world.recovery_worker())
     env.process(world.crashes())
     env.process(world.outbox_relay())
+    if scenario.workload.marketplace.payouts is not None:
+        env.process(world.payout_scheduler())
     env.process(world.sampler(max(scenario.duration_s / 100.0, 1.0)))
     done = env.process(quiesce(world))
     # Run in slices of simulated time only to report progress: events are

@@ -102,6 +102,15 @@ class FeePlanSpec(_Strict):
     fixed_minor: int = Field(default=0, ge=0, le=10**9)
 
 
+class PayoutSchedule(_Strict):
+    """Sellers' payouts: every ``interval_s`` each seller asks for its available balance."""
+
+    interval_s: DurationS = 300.0
+    min_minor: int = Field(default=1, ge=1, le=10**9)
+    # A seller that asks for more than it has (pending included): the engine must refuse.
+    over_ask_rate: Probability = 0.0
+
+
 class Marketplace(_Strict):
     """Split orders: a share of payments is split among several sellers."""
 
@@ -111,6 +120,7 @@ class Marketplace(_Strict):
     fee_plans: list[FeePlanSpec] = Field(
         default_factory=lambda: [FeePlanSpec()], min_length=1, max_length=100
     )
+    payouts: PayoutSchedule | None = None
 
 
 class Workload(_Strict):

@@ -29,7 +29,8 @@ from sqlalchemy import event as sa_event
 from engine.adapters import stripe_dialect as dialect
 from engine.adapters.database import Database, LedgerGuardRefused
 from engine.adapters.webhook_signature import WebhookRejected, verify
-from engine.domain.errors import PaychaosError, StoreUnavailable
+from engine.domain.commands import CreatePayout
+from engine.domain.errors import InsufficientFunds, PaychaosError, StoreUnavailable
 from engine.domain.marketplace import Split
 from engine.domain.ports import SeededIds
 from engine.domain.provider import CallKind, OutcomeStatus, ProviderCall, ProviderOutcome
@@ -168,6 +169,7 @@ class World:
                 "customers",
                 "relay",
                 "commits",
+                "payouts",
             )
         }
         self.env = simpy.Environment()
@@ -181,8 +183,7 @@ class World:
         self.psp = ProviderCore(
             SimPspClock(self.env),
             self.rng["psp"],
-            # Compact webhook bodies: the engine reads them the same, several times faster.
-            config=ProviderConfig(webhook_payload_indent=None),
+            config=self._provider_config(scenario),
             faults=scenario.fault_plan(),
         )
         endpoint = self.psp.admin.register_webhook_endpoint("http://engine.sim/v1/webhooks/psp")
@@ -208,6 +209,17 @@ class World:
         self.active_checkouts = 0
         self.arrivals_done = False
         self.quiescent_at_s: float | None = None
+
+    @staticmethod
+    def _provider_config(scenario: Scenario) -> ProviderConfig:
+        # Compact webhook bodies: the engine reads them the same, several times faster.
+        if scenario.workload.marketplace.payouts is None:
+            return ProviderConfig(webhook_payload_indent=None)
+        # With payouts, charges become available at once and payouts land at once (on
+        # the provider's next tick): a run lasts minutes, a provider's days would not fit.
+        return ProviderConfig(
+            webhook_payload_indent=None, availability_delay_s=0, payout_arrival_delay_s=0
+        )
 
     # -- bookkeeping ---------------------------------------------------------------
     def note(self, what: str, **detail: Any) -> None:
@@ -382,6 +394,8 @@ class World:
                                  call.attempt_id, again)  # fmt: skip
             elif not call.awaiting_action and outcome.status is not OutcomeStatus.UNKNOWN:
                 self.hit(f"{call.kind} {outcome.status} resolved by lookup")
+        if self.scenario.workload.marketplace.payouts is not None:
+            yield from self.recover_payouts()
         return len(calls)
 
     def look_up(self, call: ProviderCall) -> ProviderOutcome:
@@ -398,6 +412,63 @@ class World:
         if outcome.status is not OutcomeStatus.REQUIRES_ACTION:
             self.hit(f"3DS outcome {outcome.status} found by polling the provider")
         return outcome
+
+    # -- payouts -------------------------------------------------------------------------
+    def payout_scheduler(self) -> Step:
+        """Every interval, each seller asks for its available balance (some ask for more)."""
+        schedule = self.scenario.workload.marketplace.payouts
+        assert schedule is not None
+        rng = self.rng["payouts"]
+        round_ = 0
+        while self.env.now + schedule.interval_s < self.scenario.duration_s:
+            yield self.env.timeout(schedule.interval_s)
+            round_ += 1
+            try:
+                self.node.check(self.env.now)
+                wallets = self.engine.wallets()
+            except (EngineDown, StoreUnavailable):
+                self.hit("payouts waited: engine unavailable")
+                continue
+            for wallet in wallets:
+                amount = int(wallet["available_minor"])
+                if rng.random() < schedule.over_ask_rate:
+                    # Its whole balance, pending included (or one unit more than it has).
+                    pending = max(int(wallet["pending_minor"]), 0)
+                    amount = max(amount, 0) + (pending or 1)
+                elif amount < schedule.min_minor:
+                    continue
+                key = f"payout-{wallet['owner_id']}-{wallet['currency']}-{round_}"
+                command = CreatePayout(wallet["owner_id"], key, wallet["currency"], amount)
+                with suppress(EngineDown, EngineFault, StoreUnavailable):
+                    yield from self.payout(command)
+
+    def payout(self, command: CreatePayout) -> Step:
+        incarnation = self.node.check(self.env.now)
+        try:
+            begun = self.guarded("begin_payout", self.engine.begin_payout, command)
+        except InsufficientFunds:
+            self.hit("payout beyond the available balance refused")
+            return
+        assert begun.call is not None
+        outcome = yield from self.provider_call(begun.call)
+        self.node.still(incarnation, self.env.now)
+        done = self.guarded("complete payout", self.engine.complete_payout,
+                            begun.call.attempt_id, outcome)  # fmt: skip
+        self.hit(f"payout {done.payout['status']} on the provider's answer")
+
+    def recover_payouts(self) -> Step:
+        for call in self.engine.due_payouts(self.scenario.workers.recovery_batch_max):
+            outcome = self.look_up(call)
+            if outcome.status is OutcomeStatus.NOT_FOUND:
+                self.hit("payout never reached the provider: sent again with its key")
+                incarnation = self.node.check(self.env.now)
+                outcome = yield from self.provider_call(call)
+                self.node.still(incarnation, self.env.now)
+            with suppress(EngineFault):
+                done = self.guarded("complete payout", self.engine.complete_payout,
+                                    call.attempt_id, outcome)  # fmt: skip
+                if done.status_code == 200:
+                    self.hit(f"payout {done.payout['status']} resolved by lookup")
 
     # -- outbox relay and an idempotent consumer (I8) -------------------------------------
     def outbox_relay(self) -> Step:

@@ -83,7 +83,7 @@ _INSERT = {
     for table in (
         t.payments, t.payment_history, t.outbox, t.attempts, t.refunds, t.idempotency_keys,
         t.provider_events, t.ledger_entries, t.ledger_journals, t.webhook_inbox,
-        t.payment_lines,
+        t.payment_lines, t.payouts,
     )
 }  # fmt: skip
 _PAYMENT_BY_PROVIDER_ID = sa.select(t.payments).where(
@@ -140,6 +140,17 @@ _WALLET_UPSERT = {
     "sqlite": _wallet_upsert(sqlite_insert),
     "postgresql": _wallet_upsert(postgresql_insert),
 }
+_WALLET = sa.select(t.wallets).where(
+    t.wallets.c.owner_id == sa.bindparam("b_owner_id"),
+    t.wallets.c.currency == sa.bindparam("b_currency"),
+)
+_WALLET_LOCKED = _WALLET.with_for_update()
+_PAYOUT = _by_id(t.payouts)
+_PAYOUT_LOCKED = _PAYOUT.with_for_update()
+_UPDATE_PAYOUT = t.payouts.update().where(t.payouts.c.id == sa.bindparam("b_id"))
+_PAYOUT_BY_PROVIDER_ID = sa.select(t.payouts).where(
+    t.payouts.c.provider_payout_id == sa.bindparam("b_provider_payout_id")
+)
 _ATTEMPTS_OF_SHAPES: dict[tuple[int, int], sa.Select[Any]] = {}
 
 
@@ -172,7 +183,8 @@ _PREBUILT: set[int] = {
         _UPDATE_REFUND, _CLAIM_ORDER, _IDEMPOTENCY_KEY, _FINISH_KEY, _ORDER_HOLDER,
         *_INSERT.values(), _PAYMENT_BY_PROVIDER_ID, _HISTORY, _REFUND, _REFUNDS_OF,
         _KEY_RESPONSE, _PROVIDER_EVENT, _LINES_OF, _UPDATE_LINE, _FEE_PLAN,
-        *_WALLET_UPSERT.values(),
+        *_WALLET_UPSERT.values(), _WALLET, _WALLET_LOCKED, _PAYOUT, _PAYOUT_LOCKED, _UPDATE_PAYOUT,
+        _PAYOUT_BY_PROVIDER_ID,
     )
 }  # fmt: skip
 
@@ -309,6 +321,43 @@ class Store:
         row = {"owner_id": owner_id, "currency": currency, "pending_minor": pending_minor,
                "available_minor": available_minor, "updated_at": at}  # fmt: skip
         self._write(_WALLET_UPSERT[self.c.dialect.name], row)
+
+    def wallet(self, owner_id: str, currency: str, *, lock: bool = False) -> Row | None:
+        query = _WALLET_LOCKED if lock and self._lock else _WALLET
+        return self._one(query, {"b_owner_id": owner_id, "b_currency": currency})
+
+    # payouts -----------------------------------------------------------------
+    def insert_payout(self, row: Row) -> None:
+        self._insert(t.payouts, row)
+
+    def payout(self, payout_id: str, *, lock: bool = False) -> Row | None:
+        return self._one(_PAYOUT_LOCKED if lock and self._lock else _PAYOUT, {"b_id": payout_id})
+
+    def payout_by_provider_id(self, provider_payout_id: str) -> Row | None:
+        return self._one(_PAYOUT_BY_PROVIDER_ID, {"b_provider_payout_id": provider_payout_id})
+
+    def update_payout(self, payout_id: str, **values: Any) -> None:
+        self._write(_UPDATE_PAYOUT, {"b_id": payout_id, **values}, rowcount_expected=1)
+
+    def due_payouts(self, now: datetime, limit: int) -> list[Row]:
+        """Payouts whose outcome is unknown and whose scheduled lookup is due."""
+        p = t.payouts.c
+        due_at = sa.func.coalesce(p.next_lookup_at, p.updated_at)
+        query = (
+            sa.select(t.payouts)
+            .where(p.status.in_(("pending", "unknown")), p.needs_review == sa.false(),
+                   due_at <= now)
+            .order_by(due_at, p.id)
+            .limit(limit)
+        )  # fmt: skip
+        return [dict(row) for row in self._execute(query).mappings()]
+
+    def payouts_of(self, seller_id: str | None, limit: int) -> list[Row]:
+        p = t.payouts
+        query = sa.select(p).order_by(p.c.created_at, p.c.id).limit(limit)
+        if seller_id is not None:
+            query = query.where(p.c.seller_id == seller_id)
+        return [dict(row) for row in self._execute(query).mappings()]
 
     def wallets(self) -> list[Row]:
         w = t.wallets

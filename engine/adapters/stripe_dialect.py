@@ -71,6 +71,14 @@ def request_for(call: ProviderCall) -> StripeRequest:
             **_metadata(call),
         }
         return StripeRequest("POST", "/v1/payment_intents", params, call.idempotency_key)
+    if call.kind is CallKind.PAYOUT:
+        params = {
+            "amount": str(call.amount_minor),
+            "currency": call.currency.lower(),
+            "metadata[payout_id]": call.attempt_id,
+            "metadata[seller_id]": call.merchant_id,
+        }
+        return StripeRequest("POST", "/v1/payouts", params, call.idempotency_key)
     assert call.provider_payment_id is not None, f"{call.kind} needs the provider's id"
     base = f"/v1/payment_intents/{call.provider_payment_id}"
     if call.kind is CallKind.CAPTURE:
@@ -98,7 +106,20 @@ def outcome_from_response(
         return _outcome_from_refund(body)
     if body.get("object") == "payment_intent":
         return _outcome_from_intent(call, body)
+    if body.get("object") == "payout":
+        return _outcome_from_payout(body)
     return ProviderOutcome(O.UNKNOWN, message=f"unexpected object {body.get('object')!r}")
+
+
+def _outcome_from_payout(body: Mapping[str, Any]) -> ProviderOutcome:
+    """A payout the provider accepted is in transit; a failed or canceled one is refused."""
+    if body.get("status") in {"failed", "canceled"}:
+        code = body.get("failure_code") or str(body.get("status"))
+        return ProviderOutcome(O.DECLINED, decline_code=str(code),
+                               provider_payout_id=body.get("id"))  # fmt: skip
+    return ProviderOutcome(
+        O.SUCCEEDED, amount_minor=body.get("amount"), provider_payout_id=body.get("id")
+    )
 
 
 def _outcome_from_error(status: int, body: Mapping[str, Any]) -> ProviderOutcome:
@@ -227,6 +248,12 @@ def event_from_stripe(event: Mapping[str, Any]) -> ProviderEvent:
             type=mapped_refund[status].value if status in mapped_refund else kind,
             provider_payment_id=obj.get("payment_intent"), refund_id=metadata.get("refund_id"),
             provider_refund_id=obj.get("id"), amount_minor=obj.get("amount"), **common,
+        )  # fmt: skip
+    if kind in {"payout.paid", "payout.failed"}:
+        return ProviderEvent(
+            type=kind, payout_id=metadata.get("payout_id"), provider_payout_id=obj.get("id"),
+            amount_minor=obj.get("amount"), decline_code=obj.get("failure_code"),
+            event_id=common["event_id"], created_at=created_at,
         )  # fmt: skip
     if kind.startswith("charge.dispute."):
         mapped_kind = kind

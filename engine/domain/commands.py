@@ -38,6 +38,7 @@ class Operation(StrEnum):
     CAPTURE = "capture"
     VOID = "void"
     REFUND = "refund"
+    PAYOUT = "payout"
 
 
 def _fingerprint(operation: Operation, body: dict[str, object]) -> str:
@@ -156,3 +157,30 @@ class Refund(PaymentCommand):
     @property
     def operation(self) -> Operation:
         return Operation.REFUND
+
+
+@dataclass(frozen=True, slots=True)
+class CreatePayout:
+    """Send ``amount_minor`` of a seller's available balance to its bank account."""
+
+    seller_id: str
+    idempotency_key: str
+    currency: str
+    amount_minor: int
+
+    operation = Operation.PAYOUT
+
+    def __post_init__(self) -> None:
+        refuse_pans(asdict(self))
+        parse_identifier(self.seller_id, "seller_id")
+        parse_idempotency_key(self.idempotency_key)
+        _set(self, "currency", parse_currency(self.currency))
+        parse_amount_minor(self.amount_minor)
+
+    @property
+    def merchant_id(self) -> str:
+        """Idempotency keys are scoped by who asks: here, the seller."""
+        return self.seller_id
+
+    def fingerprint(self) -> str:
+        return _fingerprint(self.operation, asdict(self))

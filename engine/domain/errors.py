@@ -18,7 +18,8 @@ an HTTP status hint; broken invariants are ``assert``s. Lower-layer exceptions
     │   ├── IdempotencyKeyInFlight        idempotency_key_in_flight
     │   ├── IllegalTransition             illegal_transition
     │   ├── OperationInProgress           operation_in_progress
-    │   └── OrderAlreadyActive            order_already_active
+    │   ├── OrderAlreadyActive            order_already_active
+    │   └── InsufficientFunds             insufficient_funds
     └── StoreUnavailable                  store_unavailable 503
 """
 
@@ -154,6 +155,12 @@ class OperationInProgress(Conflict):
 
 class OrderAlreadyActive(Conflict):
     code = "order_already_active"
+
+
+class InsufficientFunds(Conflict):
+    """A payout larger than the seller's available balance."""
+
+    code = "insufficient_funds"
 
 
 class StoreUnavailable(PaychaosError):

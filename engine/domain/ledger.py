@@ -224,3 +224,25 @@ def split_settlement(currency: str, moves: list[tuple[str, int]]) -> Journal:
         elif amount_minor < 0:
             entries += _pair(available, pending, Money(-amount_minor, currency))
     return Journal("settlement", tuple(entries))
+
+
+# -- payouts --------------------------------------------------------------------------
+PAYOUTS_IN_TRANSIT = "payouts_in_transit"
+
+
+def payout_reserve(seller_id: str, amount: Money) -> Journal:
+    """A payout leaves the seller's available balance the moment it is asked for."""
+    return Journal(
+        "payout", tuple(_pair(seller_account(seller_id, "available"), PAYOUTS_IN_TRANSIT, amount))
+    )
+
+
+def payout_paid(amount: Money) -> Journal:
+    """The money landed in the bank: it has left the provider's balance."""
+    return Journal("payout_paid", tuple(_pair(PAYOUTS_IN_TRANSIT, PSP_CLEARING, amount)))
+
+
+def payout_returned(seller_id: str, amount: Money) -> Journal:
+    """A payout that failed (or was refused) gives the money back to the seller."""
+    available = seller_account(seller_id, "available")
+    return Journal("payout_returned", tuple(_pair(PAYOUTS_IN_TRANSIT, available, amount)))

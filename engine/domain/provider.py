@@ -19,6 +19,9 @@ class CallKind(StrEnum):
     CAPTURE = "capture"
     VOID = "void"
     REFUND = "refund"
+    # A seller's payout: ``attempt_id`` is the payout's id, ``merchant_id`` the
+    # seller, and the payment fields are empty.
+    PAYOUT = "payout"
 
 
 class OutcomeStatus(StrEnum):
@@ -58,6 +61,7 @@ class ProviderOutcome:
     fee_minor: int = 0
     decline_code: str | None = None
     message: str | None = None
+    provider_payout_id: str | None = None
 
 
 class EventType(StrEnum):
@@ -71,6 +75,8 @@ class EventType(StrEnum):
     DISPUTE_CREATED = "charge.dispute.created"
     DISPUTE_WON = "charge.dispute.won"
     DISPUTE_LOST = "charge.dispute.lost"
+    PAYOUT_PAID = "payout.paid"
+    PAYOUT_FAILED = "payout.failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,3 +98,5 @@ class ProviderEvent:
     amount_minor: int | None = None
     fee_minor: int = 0
     decline_code: str | None = None
+    payout_id: str | None = None  # the engine's payout id, from the payout's metadata
+    provider_payout_id: str | None = None

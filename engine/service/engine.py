@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from engine.adapters.database import Database, LedgerGuardRefused
 from engine.adapters.store import OPEN_ATTEMPT, RetryStep, Row, Store, unit_of_work
 from engine.domain import ledger
-from engine.domain.commands import Authorize, Capture, CreatePayment, Refund, Void
+from engine.domain.commands import Authorize, Capture, CreatePayment, CreatePayout, Refund, Void
 from engine.domain.errors import (
     AmountExceeded,
     Conflict,
@@ -50,7 +50,7 @@ from engine.domain.provider import (
 )
 from engine.domain.states import PaymentState, is_legal, transition
 from engine.domain.validation import parse_identifier
-from engine.service import splits
+from engine.service import payouts, splits
 from engine.service.views import (
     EventResult,
     InboxItem,
@@ -786,6 +786,8 @@ class PaymentEngine:
         return self._run(lambda s: self._take_event(s, event))
 
     def _take_event(self, s: Store, event: ProviderEvent) -> EventResult:
+        if event.type in (EventType.PAYOUT_PAID, EventType.PAYOUT_FAILED):
+            return self._take_payout_event(s, event)
         payment = self._event_payment(s, event)
         if s.provider_event(event.event_id) is not None:
             return EventResult("duplicate", payment["id"] if payment else None)
@@ -803,6 +805,74 @@ class PaymentEngine:
             }
         )  # fmt: skip
         return EventResult(outcome, payment["id"] if payment else None)
+
+    def _take_payout_event(self, s: Store, event: ProviderEvent) -> EventResult:
+        if s.provider_event(event.event_id) is not None:
+            return EventResult("duplicate")
+        row = s.payout(event.payout_id, lock=True) if event.payout_id else None
+        if row is None and event.provider_payout_id is not None:
+            found = s.payout_by_provider_id(event.provider_payout_id)
+            row = s.payout(found["id"], lock=True) if found else None
+        outcome = "unmatched" if row is None else payouts.apply_event(self, s, row, event)
+        s.insert_provider_event({
+            "id": self.ids.new_id("pev"), "provider_event_id": event.event_id,
+            "type": event.type, "payment_id": None, "outcome": outcome,
+            "received_at": self.clock.now(),
+        })  # fmt: skip
+        return EventResult(outcome)
+
+    # -- payouts ------------------------------------------------------------------------
+    def begin_payout(self, command: CreatePayout) -> payouts.PayoutResult:
+        """Reserve a payout from the seller's available balance: the call to make, or a replay."""
+
+        def step(s: Store) -> payouts.PayoutResult:
+            key = s.idempotency_key(command.merchant_id, command.operation.value,
+                                    command.idempotency_key)  # fmt: skip
+            if key is not None:
+                return self._payout_replay(key, command)
+            key_id = self._new_key(s, command)
+            return payouts.begin(self, s, command, key_id)
+
+        return self._run(step)
+
+    @staticmethod
+    def _payout_replay(key: Row, command: CreatePayout) -> payouts.PayoutResult:
+        if key["fingerprint"] != command.fingerprint():
+            raise IdempotencyKeyReused(
+                message="this idempotency key was used with a different request",
+                field="idempotency_key",
+            )
+        if key["status"] != "completed":
+            raise IdempotencyKeyInFlight(
+                message="a request with this idempotency key is still in progress",
+                field="idempotency_key",
+            )
+        body = key["response_body"]
+        return payouts.PayoutResult(dict(body["payout"]), key["response_code"], None, True)
+
+    def complete_payout(self, payout_id: str, outcome: ProviderOutcome) -> payouts.PayoutResult:
+        def step(s: Store) -> payouts.PayoutResult:
+            row = payouts.complete(self, s, payout_id, outcome)
+            code = 202 if row["status"] in payouts.OPEN else 200
+            if row["idempotency_id"] is not None and code == 200:
+                s.finish_idempotency_key(row["idempotency_id"], code,
+                                         {"payout": payouts.view(row)})  # fmt: skip
+            return payouts.PayoutResult(payouts.view(row), code)
+
+        return self._run(step)
+
+    def due_payouts(self, limit: int = 100) -> list[ProviderCall]:
+        """Payout calls whose outcome is unknown and whose lookup is due."""
+        now = self.clock.now()
+        return self._run(lambda s: [payouts.call_of(row) for row in s.due_payouts(now, limit)])
+
+    def open_payouts(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Payouts whose provider call has no answer yet (pending or unknown)."""
+        far = self.clock.now() + timedelta(days=36_500)
+        return self._run(lambda s: [payouts.view(row) for row in s.due_payouts(far, limit)])
+
+    def payouts(self, seller_id: str | None = None, limit: int = 1_000) -> list[dict[str, Any]]:
+        return self._run(lambda s: [payouts.view(row) for row in s.payouts_of(seller_id, limit)])
 
     # -- webhook inbox and its dead letters ----------------------------------------------
     def store_webhook(self, provider_event_id: str, event_type: str, payload: str) -> str:

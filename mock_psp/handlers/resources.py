@@ -250,6 +250,26 @@ def payout_arrive(world: World, payout: Payout) -> None:
     world.emit("payout.paid", payout_json(payout))
 
 
+def payout_fail(world: World, payout: Payout, failure_code: str) -> None:
+    """The bank refused the payout: the money returns to the provider balance."""
+    if payout.status != "pending":
+        return
+    payout.status = "failed"
+    payout.failure_code = failure_code
+    world.post_balance(
+        amount_minor=payout.amount_minor,
+        fee_minor=0,
+        currency=payout.currency,
+        type_="payout_failure",
+        category="payout_reversal",
+        source_id=payout.id,
+        description="Payout failed",
+    )
+    world.record_effect(EffectKind.PAYOUT_REVERSED, payout.amount_minor, payout.currency, payout.id)
+    world.emit("payout.updated", payout_json(payout), {"status": "pending"})
+    world.emit("payout.failed", payout_json(payout))
+
+
 def payout_cancel(world: World, tree: ParamTree, args: dict[str, str]) -> JsonDict:
     read_expand(ParamReader(tree, ("expand",)), ())
     payout = get_or_404(world.state.payouts, args["id"], "payout", "payout")
