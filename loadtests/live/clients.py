@@ -164,7 +164,12 @@ class LiveClients:
             await asyncio.sleep(max(0.0, started + at_s - time.monotonic()))
             if self.slots.locked():
                 self.evidence.hit("arrival waited for a free client (--concurrency)")
-            await self.slots.acquire()
+            left_s = started + self.timeline.duration_s - time.monotonic()
+            try:
+                await asyncio.wait_for(self.slots.acquire(), timeout=max(left_s, 0.0))
+            except TimeoutError:
+                self.evidence.hit("arrivals ended waiting for a free client (--concurrency)")
+                break
             self.spawn(self.checkout(order), release=True)
         return number
 
@@ -216,7 +221,7 @@ class LiveClients:
             answer = await self.api.send(
                 sent.key, "POST", sent.path, sent.body, sent.idempotency_key
             )
-            self.evidence.note_untyped(f"POST {_template(sent.path)}", answer)
+            self.evidence.note_untyped(f"POST {template(sent.path)}", answer)
             why = trouble(answer)
             if why is None:
                 self.evidence.latencies_s.append(time.monotonic() - started)
@@ -249,7 +254,7 @@ class LiveClients:
             again = await self.api.send(
                 sent.key, "POST", sent.path, sent.body, sent.idempotency_key
             )
-            self.evidence.note_untyped(f"replay POST {_template(sent.path)}", again)
+            self.evidence.note_untyped(f"replay POST {template(sent.path)}", again)
             if trouble(again) is None:
                 self.evidence.hit("client replayed a finished request")
                 if (again.status, again.body) != (first.status, first.body):
@@ -421,6 +426,7 @@ def operation(path: str) -> str:
     return {"confirm": "authorize", "cancel": "void", "refunds": "refund"}.get(last, last)
 
 
-def _template(path: str) -> str:
+def template(path: str) -> str:
+    """``/v1/payments/pay_1/confirm`` -> ``/v1/payments/{id}/confirm``."""
     parts = path.split("/")
     return "/".join("{id}" if index == 3 else part for index, part in enumerate(parts))

@@ -49,8 +49,9 @@ class EngineApi:
     def __init__(self, base_url: str, api_keys: list[str], timeout_s: float):
         assert api_keys
         self.api_keys = api_keys
+        self.base_url = base_url.rstrip("/")
         self.http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
+            base_url=self.base_url,
             timeout=httpx.Timeout(timeout_s),
             limits=httpx.Limits(max_connections=CONNECTIONS_MAX),
         )

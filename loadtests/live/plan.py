@@ -126,6 +126,12 @@ def not_applied(scenario: Scenario) -> list[str]:
             "engine_faults.commit_failure_rate: not applicable in live mode (commits happen "
             "inside the engine)"
         )
+    marketplace = scenario.workload.marketplace
+    if marketplace.split_rate > 0 or marketplace.payouts is not None:
+        notes.append(
+            "workload.marketplace: not applicable in live mode (the engine's HTTP API takes no "
+            "split lines and no payouts; orders are sent whole)"
+        )
     if scenario.workers != Workers():
         notes.append(
             "workers: not applicable in live mode (the engine's own workers run on their own "

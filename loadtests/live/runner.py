@@ -15,6 +15,7 @@ import asyncio
 import secrets
 import time
 from collections import Counter
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,8 @@ from scenarios.runner import (
 from scenarios.schema import EngineFaults, Scenario
 
 DRAIN_S_MAX = 30.0
+READY_WAIT_S = 10.0
+READY_POLL_S = 0.25
 CLIENT_TIMEOUT_S_MAX = 60.0
 TRACED_PAYMENTS_MAX = 10
 FAULT_RECORDS_MAX = 5_000
@@ -111,10 +114,15 @@ async def _run(scenario: Scenario, options: LiveOptions) -> RunResult:
 async def preflight(api: EngineApi, psp: PspAdmin) -> tuple[list[str], list[dict[str, Any]]]:
     """Both servers answer and every key is the engine's: the merchants and their balances."""
     ready = await api.ready()
+    deadline = time.monotonic() + READY_WAIT_S
+    while ready.status != 200 and time.monotonic() < deadline:  # a server just starting
+        await asyncio.sleep(READY_POLL_S)
+        ready = await api.ready()
     if ready.status is None:
-        raise LiveError("--engine", f"no answer from {api.http.base_url}/readyz")
+        raise LiveError("--engine", f"no answer from {api.base_url}/readyz")
     if ready.status != 200:
-        raise LiveError("--engine", f"{api.http.base_url}/readyz answered {ready.status}")
+        reason = ready.body.get("reason", "") if isinstance(ready.body, dict) else ""
+        raise LiveError("--engine", f"{api.base_url}/readyz answered {ready.status} {reason}")
     for number in range(len(api.api_keys)):
         answer = await api.send(number, "GET", "/v1/balance")
         if answer.status != 200:
@@ -149,6 +157,8 @@ async def _drive(
         await clients.arrivals()
     finally:
         switcher.cancel()
+        with suppress(asyncio.CancelledError):
+            await switcher  # a plan the provider refused is raised here, not lost
     await clients.drain(DRAIN_S_MAX)
     workload_s = time.monotonic() - started
     await psp.set_faults(quiet_faults(plan).model_dump(mode="json"))
@@ -157,7 +167,7 @@ async def _drive(
     )
     shot = await snapshot(api, psp, clients.evidence)
     wall_s = time.monotonic() - started
-    outbox = None if options.db_url is None else outbox_from_db(options.db_url)
+    outbox = None if options.db_url is None else outbox_from_db(options.db_url, begun=True)
     invariants = live_invariants(shot, clients.evidence, before, webhooks_before, outbox)
     fired = {
         kind: count - counts_before.get(kind, 0)
@@ -174,7 +184,7 @@ async def _drive(
                      client_latencies_s=clients.evidence.latencies_s)  # fmt: skip
 
 
-def outbox_from_db(db_url: str) -> Invariant:
+def outbox_from_db(db_url: str, begun: bool = False) -> Invariant:
     """I8 over the engine's database (every payment in it): one outbox event per change."""
     from engine.adapters.database import Database, check_schema
     from engine.audit import check_outbox
@@ -188,7 +198,8 @@ def outbox_from_db(db_url: str) -> Invariant:
         finally:
             database.dispose()
     except Exception as exc:  # a bad URL, an unreachable server, a stale schema: say so
-        raise LiveError("--db", f"cannot read {db_url!r}: {type(exc).__name__}: {exc}") from None
+        message = f"cannot read {db_url!r}: {type(exc).__name__}: {exc}"
+        raise LiveError("--db", message, begun) from None
     inv = Invariant(result.invariant, result.name, f"{result.description} (all of --db)")
     inv.checked = result.checked
     for subject, detail in result.violations:

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadtests.live.clients import Evidence, Unknown, operation
+from loadtests.live.clients import Evidence, Unknown, operation, template
 from loadtests.live.http import Answer, EngineApi, PspAdmin
 from mock_psp.truth import EffectKind, GroundTruth, MoneyEffect
 
@@ -54,14 +54,25 @@ class Snapshot:
     fault_records: list[dict[str, Any]] = field(default_factory=list)
 
 
-async def read(api: EngineApi, key: int, path: str, params: dict[str, Any] | None = None) -> Any:
-    """A GET, retried (bounded) while the engine cannot answer; the JSON body."""
+async def read(
+    api: EngineApi,
+    key: int,
+    path: str,
+    params: dict[str, Any] | None = None,
+    evidence: Evidence | None = None,
+) -> Any:
+    """A GET, retried (bounded) while the engine cannot answer; the JSON body.
+
+    A 500 is retried too, and noted as an untyped answer (invariant E).
+    """
     answer = Answer(None, None, 0.0)
     for attempt in range(READ_TRIES_MAX):
         answer = await api.send(key, "GET", path, params=params)
         if answer.status == 200:
             return answer.body
-        if answer.status not in {None, 429, 502, 503, 504}:
+        if evidence is not None:
+            evidence.note_untyped(f"GET {template(path)}", answer)
+        if answer.status not in {None, 429, 500, 502, 503, 504}:
             break
         await asyncio.sleep(max(READ_BACKOFF_S * 2**attempt, answer.retry_after_s))
     raise ReadFailed(f"GET {path} answered {answer.status} {answer.code or ''}".strip())
@@ -83,7 +94,7 @@ async def listing(api: EngineApi, evidence: Evidence) -> dict[str, dict[str, Any
     async def of_order(order_id: str) -> list[dict[str, Any]]:
         key = evidence.order_keys[order_id]
         params = {"order_id": order_id, "limit": PAGE_SIZE}
-        body = await read(api, key, "/v1/payments", params)
+        body = await read(api, key, "/v1/payments", params, evidence)
         return list(body["data"])
 
     found = await gather_bounded([of_order(order_id) for order_id in evidence.orders])
@@ -170,8 +181,8 @@ async def snapshot(api: EngineApi, psp: PspAdmin, evidence: Evidence) -> Snapsho
     keys = {pid: evidence.order_keys[str(p["order_id"])] for pid, p in found.items()}
 
     async def full(pid: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        payment = await read(api, keys[pid], f"/v1/payments/{pid}")
-        ledger = await read(api, keys[pid], f"/v1/payments/{pid}/ledger")
+        payment = await read(api, keys[pid], f"/v1/payments/{pid}", evidence=evidence)
+        ledger = await read(api, keys[pid], f"/v1/payments/{pid}/ledger", evidence=evidence)
         return payment, ledger
 
     for payment, ledger in await gather_bounded([full(pid) for pid in sorted(found)]):

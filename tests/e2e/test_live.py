@@ -102,7 +102,8 @@ def live(stack: Stack, engine_url: str, scenario: str, report: Path, *extra: str
     return CliRunner().invoke(app, args)
 
 
-def run_report(path: Path) -> dict[str, Any]:
+def run_report(path: Path, result: Any) -> dict[str, Any]:
+    assert path.exists(), f"no report ({result.exception!r}):\n{result.output}"
     document = json.loads(path.read_text())
     assert len(document["runs"]) == 1
     run: dict[str, Any] = document["runs"][0]
@@ -121,7 +122,7 @@ def test_a_healthy_engine_keeps_every_invariant_on_the_happy_path(
                   "--payments-max", "30", "--db", stack.db_url)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "all invariants hold" in result.output
-    run = run_report(report)
+    run = run_report(report, result)
     assert run["mode"] == "live" and run["ok"] and run["problems"] == []
     assert 0 < run["payments"] <= 30 and run["engine_payments"] >= run["payments"]
     invariants = by_id(run)
@@ -129,7 +130,7 @@ def test_a_healthy_engine_keeps_every_invariant_on_the_happy_path(
         assert invariants[id_]["applicable"] and invariants[id_]["ok"], invariants[id_]
         assert invariants[id_]["checked"] > 0, id_
     assert invariants["I6"]["ok"]
-    assert not invariants["I5"]["applicable"]
+    assert not invariants["I5"]["applicable"] and invariants["I5"]["reason"]
     assert run["quiescent_at_s"] is not None
     assert sum(run["payments_by_state"].values()) == run["engine_payments"]
 
@@ -140,7 +141,7 @@ def test_provider_timeouts_are_recovered_and_every_invariant_holds(
     report = tmp_path / "report.json"
     result = live(stack, stack.engine_url, "psp-timeouts", report, "--duration", "8",
                   "--payments-max", "60")  # fmt: skip
-    run = run_report(report)
+    run = run_report(report, result)
     violated = [inv["id"] for inv in run["invariants"] if not inv["ok"]]
     assert violated == [], result.output
     assert run["quiescent_at_s"] is not None, result.output
@@ -278,7 +279,7 @@ def test_live_mode_catches_a_defective_engine(
         result = live(stack, defective_url, str(scenario), report, "--duration", "3",
                       "--payments-max", "12")  # fmt: skip
     assert result.exit_code == 1, result.output
-    run = run_report(report)
+    run = run_report(report, result)
     found = by_id(run)[invariant]
     assert found["applicable"] and not found["ok"], result.output
     assert found["violations"], found
@@ -328,3 +329,17 @@ def test_engine_faults_are_reported_as_not_applied_and_a_silent_engine_is_bad_in
     assert "engine_faults.crashes: not applicable in live mode" in result.output
     assert "engine_faults.db_outages: not applicable in live mode" in result.output
     assert "--engine: no answer" in result.output
+
+
+def test_a_key_the_engine_refuses_and_an_unreadable_db_are_bad_input(
+    stack: Stack, tmp_path: Path
+) -> None:
+    base = ["live", "happy-path", "--engine", stack.engine_url, "--psp", stack.psp_url]
+    refused = CliRunner().invoke(app, [*base, "--api-key", "sk_not_a_key_of_this_engine"])
+    assert refused.exit_code == 2, refused.output
+    assert "--api-key: key number 1 was refused by the engine (401" in refused.output
+    missing = f"sqlite:///{tmp_path / 'no' / 'such.db'}"
+    key = stack.key(f"m_live_{secrets.token_hex(4)}")
+    unreadable = CliRunner().invoke(app, [*base, "--api-key", key, "--db", missing])
+    assert unreadable.exit_code == 2, unreadable.output
+    assert "--db: cannot read" in unreadable.output
