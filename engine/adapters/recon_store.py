@@ -1,0 +1,282 @@
+"""The reconciler's rows: what the ledger says the provider did, and the recon tables.
+
+Reads (one connection, inside the caller's unit of work):
+
+- ``movements``: what the engine booked at the provider, as ``LedgerMovement``s.
+  A charge, a dispute and a won dispute are their journals (``capture``,
+  ``dispute_withdrawal``, ``dispute_reinstatement``): the size is what the
+  journal moved on ``psp_clearing`` (debits for money in, credits for money
+  out), the fee what it debited to ``provider_fees`` (a capture that booked no
+  fee, because the provider's answer did not carry one, compares no fee), the
+  reference the payment's ``provider_payment_id``, the time the journal's. A
+  refund is its ``refunds`` row once succeeded (reference ``provider_refund_id``,
+  fee 0: the engine books none and expects none, time of the last update). A
+  payout is its ``payouts`` row once the provider took it (in transit, paid or
+  failed; time of creation), and a failed one is also a payout reversal (time of
+  the failure).
+- ``bank_payouts``: payouts the engine knows landed (``paid`` with ``arrived_at``).
+
+Each is read for a span of time and for the provider references a report names,
+so a row reported long after its movement still finds it. References are looked
+up in batches of ``REF_BATCH_MAX``.
+
+Writes: a run, the settlement rows it matched (a balance transaction once,
+ever) and its exceptions (one per ``dedupe_key``, ever); both inserts ignore a
+row that is already there, so two runs racing over one report cannot fail each
+other. An exception is changed only to resolve it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+
+from engine.adapters import schema as t
+from engine.domain.ledger import PROVIDER_FEES, PSP_CLEARING
+from engine.domain.reconciliation import BankPayout, LedgerMovement, MovementKind
+
+Row = dict[str, Any]
+REF_BATCH_MAX = 500
+LIST_LIMIT_MAX = 1_000
+K = MovementKind
+
+# Journal kinds that are money moved at the provider for a payment.
+JOURNAL_KINDS: dict[str, MovementKind] = {
+    "capture": K.CHARGE,
+    "dispute_withdrawal": K.DISPUTE,
+    "dispute_reinstatement": K.DISPUTE_REVERSAL,
+}
+PAYOUT_TAKEN = ("in_transit", "paid", "failed")
+_INSERTS = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}
+
+Condition = sa.ColumnElement[bool]
+
+
+def _batches(refs: Collection[str]) -> Iterable[list[str]]:
+    ordered = sorted(refs)
+    for start in range(0, len(ordered), REF_BATCH_MAX):
+        yield ordered[start : start + REF_BATCH_MAX]
+
+
+def _span(column: sa.ColumnElement[Any], start_at: datetime, end_at: datetime) -> Condition:
+    return sa.and_(column >= start_at, column < end_at)
+
+
+# --- movements ------------------------------------------------------------------------
+
+
+def _journal_movements(
+    c: Connection, condition: Condition
+) -> dict[tuple[str, str], LedgerMovement]:
+    j, e, p = t.ledger_journals.c, t.ledger_entries.c, t.payments.c
+
+    def total(account: str, side: str) -> sa.ColumnElement[Any]:
+        matches = sa.and_(e.account == account, e.side == side)
+        return sa.func.sum(sa.case((matches, e.amount_minor), else_=0))
+
+    query = (
+        sa.select(
+            j.id,
+            j.kind,
+            j.payment_id,
+            j.created_at,
+            p.provider_payment_id,
+            p.currency,
+            total(PSP_CLEARING, "D"),
+            total(PSP_CLEARING, "C"),
+            total(PROVIDER_FEES, "D"),
+        )
+        .join(t.payments, p.id == j.payment_id)
+        .join(t.ledger_entries, e.journal_id == j.id)
+        .where(j.kind.in_(list(JOURNAL_KINDS)), p.provider_payment_id.is_not(None), condition)
+        .group_by(j.id, j.kind, j.payment_id, j.created_at, p.provider_payment_id, p.currency)
+    )
+    found: dict[tuple[str, str], LedgerMovement] = {}
+    for journal_id, kind, payment_id, at, ref, currency, debit, credit, fee in c.execute(query):
+        movement_kind = JOURNAL_KINDS[kind]
+        gross = int(credit) if movement_kind is K.DISPUTE else int(debit)
+        booked_fee = int(fee) if movement_kind is K.CHARGE and fee else None
+        found[("journal", journal_id)] = LedgerMovement(
+            ref, payment_id, movement_kind, currency, gross, booked_fee, at
+        )
+    return found
+
+
+def _refund_movements(c: Connection, condition: Condition) -> dict[tuple[str, str], LedgerMovement]:
+    r = t.refunds.c
+    query = sa.select(
+        r.id, r.payment_id, r.provider_refund_id, r.currency, r.amount_minor, r.updated_at
+    ).where(r.status == "succeeded", condition)
+    found: dict[tuple[str, str], LedgerMovement] = {}
+    for refund_id, payment_id, ref, currency, amount, at in c.execute(query):
+        # Without the provider's id nothing can match it: reported as the engine's own.
+        found[("refund", refund_id)] = LedgerMovement(
+            ref or refund_id, payment_id, K.REFUND, currency, int(amount), 0, at
+        )
+    return found
+
+
+def _payout_movements(c: Connection, condition: Condition) -> dict[tuple[str, str], LedgerMovement]:
+    po = t.payouts.c
+    query = sa.select(
+        po.id, po.provider_payout_id, po.currency, po.amount_minor, po.status,
+        po.created_at, po.updated_at,
+    ).where(po.provider_payout_id.is_not(None), po.status.in_(PAYOUT_TAKEN), condition)  # fmt: skip
+    found: dict[tuple[str, str], LedgerMovement] = {}
+    for payout_id, ref, currency, amount, status, created_at, updated_at in c.execute(query):
+        found[("payout", payout_id)] = LedgerMovement(
+            ref, None, K.PAYOUT, currency, int(amount), None, created_at
+        )
+        if status == "failed":
+            found[("payout_reversal", payout_id)] = LedgerMovement(
+                ref, None, K.PAYOUT_REVERSAL, currency, int(amount), None, updated_at
+            )
+    return found
+
+
+Reader = Callable[[Connection, Condition], dict[tuple[str, str], LedgerMovement]]
+
+
+def _readers(start_at: datetime, end_at: datetime) -> list[tuple[Reader, Condition, Any, set[K]]]:
+    """(reader, its span condition, the column a reference is, the kinds it serves)."""
+    j, r, po, p = t.ledger_journals.c, t.refunds.c, t.payouts.c, t.payments.c
+    payout_span = sa.or_(_span(po.created_at, start_at, end_at),
+                         _span(po.updated_at, start_at, end_at))  # fmt: skip
+    return [
+        (_journal_movements, _span(j.created_at, start_at, end_at), p.provider_payment_id,
+         {K.CHARGE, K.DISPUTE, K.DISPUTE_REVERSAL}),
+        (_refund_movements, _span(r.updated_at, start_at, end_at), r.provider_refund_id,
+         {K.REFUND}),
+        (_payout_movements, payout_span, po.provider_payout_id,
+         {K.PAYOUT, K.PAYOUT_REVERSAL}),
+    ]  # fmt: skip
+
+
+def movements(
+    c: Connection,
+    start_at: datetime,
+    end_at: datetime,
+    refs: Mapping[MovementKind, Collection[str]],
+) -> list[LedgerMovement]:
+    """Movements booked in ``[start_at, end_at)`` and those with a reference in ``refs``;
+    each engine row once, in a deterministic order."""
+    found: dict[tuple[str, str], LedgerMovement] = {}
+    for reader, span, ref_column, kinds in _readers(start_at, end_at):
+        found.update(reader(c, span))
+        named = set().union(*(refs.get(kind, ()) for kind in kinds))
+        for batch in _batches(named):
+            found.update(reader(c, ref_column.in_(batch)))
+    return [found[key] for key in sorted(found)]
+
+
+def bank_payouts(
+    c: Connection, start_at: datetime, end_at: datetime, refs: Collection[str]
+) -> list[BankPayout]:
+    """Payouts that landed in ``[start_at, end_at)`` or carry one of ``refs``."""
+    po = t.payouts.c
+    base = sa.select(po.id, po.provider_payout_id, po.currency, po.amount_minor, po.arrived_at)
+    base = base.where(
+        po.status == "paid", po.arrived_at.is_not(None), po.provider_payout_id.is_not(None)
+    )
+    rows = {row[0]: row for row in c.execute(base.where(_span(po.arrived_at, start_at, end_at)))}
+    for batch in _batches(refs):
+        rows.update(
+            (row[0], row) for row in c.execute(base.where(po.provider_payout_id.in_(batch)))
+        )
+    return [
+        BankPayout(ref, currency, int(amount), arrived_at)
+        for _, ref, currency, amount, arrived_at in (rows[key] for key in sorted(rows))
+    ]
+
+
+def ledger_currency(c: Connection, kind: str | None, provider_ref: str) -> str | None:
+    """The currency the engine booked a movement in, found by its provider reference."""
+    if kind in (K.REFUND, K.REFUND.value):
+        r = t.refunds.c
+        query = sa.select(r.currency).where(r.provider_refund_id == provider_ref)
+    elif kind in (K.PAYOUT.value, K.PAYOUT_REVERSAL.value):
+        po = t.payouts.c
+        query = sa.select(po.currency).where(po.provider_payout_id == provider_ref)
+    else:
+        p = t.payments.c
+        query = sa.select(p.currency).where(p.provider_payment_id == provider_ref)
+    found = c.execute(query.limit(1)).scalar()
+    return None if found is None else str(found)
+
+
+# --- runs, matched rows, exceptions -----------------------------------------------------
+
+
+def _insert_ignoring_existing(c: Connection, table: sa.Table, rows: Sequence[Row]) -> None:
+    if rows:
+        insert: Any = _INSERTS[c.dialect.name](table)
+        c.execute(insert.on_conflict_do_nothing(), list(rows))
+
+
+def insert_run(c: Connection, row: Row) -> None:
+    c.execute(t.recon_runs.insert(), row)
+
+
+def insert_settlement_rows(c: Connection, rows: Sequence[Row]) -> None:
+    _insert_ignoring_existing(c, t.settlement_rows, rows)
+
+
+def insert_exceptions(c: Connection, rows: Sequence[Row]) -> None:
+    _insert_ignoring_existing(c, t.recon_exceptions, rows)
+
+
+def existing_dedupe_keys(c: Connection, keys: Collection[str]) -> set[str]:
+    x = t.recon_exceptions.c
+    found: set[str] = set()
+    for batch in _batches(keys):
+        found.update(c.execute(sa.select(x.dedupe_key).where(x.dedupe_key.in_(batch))).scalars())
+    return found
+
+
+def last_window_end(c: Connection, source: str) -> datetime | None:
+    """Where the last run from ``source`` stopped: the next one starts there."""
+    r = t.recon_runs.c
+    found: datetime | None = c.execute(
+        sa.select(sa.func.max(r.window_end_at)).where(r.source == source)
+    ).scalar()
+    return found
+
+
+def exception(c: Connection, exception_id: str, *, lock: bool = False) -> Row | None:
+    query = sa.select(t.recon_exceptions).where(t.recon_exceptions.c.id == exception_id)
+    if lock and c.dialect.name == "postgresql":
+        query = query.with_for_update()
+    row = c.execute(query).mappings().first()
+    return None if row is None else dict(row)
+
+
+def resolve_exception(c: Connection, exception_id: str, **values: Any) -> None:
+    x = t.recon_exceptions
+    statement = x.update().where(x.c.id == exception_id, x.c.status == "open").values(**values)
+    assert c.execute(statement).rowcount == 1, f"exception {exception_id} was not open"
+
+
+def exceptions(c: Connection, status: str | None, category: str | None, limit: int) -> list[Row]:
+    """Oldest first; ``status``/``category`` None: any."""
+    assert 0 < limit <= LIST_LIMIT_MAX, limit
+    x = t.recon_exceptions.c
+    query = sa.select(t.recon_exceptions)
+    if status is not None:
+        query = query.where(x.status == status)
+    if category is not None:
+        query = query.where(x.category == category)
+    query = query.order_by(x.created_at, x.category, x.id).limit(limit)
+    return [dict(row) for row in c.execute(query).mappings()]
+
+
+def runs(c: Connection, limit: int) -> list[Row]:
+    assert 0 < limit <= LIST_LIMIT_MAX, limit
+    r = t.recon_runs.c
+    query = sa.select(t.recon_runs).order_by(r.created_at, r.id).limit(limit)
+    return [dict(row) for row in c.execute(query).mappings()]
