@@ -250,9 +250,13 @@ def history_breaks(history: list[dict[str, Any]], state: str) -> list[str]:
 def check_transitions(shot: Snapshot, evidence: Evidence) -> Invariant:
     inv = Invariant("I4", "legal_transitions", "histories follow the state machine")
     for pid, payment in sorted(shot.payments.items()):
-        history = list(payment.get("history", []))
+        history = list(payment.get("history") or [])
         inv.checked += len(history)
-        for problem in history_breaks(history, str(payment["state"])):
+        try:
+            problems = history_breaks(history, str(payment["state"]))
+        except (KeyError, TypeError, ValueError):
+            problems = ["the history cannot be read (items need seq, from_state, to_state)"]
+        for problem in problems:
             inv.add(pid, problem)
     inv.checked += evidence.coverage["capture after void refused"]
     for subject, detail in evidence.transition_violations:

@@ -156,6 +156,9 @@ def register(app: typer.Typer, console: Console) -> None:
         except LiveError as exc:
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(1 if exc.begun else 2) from None
+        except Exception as exc:  # the run could not finish: say why, never a stack trace
+            console.print(f"[red]error:[/] live run stopped: {type(exc).__name__}: {exc}")
+            raise typer.Exit(1) from None
         _print(console, result, time.perf_counter() - started, report_json, junit, quiet)
         raise typer.Exit(0 if result.ok else 1)
 

@@ -95,6 +95,12 @@ class Evidence:
             detail = f"answered {status} {answer.code or 'without an error code'}"
             self.engine_errors.append((what, f"{detail} (request {answer.request_id})"))
 
+    def note_not_a_payment(self, what: str, answer: Answer) -> None:
+        """A success (or a decline) that does not carry the payment: a finding too."""
+        if (answer.ok or answer.status == 402) and answer.payment is None:
+            detail = f"answered {answer.status} without a payment (request {answer.request_id})"
+            self.engine_errors.append((what, detail))
+
 
 def trouble(answer: Answer) -> str | None:
     """Why a client retries with the same key: the engine could not answer. None: it did."""
@@ -222,6 +228,7 @@ class LiveClients:
                 sent.key, "POST", sent.path, sent.body, sent.idempotency_key
             )
             self.evidence.note_untyped(f"POST {template(sent.path)}", answer)
+            self.evidence.note_not_a_payment(f"POST {template(sent.path)}", answer)
             why = trouble(answer)
             if why is None:
                 self.evidence.latencies_s.append(time.monotonic() - started)
@@ -239,9 +246,9 @@ class LiveClients:
     async def _after_answer(
         self, sent: Sent, answer: Answer, rng: random.Random, payment_id: str | None
     ) -> None:
-        if answer.status == 202:
-            pid = payment_id or str(answer.payment["id"])
-            self.evidence.unknown.append(Unknown(pid, sent, time.monotonic()))
+        pid = payment_id or (answer.payment or {}).get("id")
+        if answer.status == 202 and pid is not None:
+            self.evidence.unknown.append(Unknown(str(pid), sent, time.monotonic()))
             self.evidence.hit(f"{operation(sent.path)} outcome unknown: left to recovery")
         if answer.ok or answer.status == 402:
             await self.maybe_replay(sent, answer, rng)
@@ -249,7 +256,7 @@ class LiveClients:
     async def maybe_replay(self, sent: Sent, first: Answer, rng: random.Random) -> None:
         """Send a finished request again: the engine must answer exactly as before."""
         policy = self.s.clients
-        subject = str(first.body.get("id", sent.idempotency_key))
+        subject = str((first.payment or {}).get("id", sent.idempotency_key))
         if rng.random() < policy.replay_rate:
             again = await self.api.send(
                 sent.key, "POST", sent.path, sent.body, sent.idempotency_key
@@ -278,6 +285,7 @@ class LiveClients:
     async def get_payment(self, key: int, payment_id: str) -> dict[str, Any] | None:
         answer = await self.api.send(key, "GET", f"/v1/payments/{payment_id}")
         self.evidence.note_untyped("GET /v1/payments/{id}", answer)
+        self.evidence.note_not_a_payment("GET /v1/payments/{id}", answer)
         return answer.payment if answer.status == 200 else None
 
     # -- a checkout ------------------------------------------------------------------------
@@ -293,7 +301,7 @@ class LiveClients:
             "capture_method": order.capture_method,
         }  # fmt: skip
         created = await self.request(Sent(key, "/v1/payments", body, f"{key_prefix}-create"), rng)
-        if created is None or created.status != 201:
+        if created is None or created.status != 201 or created.payment is None:
             return
         payment_id = str(created.payment["id"])
         self.evidence.payments[payment_id] = key
@@ -363,7 +371,7 @@ class LiveClients:
             if (
                 voided is not None
                 and voided.ok
-                and voided.payment.get("state") == "canceled"
+                and (voided.payment or {}).get("state") == "canceled"
                 and (order.number % LATE_CAPTURE_EVERY == 0)
             ):
                 await self._late_capture(key, payment_id, key_prefix, rng)
@@ -373,7 +381,7 @@ class LiveClients:
             body = {"amount_minor": max(1, int(order.amount_minor * rng.uniform(0.3, 0.95)))}
         sent = Sent(key, f"{base}/capture", body, f"{key_prefix}-capture")
         captured = await self.request(sent, rng, payment_id)
-        if captured is not None and captured.ok and captured.payment.get("state") in {
+        if captured is not None and captured.ok and (captured.payment or {}).get("state") in {
             "captured", "partially_captured",
         }:  # fmt: skip
             await self._refunds(order, key, payment_id, key_prefix, rng)
@@ -409,7 +417,7 @@ class LiveClients:
             payment = await self.get_payment(key, payment_id)
             if payment is None:
                 return
-            left = payment["captured_minor"] - payment["refunded_minor"]
+            left = payment.get("captured_minor", 0) - payment.get("refunded_minor", 0)
             left -= payment.get("refund_reserved_minor", 0)
             if left <= 0:
                 return

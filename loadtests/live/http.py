@@ -38,9 +38,10 @@ class Answer:
         return self.status is not None and 200 <= self.status < 300
 
     @property
-    def payment(self) -> dict[str, Any]:
-        assert isinstance(self.body, dict) and "id" in self.body, self.body
-        return self.body
+    def payment(self) -> dict[str, Any] | None:
+        """The payment the answer carries, if it is one (an id and a state)."""
+        body = self.body
+        return body if isinstance(body, dict) and "id" in body and "state" in body else None
 
 
 class EngineApi:

@@ -95,7 +95,7 @@ async def listing(api: EngineApi, evidence: Evidence) -> dict[str, dict[str, Any
         key = evidence.order_keys[order_id]
         params = {"order_id": order_id, "limit": PAGE_SIZE}
         body = await read(api, key, "/v1/payments", params, evidence)
-        return list(body["data"])
+        return [payment(item, "GET /v1/payments") for item in data(body, "GET /v1/payments")]
 
     found = await gather_bounded([of_order(order_id) for order_id in evidence.orders])
     return {str(payment["id"]): payment for page in found for payment in page}
@@ -180,14 +180,13 @@ async def snapshot(api: EngineApi, psp: PspAdmin, evidence: Evidence) -> Snapsho
     found = await listing(api, evidence)
     keys = {pid: evidence.order_keys[str(p["order_id"])] for pid, p in found.items()}
 
-    async def full(pid: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        payment = await read(api, keys[pid], f"/v1/payments/{pid}", evidence=evidence)
-        ledger = await read(api, keys[pid], f"/v1/payments/{pid}/ledger", evidence=evidence)
-        return payment, ledger
+    async def full(pid: str) -> None:
+        path = f"/v1/payments/{pid}"
+        shot.payments[pid] = payment(await read(api, keys[pid], path, evidence=evidence), path)
+        ledger = await read(api, keys[pid], f"{path}/ledger", evidence=evidence)
+        shot.ledgers[pid] = data(ledger, f"{path}/ledger")
 
-    for payment, ledger in await gather_bounded([full(pid) for pid in sorted(found)]):
-        shot.payments[str(payment["id"])] = payment
-        shot.ledgers[str(payment["id"])] = list(ledger["data"])
+    await gather_bounded([full(pid) for pid in sorted(found)])
     shot.unresolved = unresolved(shot.payments, evidence.unknown)
     shot.balances = await balances(api)
     shot.truth = run_truth(await psp.ground_truth(), set(evidence.orders))
@@ -203,7 +202,32 @@ async def snapshot(api: EngineApi, psp: PspAdmin, evidence: Evidence) -> Snapsho
 
 
 async def balances(api: EngineApi) -> list[dict[str, Any]]:
-    return [await read(api, key, "/v1/balance") for key in range(len(api.api_keys))]
+    found = [await read(api, key, "/v1/balance") for key in range(len(api.api_keys))]
+    for body in found:
+        if not (isinstance(body, dict) and "merchant_id" in body and isinstance(
+            body.get("balances"), dict
+        )):  # fmt: skip
+            raise ReadFailed("GET /v1/balance: not a balance (merchant_id, balances)")
+    return found
+
+
+PAYMENT_FIELDS = ("id", "merchant_id", "order_id", "amount_minor", "state", "authorized_minor",
+                  "captured_minor", "refunded_minor")  # fmt: skip
+
+
+def payment(body: Any, where: str) -> dict[str, Any]:
+    """A payment document, or ReadFailed naming what is missing: the checks need them all."""
+    missing = [name for name in PAYMENT_FIELDS if not isinstance(body, dict) or name not in body]
+    if missing:
+        raise ReadFailed(f"{where}: not a payment (no {', '.join(missing)})")
+    assert isinstance(body, dict)
+    return body
+
+
+def data(body: Any, where: str) -> list[Any]:
+    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+        raise ReadFailed(f"{where}: no data list")
+    return list(body["data"])
 
 
 def run_truth(document: dict[str, Any], orders: set[str]) -> GroundTruth:
