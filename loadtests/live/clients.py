@@ -18,8 +18,9 @@ commands accepted, and answers that are not typed errors (a 500, or an error
 without a code).
 
 The arrival stream and the orders are drawn from the seed alone and each
-checkout has a random stream of its own, so one seed gives one workload
-whatever the servers answer and however the wall clock interleaves them.
+checkout has a random stream of its own, so one seed gives the same orders and
+each customer the same choices however the wall clock interleaves them (which
+choices come up still depends on what the servers answer).
 """
 
 from __future__ import annotations
