@@ -351,6 +351,15 @@ def _register_live() -> None:
 _register_live()
 
 
+def _register_recon() -> None:
+    from engine.entrypoints.recon_cli import register
+
+    register(app, console)
+
+
+_register_recon()
+
+
 # Simulations and servers hold large, long-lived heaps; the default thresholds
 # make the cycle collector walk them every few thousand allocations.
 GC_THRESHOLDS = (100_000, 50, 1_000)
