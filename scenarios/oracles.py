@@ -19,6 +19,7 @@ from engine.adapters import schema as t
 from engine.audit import CheckResult, audit
 from mock_psp.truth import EffectKind, GroundTruth, MoneyEffect, MoneyTotals
 from scenarios.marketplace import fee_violations, payout_violations, wallet_violations
+from scenarios.reconcile import check_reconciliation
 from scenarios.world import World
 
 # What the provider's PaymentIntent status must be for each engine state.
@@ -330,6 +331,7 @@ def run_oracles(world: World) -> list[Invariant]:
         engine_checks["I8"],
         check_webhook_intake(world),
         check_engine_errors(world),
+        check_reconciliation(world),
     ]
 
 

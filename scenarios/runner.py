@@ -18,6 +18,7 @@ from typing import Any
 from mock_psp.faults import FaultPlanConfig
 from scenarios.clients import Clients
 from scenarios.oracles import Invariant, payment_trace, run_oracles
+from scenarios.reconcile import reconcile_at_quiescence, start_reconciliation
 from scenarios.schema import Scenario
 from scenarios.world import EPOCH_S, Step, World
 
@@ -70,6 +71,13 @@ def declared_faults(scenario: Scenario) -> list[str]:
         "old_timestamp_rate": "webhook.old_timestamp",
     }
     declared |= {kind for name, kind in webhook_faults.items() if getattr(plan.webhooks, name) > 0}
+    settlement_faults = {
+        "missing_row_rate": "settlement.missing_row",
+        "amount_mismatch_rate": "settlement.amount_mismatch",
+        "late_row_rate": "settlement.late_row",
+        "unexpected_row_count": "settlement.unexpected_row",
+    }
+    declared |= {kind for name, kind in settlement_faults.items() if getattr(plan.settlement, name)}
     engine = scenario.engine_faults
     if engine.crashes or engine.crash_rate_per_hour > 0:
         declared.add("engine.crash")
@@ -114,6 +122,8 @@ def quiesce(world: World) -> Step:
             continue
         if world.engine.unpublished_events(1):
             continue
+        if reconcile_at_quiescence(world):  # it settled payments: their events to relay
+            continue
         break
     yield from world.recover_once()
     world.quiescent_at_s = world.env.now
@@ -142,6 +152,7 @@ def run_scenario(
     env.process(world.outbox_relay())
     if scenario.workload.marketplace.payouts is not None:
         env.process(world.payout_scheduler())
+    start_reconciliation(world)
     env.process(world.sampler(max(scenario.duration_s / 100.0, 1.0)))
     done = env.process(quiesce(world))
     # Run in slices of simulated time only to report progress: events are

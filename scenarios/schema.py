@@ -189,6 +189,33 @@ class Workers(_Strict):
     key_expiry_interval_s: DurationS = 3_600.0
 
 
+class Reconciliation(_Strict):
+    """The provider's settlement report reconciled on a schedule (``scenarios.reconcile``).
+
+    Windows of ``interval_s`` from the start; each is reconciled ``delay_s`` after
+    it ends (so that what the engine learns late is booked by then), with rows
+    matched up to ``lateness_s`` from their movements. All whole seconds.
+    """
+
+    interval_s: DurationS = 300.0
+    delay_s: DurationS = 300.0
+    lateness_s: DurationS = 120.0
+    amount_tolerance_minor: int = Field(default=0, ge=0, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Reconciliation:
+        for name in ("interval_s", "delay_s", "lateness_s"):
+            if not float(getattr(self, name)).is_integer():
+                raise ValueError(f"{name} is whole seconds")
+        if self.interval_s < 60:
+            raise ValueError("interval_s is at least 60 seconds")
+        if self.lateness_s > self.interval_s:
+            raise ValueError("lateness_s must not exceed interval_s")
+        if self.delay_s < self.lateness_s:
+            raise ValueError("delay_s must be at least lateness_s: rows that late are not in yet")
+        return self
+
+
 class Expect(_Strict):
     """Bounds a run must meet on top of the invariants."""
 
@@ -210,6 +237,7 @@ class Scenario(_Strict):
     psp_faults: dict[str, Any] = Field(default_factory=dict)
     engine_faults: EngineFaults = Field(default_factory=EngineFaults)
     workers: Workers = Field(default_factory=Workers)
+    reconciliation: Reconciliation | None = None  # off unless the scenario asks for it
     expect: Expect = Field(default_factory=Expect)
 
     def fault_plan(self) -> FaultPlanConfig:
@@ -221,6 +249,21 @@ class Scenario(_Strict):
             self.fault_plan()
         except FaultConfigError as exc:
             raise ValueError(f"psp_faults.{exc}") from exc
+        return self
+
+    @model_validator(mode="after")
+    def _late_rows_detectable(self) -> Scenario:
+        """A late row must land beyond its movement's window and the lateness, or no
+        reconciliation could tell it from a punctual one."""
+        recon, spec = self.reconciliation, self.fault_plan().settlement
+        if recon is None or spec.late_row_rate == 0:
+            return self
+        needed_s = recon.interval_s + 2 * recon.lateness_s
+        if spec.late_by_s < needed_s:
+            raise ValueError(
+                f"psp_faults.settlement.late_by_s: at least reconciliation.interval_s + "
+                f"2 x lateness_s ({needed_s:g}), or a late row is matched as punctual"
+            )
         return self
 
 

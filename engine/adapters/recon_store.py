@@ -6,9 +6,11 @@ Reads (one connection, inside the caller's unit of work):
   A charge, a dispute and a won dispute are their journals (``capture``,
   ``dispute_withdrawal``, ``dispute_reinstatement``): the size is what the
   journal moved on ``psp_clearing`` (debits for money in, credits for money
-  out), the fee what it debited to ``provider_fees`` (a capture that booked no
-  fee, because the provider's answer did not carry one, compares no fee), the
-  reference the payment's ``provider_payment_id``, the time the journal's. A
+  out), the fee what it debited to ``provider_fees`` less what it credited
+  there (a journal that booked no fee, because the provider's answer did not
+  carry one, compares no fee), the
+  reference the payment's ``provider_payment_id``, the time the journal's (a
+  fee's own pair of entries on ``psp_clearing`` is taken off the size). A
   refund is its ``refunds`` row once succeeded (reference ``provider_refund_id``,
   fee 0: the engine books none and expects none, time of the last update). A
   payout is its ``payouts`` row once the provider took it (in transit, paid or
@@ -91,6 +93,7 @@ def _journal_movements(
             total(PSP_CLEARING, "D"),
             total(PSP_CLEARING, "C"),
             total(PROVIDER_FEES, "D"),
+            total(PROVIDER_FEES, "C"),
         )
         .join(t.payments, p.id == j.payment_id)
         .join(t.ledger_entries, e.journal_id == j.id)
@@ -98,12 +101,15 @@ def _journal_movements(
         .group_by(j.id, j.kind, j.payment_id, j.created_at, p.provider_payment_id, p.currency)
     )
     found: dict[tuple[str, str], LedgerMovement] = {}
-    for journal_id, kind, payment_id, at, ref, currency, debit, credit, fee in c.execute(query):
+    for journal_id, kind, payment_id, at, ref, currency, *totals in c.execute(query):
+        psp_debit, psp_credit, fee_debit, fee_credit = (int(total) for total in totals)
         movement_kind = JOURNAL_KINDS[kind]
-        gross = int(credit) if movement_kind is K.DISPUTE else int(debit)
-        booked_fee = int(fee) if movement_kind is K.CHARGE and fee else None
+        # A fee moves psp_clearing too (against provider_fees): it is not the movement.
+        out = movement_kind is K.DISPUTE
+        gross = psp_credit - fee_debit if out else psp_debit - fee_credit
+        fee = fee_debit - fee_credit
         found[("journal", journal_id)] = LedgerMovement(
-            ref, payment_id, movement_kind, currency, gross, booked_fee, at
+            ref, payment_id, movement_kind, currency, gross, fee or None, at
         )
     return found
 

@@ -27,6 +27,8 @@ from engine.domain.commands import Capture
 from engine.domain.errors import Conflict, InvalidRequest, NotFound, SettlementFileInvalid
 from engine.domain.money import CURRENCY_EXPONENTS
 from engine.domain.ports import FixedClock, SeededIds
+from engine.domain.provider import EventType, ProviderEvent
+from engine.domain.reconciliation import MovementKind
 from engine.service.driver import perform
 from engine.service.engine import PaymentEngine
 from engine.service.reconciliation import RECON_ADJUSTMENTS, Reconciler
@@ -296,3 +298,30 @@ def test_a_malformed_report_names_its_line_and_column_and_nothing_is_kept(
     for table in (t.recon_runs, t.settlement_rows, t.recon_exceptions):
         assert count(database, table) == 0
     assert "settled" not in states(book).values()
+
+
+# -- disputes ---------------------------------------------------------------------------------
+def test_a_dispute_and_its_reversal_match_their_rows_and_a_wrong_one_is_found(
+    book: Book, database: Database
+) -> None:
+    payment_id, intent = book.payments["plain"], f"pi_{book.payments['plain']}"
+    later, report = START + 2 * DAY, Report()  # a day of its own
+    book.clock.set(later + timedelta(hours=3))
+    opened = ProviderEvent("evt_d1", EventType.DISPUTE_CREATED.value, book.clock.now(),
+                           payment_id=payment_id, amount_minor=2_000)  # fmt: skip
+    assert book.engine.apply_provider_event(opened).outcome == "applied"
+    report.add("txn_dispute", book.clock.now(), "USD", -2_000, 1_500, "dispute", intent=intent)
+    book.clock.advance(timedelta(hours=1))
+    won = ProviderEvent("evt_d2", EventType.DISPUTE_WON.value, book.clock.now(),
+                        payment_id=payment_id)  # fmt: skip
+    assert book.engine.apply_provider_event(won).outcome == "applied"
+    report.add("txn_won", book.clock.now(), "USD", 2_000, -1_500, "dispute_reversal",
+               intent=intent)  # fmt: skip
+    summary = book.recon.run(report.csv(), "test", later, later + DAY)
+    assert summary.clean and summary.matched_count == 2, summary.exceptions
+    report.by_bt("txn_won").update(gross="19.99", net=major(1_999 + 1_500, "USD"))
+    wrong = book.recon.run(report.csv(), "test", later, later + DAY)
+    assert [(e.category.value, e.kind) for e in wrong.exceptions] == [
+        ("amount_mismatch", MovementKind.DISPUTE_REVERSAL)
+    ]
+    assert_audit_holds(database)

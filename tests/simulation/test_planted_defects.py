@@ -18,6 +18,7 @@ run catches them too); "first" is the first seed that catches:
 | webhook dedupe by event id skipped alone | webhook-storm | none      | -     | 0/20   |
 | platform fee rounded down, not half up   | marketplace-split | F     | 1     | 20/20  |
 | a refund's seller debit kept off a wallet | marketplace-split | I5   | 1     | 20/20  |
+| a settlement row silently ignored        | settlement-mismatch | R     | 1     | 20/20  |
 
 The last is no money bug in this engine: intake is idempotent a second time,
 by state and open attempt, so the harness shows it only in coverage (below).
@@ -42,7 +43,9 @@ from engine.domain.provider import (
     ProviderEvent,
     ProviderOutcome,
 )
+from engine.domain.settlement import SettlementReport, SettlementRow
 from engine.service.engine import PaymentEngine
+from engine.service.reconciliation import Reconciler
 from engine.service.views import PaymentView, StepResult
 from scenarios.clients import Clients
 from scenarios.runner import RunResult, run_scenario
@@ -258,6 +261,15 @@ def wallet_moved_outside_the_ledger(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(Store, "add_to_wallet", skip_debits)
 
 
+def settlement_row_silently_ignored(mp: pytest.MonkeyPatch) -> None:
+    """The reconciler loses a report's last row before matching (an off-by-one)."""
+
+    def all_but_the_last(self: Reconciler, report: SettlementReport) -> tuple[SettlementRow, ...]:
+        return report.rows[:-1]
+
+    mp.setattr(Reconciler, "_report_rows", all_but_the_last)
+
+
 # -- what catches each ----------------------------------------------------------------------
 # (plant, scenario, duration_s, invariants that must be named). The first of
 # SEEDS that catches is enough (seed 1 catches each today); the others keep the
@@ -273,6 +285,7 @@ CATCHES: list[tuple[Plant, str, float, set[str]]] = [
     (ledger_written_after_the_state_change, "crash-recovery", 600.0, {"I3"}),
     (platform_fee_rounded_down, "marketplace-split", 120.0, {"F"}),
     (wallet_moved_outside_the_ledger, "marketplace-split", 120.0, {"I5"}),
+    (settlement_row_silently_ignored, "settlement-mismatch", 120.0, {"R"}),
 ]
 
 
