@@ -252,6 +252,12 @@ def serve_engine(
     circuit_open_s: Annotated[
         float, typer.Option(help="Seconds an open circuit fails calls fast.")
     ] = 30.0,
+    recon_interval_s: Annotated[
+        float, typer.Option(help="Reconciliation windows in seconds (0: off).")
+    ] = 0.0,
+    recon_delay_s: Annotated[
+        float, typer.Option(help="Reconcile a window this long after it ends.")
+    ] = 3_600.0,
 ) -> None:
     """The engine's HTTP API and its workers (run `paychaos db upgrade` first)."""
     import os
@@ -269,7 +275,8 @@ def serve_engine(
     settings = serve.ServiceSettings(
         db, psp, psp_key, webhook_secret, provider_timeout_s, workers=not no_workers,
         worker_interval_s=worker_interval_s, recovery_schedule_s=schedule,
-        circuit_open_s=circuit_open_s,
+        circuit_open_s=circuit_open_s, recon_interval_s=recon_interval_s,
+        recon_delay_s=recon_delay_s,
     )  # fmt: skip
     problem = settings.problem()
     if problem is not None:

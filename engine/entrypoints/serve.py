@@ -26,13 +26,17 @@ from engine.entrypoints.logs import configure as configure_logs
 from engine.entrypoints.metrics import Metrics
 from engine.entrypoints.system import RandomIds, SystemClock
 from engine.service.engine import RECOVERY_SCHEDULE, EngineSettings, PaymentEngine
+from engine.service.reconciliation import Reconciler
 from engine.workers import BackgroundWorker, InProcessPublisher, Worker, lease_for
+from engine.workers.reconciliation import HttpReportSource, ReconciliationWorker
 
 DEFAULT_DB_URL = "sqlite:///paychaos.db"
 DEFAULT_PSP_URL = "http://127.0.0.1:12111"
 DEFAULT_RECOVERY_SCHEDULE_S = tuple(step.total_seconds() for step in RECOVERY_SCHEDULE)
 RECOVERY_STEPS_MAX = 32
 RECOVERY_STEP_S_MAX = 30 * 86_400.0
+RECON_INTERVAL_S_MAX = 7 * 86_400.0
+RECON_LATENESS_S = 300
 
 
 def parse_schedule(text: str) -> tuple[float, ...]:
@@ -65,6 +69,9 @@ class ServiceSettings:
     worker_interval_s: float = 1.0
     recovery_schedule_s: tuple[float, ...] = DEFAULT_RECOVERY_SCHEDULE_S
     circuit_open_s: float = 30.0
+    # Reconciliation windows (0: off): each reconciled recon_delay_s after it ends.
+    recon_interval_s: float = 0.0
+    recon_delay_s: float = 3_600.0
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
@@ -83,6 +90,8 @@ class ServiceSettings:
             worker_interval_s=float(env.get("PAYCHAOS_WORKER_INTERVAL_S", "1")),
             recovery_schedule_s=schedule,
             circuit_open_s=float(env.get("PAYCHAOS_CIRCUIT_OPEN_S", "30")),
+            recon_interval_s=float(env.get("PAYCHAOS_RECON_INTERVAL_S", "0")),
+            recon_delay_s=float(env.get("PAYCHAOS_RECON_DELAY_S", "3600")),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -98,6 +107,8 @@ class ServiceSettings:
             "PAYCHAOS_WORKER_INTERVAL_S": str(self.worker_interval_s),
             "PAYCHAOS_RECOVERY_SCHEDULE_S": format_schedule(self.recovery_schedule_s),
             "PAYCHAOS_CIRCUIT_OPEN_S": str(self.circuit_open_s),
+            "PAYCHAOS_RECON_INTERVAL_S": str(self.recon_interval_s),
+            "PAYCHAOS_RECON_DELAY_S": str(self.recon_delay_s),
         }
 
     def problem(self) -> tuple[str, str] | None:
@@ -113,7 +124,7 @@ class ServiceSettings:
             return "worker_interval_s", "above 0 and at most 3600 seconds"
         if not 0 < self.circuit_open_s <= 3_600:
             return "circuit_open_s", "above 0 and at most 3600 seconds"
-        return None
+        return recon_problem(self.recon_interval_s, self.recon_delay_s)
 
 
 def build_services(settings: ServiceSettings) -> Services:
@@ -135,6 +146,29 @@ def build_services(settings: ServiceSettings) -> Services:
     )  # fmt: skip
 
 
+def recon_problem(interval_s: float, delay_s: float) -> tuple[str, str] | None:
+    """Reconciliation's settings: off (0), or windows of a minute to a week."""
+    if interval_s != 0 and not 60 <= interval_s <= RECON_INTERVAL_S_MAX:
+        return "recon_interval_s", f"0 (off), or 60 to {RECON_INTERVAL_S_MAX:.0f} seconds"
+    if not RECON_LATENESS_S <= delay_s <= RECON_INTERVAL_S_MAX:
+        return "recon_delay_s", f"{RECON_LATENESS_S} to {RECON_INTERVAL_S_MAX:.0f} seconds"
+    return None
+
+
+def build_reconciliation(
+    engine: PaymentEngine, settings: ServiceSettings
+) -> ReconciliationWorker | None:
+    """The scheduled reconciliation against the provider's report, when it is on."""
+    if settings.recon_interval_s <= 0:
+        return None
+    source = HttpReportSource(settings.psp_url, settings.psp_api_key)
+    reconciler = Reconciler(engine.db, engine.clock, engine.ids, engine)
+    return ReconciliationWorker(
+        reconciler, source, interval_s=settings.recon_interval_s,
+        delay_s=settings.recon_delay_s, lateness_s=RECON_LATENESS_S,
+    )  # fmt: skip
+
+
 def build_workers(engine: PaymentEngine, settings: ServiceSettings) -> BackgroundWorker:
     """The workers of ``paychaos serve worker``, on a thread, relaying to an in-process consumer."""
     # A provider of their own: lookups retry with the attempt's key (nobody waits on
@@ -143,11 +177,18 @@ def build_workers(engine: PaymentEngine, settings: ServiceSettings) -> Backgroun
         settings.psp_url, settings.psp_api_key, timeout_s=settings.provider_timeout_s,
         breaker=CircuitBreaker(open_s=settings.circuit_open_s),
     )  # fmt: skip
-    worker = Worker.assemble(engine, provider, InProcessPublisher())
+    reconciliation = build_reconciliation(engine, settings)
+    worker = Worker.assemble(engine, provider, InProcessPublisher(), reconciliation)
     # Stopping waits at most for the lookup in flight and its resend: their tries and backoff.
     stop_s_max = 2 * provider.retry.attempts_max * (settings.provider_timeout_s + 1.0) + 1.0
+
+    def close() -> None:
+        provider.close()
+        if reconciliation is not None:
+            reconciliation.source.close()
+
     return BackgroundWorker(
-        worker, lease_for(engine.db), settings.worker_interval_s, close=provider.close,
+        worker, lease_for(engine.db), settings.worker_interval_s, close=close,
         stop_s_max=stop_s_max,
     )  # fmt: skip
 

@@ -113,13 +113,22 @@ def register(app: typer.Typer, serve_app: typer.Typer, console: Console) -> None
                 "(as for serve engine: use the same schedule)."
             ),
         ] = None,
+        recon_interval_s: Annotated[
+            float, typer.Option(help="Reconciliation windows in seconds (0: off).")
+        ] = 0.0,
+        recon_delay_s: Annotated[
+            float, typer.Option(help="Reconcile a window this long after it ends.")
+        ] = 3_600.0,
     ) -> None:
         """Recovery, outbox relay, webhook inbox and key expiry, in a loop (Ctrl-C stops).
 
         One process per database runs them at a time (an API process with embedded
         workers included); another started on the same database stands by."""
-        from engine.entrypoints.serve import parse_schedule
+        from engine.entrypoints.serve import parse_schedule, recon_problem
 
+        problem = recon_problem(recon_interval_s, recon_delay_s)
+        if problem is not None:
+            _fail(console, f"--{problem[0].replace('_', '-')}: {problem[1]}")
         if not psp.startswith(("http://", "https://")):
             _fail(console, "--psp: an http:// or https:// URL")
         if bus is not None and not bus.startswith("nats://"):
@@ -134,7 +143,7 @@ def register(app: typer.Typer, serve_app: typer.Typer, console: Console) -> None
                 recovery_schedule=tuple(timedelta(seconds=step) for step in steps)
             )
         _run_worker(console, _engine(console, db, settings), psp, psp_key, bus, interval_s,
-                    max_loops, provider_timeout_s)  # fmt: skip
+                    max_loops, provider_timeout_s, (recon_interval_s, recon_delay_s))  # fmt: skip
 
 
 def _run_worker(
@@ -146,8 +155,10 @@ def _run_worker(
     interval_s: float,
     max_loops: int | None,
     provider_timeout_s: float,
+    recon: tuple[float, float] = (0.0, 3_600.0),
 ) -> None:
     from engine.adapters.psp_http import HttpProvider
+    from engine.entrypoints.serve import ServiceSettings, build_reconciliation
     from engine.workers import InProcessPublisher, Worker, lease_for
     from engine.workers.relay import Publisher
 
@@ -159,7 +170,11 @@ def _run_worker(
         publisher = NatsPublisher(bus)
     else:
         publisher = InProcessPublisher()
-    worker = Worker.assemble(engine, provider, publisher)
+    recon_settings = ServiceSettings(
+        engine.db.url, psp, psp_key, recon_interval_s=recon[0], recon_delay_s=recon[1]
+    )
+    reconciliation = build_reconciliation(engine, recon_settings)
+    worker = Worker.assemble(engine, provider, publisher, reconciliation)
     lease = lease_for(engine.db)
     stop = threading.Event()
     previous = None
@@ -182,6 +197,8 @@ def _run_worker(
         lease.release()
         publisher.close()
         provider.close()
+        if reconciliation is not None:
+            reconciliation.source.close()
         engine.db.dispose()
     errors = ", ".join(f"{name} {count}" for name, count in sorted(report.errors.items()))
     standby = f", {report.standby_loops} standing by (another process ran them)"

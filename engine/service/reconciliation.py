@@ -379,6 +379,11 @@ class Reconciler:
         )
         return sum(self.engine.settle_payment(payment_id) for payment_id in payment_ids)
 
+    def last_window_end(self, source: str) -> datetime | None:
+        """Where the last run from ``source`` stopped; a scheduled worker goes on there."""
+        with self.db.transaction() as c:
+            return recon_store.last_window_end(c, parse_source(source))
+
     # -- exceptions ---------------------------------------------------------------------------
     def exceptions(
         self, status: str | None = "open", category: str | None = None, limit: int = 100

@@ -1,4 +1,5 @@
-"""The worker loop: recovery, outbox relay, webhook inbox and key expiry, every interval.
+"""The worker loop: recovery, outbox relay, webhook inbox, key expiry and (when set up)
+reconciliation, every interval.
 
 Bounded: each task does one batch per loop, ``loops_max`` bounds the loop (for
 tests), and ``stop`` ends it between tasks. Transient trouble (the database or
@@ -26,11 +27,12 @@ from engine.service.driver import Provider
 from engine.service.engine import PaymentEngine
 from engine.workers.inbox import InboxProcessor
 from engine.workers.lease import Lease
+from engine.workers.reconciliation import ReconciliationWorker, ReportUnavailable
 from engine.workers.recovery import RecoveryWorker
 from engine.workers.relay import OutboxRelay, Publisher, PublishFailed
 
 log = logging.getLogger("paychaos.worker")
-TRANSIENT = (StoreUnavailable, PublishFailed, Conflict)
+TRANSIENT = (StoreUnavailable, PublishFailed, Conflict, ReportUnavailable)
 
 
 @dataclass(slots=True)
@@ -50,6 +52,8 @@ class LoopReport:
     webhooks_failed: int = 0
     webhooks_dead: int = 0
     keys_expired: int = 0
+    windows_reconciled: int = 0
+    recon_exceptions_new: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     last_loop_at: datetime | None = None
     last_loop_s: float = 0.0
@@ -63,20 +67,28 @@ class Worker:
         relay: OutboxRelay,
         inbox: InboxProcessor,
         monotonic: Callable[[], float] = time.monotonic,
+        reconciliation: ReconciliationWorker | None = None,
     ):
         self.engine = engine
         self.recovery = recovery
         self.relay = relay
         self.inbox = inbox
+        self.reconciliation = reconciliation
         self.monotonic = monotonic
         self.report = LoopReport()
 
     @classmethod
-    def assemble(cls, engine: PaymentEngine, provider: Provider, publisher: Publisher) -> Worker:
+    def assemble(
+        cls,
+        engine: PaymentEngine,
+        provider: Provider,
+        publisher: Publisher,
+        reconciliation: ReconciliationWorker | None = None,
+    ) -> Worker:
         """Every task, with its default batch size: what ``serve`` and ``serve worker`` run."""
         return cls(
             engine, RecoveryWorker(engine, provider), OutboxRelay(engine, publisher),
-            InboxProcessor(engine),
+            InboxProcessor(engine), reconciliation=reconciliation,
         )  # fmt: skip
 
     def _guarded(self, name: str, task: Callable[[], Any]) -> Any:
@@ -112,6 +124,12 @@ class Worker:
                 r.webhooks_dead += inbox.dead
         if not stopping():
             r.keys_expired += self._guarded("expiry", self.engine.expire_idempotency_keys) or 0
+        reconciliation = self.reconciliation
+        if reconciliation is not None and not stopping():
+            recon = self._guarded("reconciliation", lambda: reconciliation.run_once(stopping))
+            if recon is not None:
+                r.windows_reconciled += recon.windows
+                r.recon_exceptions_new += recon.exceptions_new
         r.loops += 1
         r.last_loop_s = self.monotonic() - started_s
         r.last_loop_at = self.engine.clock.now()

@@ -1,0 +1,168 @@
+"""Reconciliation in the service: the provider's settlement report, window by window.
+
+Time is cut into windows of ``interval_s`` (UTC, from the epoch: hours, days);
+window ``[start, end)`` is reconciled ``delay_s`` after it ends, when the
+provider's report of it is complete and what the engine learns late (by
+recovery, by webhook) is booked. The report is fetched for the window widened
+by ``lateness_s`` on each side (``ReportSource``: the mock PSP's
+``GET /_admin/settlement`` over HTTP) and handed to the ``Reconciler``.
+
+Where to start: after the last window this source reconciled (``recon_runs``),
+or the first time at the last window that is due. At most ``windows_max``
+windows per loop: a worker that was away catches up over a few loops, and
+``stopping()`` is asked between windows. A report that cannot be fetched is
+transient (``ReportUnavailable``: the loop skips, the window waits); a report
+the engine cannot read is logged and its window tried again next loop, never
+passed by: a day left unreconciled must stay loud.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from engine.domain.errors import PaychaosError, SettlementFileInvalid
+from engine.domain.reconciliation import Tolerances
+from engine.domain.settlement import REPORT_CHARS_MAX
+from engine.service.reconciliation import Reconciler
+
+log = logging.getLogger("paychaos.worker.reconciliation")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+SOURCE = "worker:psp"
+
+
+class ReportUnavailable(PaychaosError):
+    """The provider did not hand over its report this time: try again next loop."""
+
+    code = "settlement_report_unavailable"
+    http_status = 503
+
+
+class ReportSource:
+    """Where settlement reports come from: one JSON document per time span."""
+
+    def fetch(self, start_s: int, end_s: int) -> Mapping[str, Any]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Let go of connections; nothing by default."""
+
+
+class HttpReportSource(ReportSource):
+    """The mock PSP's ``/_admin/settlement`` (Stripe's report runs would sit here)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout_s: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        self.client = httpx.Client(
+            base_url=base_url.rstrip("/"), timeout=httpx.Timeout(timeout_s),
+            headers={"Authorization": f"Bearer {api_key}"}, transport=transport,
+        )  # fmt: skip
+
+    def fetch(self, start_s: int, end_s: int) -> Mapping[str, Any]:
+        params = {"start": str(start_s), "end": str(end_s), "format": "json"}
+        try:
+            response = self.client.get("/_admin/settlement", params=params)
+        except httpx.HTTPError as exc:
+            raise ReportUnavailable(message=f"settlement report: {type(exc).__name__}") from exc
+        if response.status_code != 200:
+            raise ReportUnavailable(message=f"settlement report: HTTP {response.status_code}")
+        if len(response.content) > REPORT_CHARS_MAX:
+            raise SettlementFileInvalid("too_large", f"over {REPORT_CHARS_MAX} bytes")
+        try:
+            document = response.json()
+        except ValueError as exc:
+            raise SettlementFileInvalid("bad_json", "the report is not JSON") from exc
+        if not isinstance(document, dict):
+            raise SettlementFileInvalid("bad_json", "the report is not a JSON object")
+        return document
+
+    def close(self) -> None:
+        self.client.close()
+
+
+@dataclass(slots=True)
+class ReconReport:
+    windows: int = 0
+    matched: int = 0
+    settled: int = 0
+    exceptions_new: int = 0
+    refused: int = 0
+
+
+def window_end(start_at: datetime, interval: timedelta) -> datetime:
+    """The end of the window holding ``start_at``: the next multiple of ``interval``."""
+    return EPOCH + ((start_at - EPOCH) // interval + 1) * interval
+
+
+class ReconciliationWorker:
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        source: ReportSource,
+        *,
+        interval_s: float = 3_600.0,
+        delay_s: float = 3_600.0,
+        lateness_s: int = 300,
+        windows_max: int = 24,
+        source_name: str = SOURCE,
+    ):
+        assert interval_s >= 60 and delay_s >= lateness_s >= 0 and windows_max > 0
+        self.reconciler = reconciler
+        self.source = source
+        self.interval = timedelta(seconds=interval_s)
+        self.delay = timedelta(seconds=delay_s)
+        self.tolerances = Tolerances(lateness_s=lateness_s)
+        self.windows_max = windows_max
+        self.source_name = source_name
+        self._next_start_at: datetime | None = None
+
+    def _start_at(self, now: datetime) -> datetime:
+        if self._next_start_at is None:
+            last = self.reconciler.last_window_end(self.source_name)
+            # The first time: the last window that is due, not the whole past.
+            due_end = window_end(now - self.delay - self.interval, self.interval)
+            self._next_start_at = last or due_end - self.interval
+        return self._next_start_at
+
+    def run_once(self, stopping: Callable[[], bool] = lambda: False) -> ReconReport:
+        """The windows that are due, oldest first, at most ``windows_max``."""
+        report = ReconReport()
+        now = self.reconciler.clock.now()
+        slack = timedelta(seconds=self.tolerances.lateness_s)
+        for _ in range(self.windows_max):
+            start_at = self._start_at(now)
+            end_at = window_end(start_at, self.interval)
+            if end_at + self.delay > now or stopping():
+                break
+            document = self.source.fetch(_epoch_s(start_at - slack), _epoch_s(end_at + slack))
+            try:
+                summary = self.reconciler.run(document, self.source_name, start_at, end_at,
+                                              self.tolerances)  # fmt: skip
+            except SettlementFileInvalid as exc:
+                report.refused += 1
+                log.error("the provider's settlement report was refused: %s", exc.message,
+                          extra={"window_start": start_at.isoformat()})  # fmt: skip
+                break
+            self._next_start_at = end_at
+            report.windows += 1
+            report.matched += summary.matched_count
+            report.settled += summary.settled_count
+            report.exceptions_new += summary.new_count
+            log.info("reconciled", extra={"window_start": start_at.isoformat(),
+                                          "exceptions_new": summary.new_count})  # fmt: skip
+        return report
+
+
+def _epoch_s(moment: datetime) -> int:
+    return int((moment - EPOCH).total_seconds())
