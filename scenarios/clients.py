@@ -36,6 +36,7 @@ FLOW_METHODS = {
     "three_ds": ("manual", "pm_card_authenticationRequired"),
     "three_ds_abandon": ("manual", "pm_card_authenticationRequired"),
     "decline": ("manual", "pm_card_chargeDeclined"),
+    "dispute": ("automatic", "pm_card_createDispute"),
 }
 POLLS_MAX = 20
 LATE_CAPTURE_EVERY = 3  # every third voided order also gets a late capture (I4)

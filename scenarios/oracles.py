@@ -296,6 +296,36 @@ def check_platform_fees(world: World) -> Invariant:
     return _needs_splits(world, inv)
 
 
+def check_money_conservation(world: World) -> Invariant:
+    """I9: what the provider holds, by its own balance transactions, equals what the
+    engine's ledger says it holds (the clearing account, less payouts the provider has
+    sent but the bank has not confirmed). With I1 (a zero trial balance) this is the
+    decomposition: provider settlement = merchant and seller payables + platform fees
+    - provider fees - refunds - disputes - payouts, to the minor unit."""
+    inv = Invariant("I9", "money_conservation",
+                    "the provider's balance equals the engine's ledger, per currency")  # fmt: skip
+    provider: dict[str, int] = defaultdict(int)
+    for bt in world.psp.state.balance_transactions.values():
+        provider[bt.currency.upper()] += bt.net_minor
+    e = t.ledger_entries.c
+    signed = sa.case((e.side == "D", e.amount_minor), else_=-e.amount_minor)
+    query = (
+        sa.select(e.account, e.currency, sa.func.sum(signed))
+        .where(e.account.in_(("psp_clearing", "payouts_in_transit")))
+        .group_by(e.account, e.currency)
+    )
+    engine: dict[str, int] = defaultdict(int)
+    with world.db.engine.connect() as connection:
+        for _account, currency, total in connection.execute(query):
+            engine[str(currency)] += int(total)
+    for currency in sorted(set(provider) | set(engine)):
+        inv.checked += 1
+        if provider[currency] != engine[currency]:
+            inv.add(currency, f"the provider holds {provider[currency]}, the engine's ledger "
+                              f"says {engine[currency]}")  # fmt: skip
+    return inv
+
+
 def _needs_splits(world: World, inv: Invariant) -> Invariant:
     """Not applicable to a scenario without split payments (and none was made)."""
     if inv.checked == 0 and inv.ok and world.scenario.workload.marketplace.split_rate == 0:
@@ -326,6 +356,7 @@ def run_oracles(world: World) -> list[Invariant]:
         engine_checks["I4"],
         check_wallets(world),
         check_platform_fees(world),
+        check_money_conservation(world),
         check_idempotency(world),
         check_convergence(world),
         engine_checks["I8"],

@@ -78,6 +78,8 @@ def declared_faults(scenario: Scenario) -> list[str]:
         "unexpected_row_count": "settlement.unexpected_row",
     }
     declared |= {kind for name, kind in settlement_faults.items() if getattr(plan.settlement, name)}
+    if plan.payouts.failure_rate > 0:
+        declared.add("payout.failed")
     engine = scenario.engine_faults
     if engine.crashes or engine.crash_rate_per_hour > 0:
         declared.add("engine.crash")
@@ -118,7 +120,7 @@ def quiesce(world: World) -> Step:
             continue
         if world.engine.unresolved_attempts(timedelta(0), 1, awaiting_customer=False):
             continue
-        if world.engine.open_payouts(1):
+        if world.engine.open_payouts(1) or world.engine.fee_lookups(1):
             continue
         if world.engine.unpublished_events(1):
             continue
@@ -152,6 +154,8 @@ def run_scenario(
     env.process(world.outbox_relay())
     if scenario.workload.marketplace.payouts is not None:
         env.process(world.payout_scheduler())
+    if scenario.workload.flows.dispute > 0:
+        env.process(world.dispute_desk())
     start_reconciliation(world)
     env.process(world.sampler(max(scenario.duration_s / 100.0, 1.0)))
     done = env.process(quiesce(world))

@@ -76,6 +76,7 @@ class Flows(_Strict):
     three_ds: Weight = 0.0
     three_ds_abandon: Weight = 0.0
     decline: Weight = 0.5
+    dispute: Weight = 0.0  # captured at once, then disputed by the cardholder
 
     @model_validator(mode="after")
     def _some(self) -> Flows:
@@ -134,6 +135,9 @@ class Workload(_Strict):
     payments_max: int = Field(default=10_000, ge=1, le=PAYMENTS_MAX)
     think_time_s: DurationS = 5.0
     marketplace: Marketplace = Field(default_factory=Marketplace)
+    # The merchant's dispute desk answers each dispute after a while; some are won.
+    dispute_response_s: DurationS = 300.0
+    dispute_win_rate: Probability = 0.5
 
     @model_validator(mode="after")
     def _known_currencies(self) -> Workload:

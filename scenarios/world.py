@@ -30,7 +30,12 @@ from engine.adapters import stripe_dialect as dialect
 from engine.adapters.database import Database, LedgerGuardRefused
 from engine.adapters.webhook_signature import WebhookRejected, verify
 from engine.domain.commands import CreatePayout
-from engine.domain.errors import InsufficientFunds, PaychaosError, StoreUnavailable
+from engine.domain.errors import (
+    EventTooEarly,
+    InsufficientFunds,
+    PaychaosError,
+    StoreUnavailable,
+)
 from engine.domain.marketplace import Split
 from engine.domain.ports import SeededIds
 from engine.domain.provider import CallKind, OutcomeStatus, ProviderCall, ProviderOutcome
@@ -120,6 +125,7 @@ class Order:
 
 
 RELAY_INTERVAL_S = 5.0
+DISPUTE_DESK_INTERVAL_S = 60.0
 RELAY_BATCH_MAX = 1_000
 RELAY_DUPLICATE_RATE = 0.05
 
@@ -170,6 +176,7 @@ class World:
                 "relay",
                 "commits",
                 "payouts",
+                "disputes",
             )
         }
         self.env = simpy.Environment()
@@ -343,6 +350,9 @@ class World:
         event = dialect.event_from_stripe(json.loads(payload))
         try:
             result = self.guarded("apply_provider_event", self.engine.apply_provider_event, event)
+        except EventTooEarly:
+            self.hit(f"webhook {event.type} refused until the engine catches up")
+            return 409
         except EngineFault:
             return 500  # the provider retries; the error is a finding of the run
         except StoreUnavailable:
@@ -396,7 +406,18 @@ class World:
                 self.hit(f"{call.kind} {outcome.status} resolved by lookup")
         if self.scenario.workload.marketplace.payouts is not None:
             yield from self.recover_payouts()
+        yield from self.learn_fees()
         return len(calls)
+
+    def learn_fees(self) -> Step:
+        """Captures the engine learned by webhook: ask the provider for their fees."""
+        for call in self.engine.fee_lookups(self.scenario.workers.recovery_batch_max):
+            incarnation = self.node.check(self.env.now)
+            outcome = yield from self.provider_call(call)
+            self.node.still(incarnation, self.env.now)
+            with suppress(EngineFault):
+                if self.guarded("complete_fee", self.engine.complete_fee, call.payment_id, outcome):
+                    self.hit("provider fee of a capture learned by webhook: asked for")
 
     def look_up(self, call: ProviderCall) -> ProviderOutcome:
         """Ask the provider what became of a call: by its key, or its object now."""
@@ -412,6 +433,32 @@ class World:
         if outcome.status is not OutcomeStatus.REQUIRES_ACTION:
             self.hit(f"3DS outcome {outcome.status} found by polling the provider")
         return outcome
+
+    # -- the merchant's dispute desk ------------------------------------------------------
+    def dispute_desk(self) -> Step:
+        """Answer each open dispute after a while, with evidence that wins or loses it."""
+        workload = self.scenario.workload
+        rng = self.rng["disputes"]
+        answered: set[str] = set()
+        while self.quiescent_at_s is None:
+            yield self.env.timeout(DISPUTE_DESK_INTERVAL_S)
+            due_s = self.env.now - workload.dispute_response_s
+            for dispute in list(self.psp.state.disputes.values()):
+                if dispute.id in answered or dispute.created_s > due_s + EPOCH_S:
+                    continue
+                if dispute.status != "needs_response":
+                    continue
+                won = rng.random() < workload.dispute_win_rate
+                text = "winning_evidence" if won else "losing_evidence"
+                request = ApiRequest(
+                    "POST", f"/v1/disputes/{dispute.id}",
+                    {"evidence[uncategorized_text]": text},
+                    {"Authorization": f"Bearer {API_KEY}"},
+                )  # fmt: skip
+                result = self.psp.handle(request)
+                if result.response is not None and result.response.status == 200:
+                    answered.add(dispute.id)
+                    self.hit(f"dispute answered: {'won' if won else 'lost'}")
 
     # -- payouts -------------------------------------------------------------------------
     def payout_scheduler(self) -> Step:

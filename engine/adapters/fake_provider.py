@@ -76,7 +76,7 @@ class FakeProvider:
             truth.captured_minor = call.amount_minor
             return ProviderOutcome(
                 OutcomeStatus.SUCCEEDED, provider_id, amount_minor=call.amount_minor,
-                fee_minor=provider_fee_minor(call.amount_minor),
+                fee_minor=provider_fee_minor(call.amount_minor), fee_known=True,
             )  # fmt: skip
         if call.kind is CallKind.VOID:
             if truth.captured_minor:
@@ -105,6 +105,6 @@ class FakeProvider:
             truth.captured_minor = call.amount_minor
             return ProviderOutcome(
                 OutcomeStatus.SUCCEEDED, provider_id, amount_minor=call.amount_minor,
-                captured=True, fee_minor=provider_fee_minor(call.amount_minor),
+                captured=True, fee_minor=provider_fee_minor(call.amount_minor), fee_known=True,
             )  # fmt: skip
         return ProviderOutcome(OutcomeStatus.SUCCEEDED, provider_id, amount_minor=call.amount_minor)

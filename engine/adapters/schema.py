@@ -94,6 +94,8 @@ payments = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     # How many lines (sellers) a split payment has; 0 for a plain payment.
     sa.Column("lines_count", sa.Integer, nullable=False, server_default="0"),
+    # A capture learned without its provider fee (by a webhook): the fee is asked for.
+    sa.Column("fee_pending", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.CheckConstraint("amount_minor > 0", name="amount_positive"),
     sa.CheckConstraint(
         "authorized_minor >= 0 AND authorized_minor <= amount_minor", name="authorized_in_range"

@@ -366,6 +366,11 @@ class Store:
             for row in self._execute(sa.select(w).order_by(w.c.owner_id, w.c.currency)).mappings()
         ]
 
+    def fee_pending_payments(self, limit: int) -> list[Row]:
+        pay = t.payments
+        query = sa.select(pay).where(pay.c.fee_pending == sa.true()).order_by(pay.c.id).limit(limit)
+        return [dict(row) for row in self._execute(query).mappings()]
+
     # history and outbox -------------------------------------------------
     def insert_history(self, row: Row) -> None:
         self._insert(t.payment_history, row)

@@ -53,13 +53,18 @@ def _metadata(call: ProviderCall) -> dict[str, str]:
     return metadata
 
 
+# The provider's fee is on the charge's balance transaction: asked for with every call
+# that may capture, so the capture's journal books it at once.
+EXPAND_FEE = {"expand[0]": "latest_charge.balance_transaction"}
+
+
 def request_for(call: ProviderCall) -> StripeRequest:
     """The one Stripe request that performs a call; retries reuse it verbatim."""
     if call.kind is CallKind.AUTHORIZE and call.provider_payment_id is not None:
         # A second confirm (after 3DS) confirms the same intent: a new intent
         # would be a second charge waiting to happen.
         path = f"/v1/payment_intents/{call.provider_payment_id}/confirm"
-        params = {"payment_method": call.payment_method}
+        params = {"payment_method": call.payment_method, **EXPAND_FEE}
         return StripeRequest("POST", path, params, call.idempotency_key)
     if call.kind is CallKind.AUTHORIZE:
         params = {
@@ -68,9 +73,14 @@ def request_for(call: ProviderCall) -> StripeRequest:
             "payment_method": call.payment_method,
             "capture_method": call.capture_method,
             "confirm": "true",
+            **EXPAND_FEE,
             **_metadata(call),
         }
         return StripeRequest("POST", "/v1/payment_intents", params, call.idempotency_key)
+    if call.kind is CallKind.FEE:
+        assert call.provider_payment_id is not None, "a fee lookup needs the provider's id"
+        path = f"/v1/payment_intents/{call.provider_payment_id}"
+        return StripeRequest("GET", path, dict(EXPAND_FEE), call.idempotency_key)
     if call.kind is CallKind.PAYOUT:
         params = {
             "amount": str(call.amount_minor),
@@ -82,7 +92,7 @@ def request_for(call: ProviderCall) -> StripeRequest:
     assert call.provider_payment_id is not None, f"{call.kind} needs the provider's id"
     base = f"/v1/payment_intents/{call.provider_payment_id}"
     if call.kind is CallKind.CAPTURE:
-        params = {"amount_to_capture": str(call.amount_minor)}
+        params = {"amount_to_capture": str(call.amount_minor), **EXPAND_FEE}
         return StripeRequest("POST", f"{base}/capture", params, call.idempotency_key)
     if call.kind is CallKind.VOID:
         return StripeRequest("POST", f"{base}/cancel", {}, call.idempotency_key)
@@ -141,12 +151,14 @@ def _outcome_from_intent(call: ProviderCall, intent: Mapping[str, Any]) -> Provi
     if status == "requires_capture":
         return ProviderOutcome(O.SUCCEEDED, pi_id, amount_minor=intent.get("amount_capturable"))
     if status == "succeeded":
+        fee = _fee_minor(intent)
         return ProviderOutcome(
             O.SUCCEEDED,
             pi_id,
             amount_minor=intent.get("amount_received"),
             captured=call.kind is CallKind.AUTHORIZE,
-            fee_minor=_fee_minor(intent),
+            fee_minor=fee or 0,
+            fee_known=fee is not None,
         )
     if status == "canceled":
         if call.kind is CallKind.VOID:
@@ -161,14 +173,14 @@ def _outcome_from_intent(call: ProviderCall, intent: Mapping[str, Any]) -> Provi
     return ProviderOutcome(O.UNKNOWN, pi_id, message=f"payment intent is {status}")
 
 
-def _fee_minor(intent: Mapping[str, Any]) -> int:
-    """The fee, when the charge and its balance transaction came expanded."""
+def _fee_minor(intent: Mapping[str, Any]) -> int | None:
+    """The fee, when the charge and its balance transaction came expanded; else None."""
     charge = intent.get("latest_charge")
     if isinstance(charge, Mapping):
         transaction = charge.get("balance_transaction")
         if isinstance(transaction, Mapping):
             return int(transaction.get("fee") or 0)
-    return 0
+    return None
 
 
 def _outcome_from_refund(refund: Mapping[str, Any]) -> ProviderOutcome:
@@ -220,6 +232,16 @@ _INTENT_EVENTS = {
 }
 
 
+def _dispute_fee_minor(kind: str, dispute: Mapping[str, Any]) -> int:
+    """The dispute fee the provider took (on opening) or gave back (on a win)."""
+    bts = dispute.get("balance_transactions") or []
+    if kind == EventType.DISPUTE_CREATED:
+        return sum(int(bt.get("fee") or 0) for bt in bts if int(bt.get("amount") or 0) < 0)
+    if kind == EventType.DISPUTE_WON:
+        return sum(-int(bt.get("fee") or 0) for bt in bts if int(bt.get("amount") or 0) > 0)
+    return 0
+
+
 def event_from_stripe(event: Mapping[str, Any]) -> ProviderEvent:
     """A verified Stripe event as the engine's neutral ``ProviderEvent``."""
     kind = str(event["type"])
@@ -262,6 +284,7 @@ def event_from_stripe(event: Mapping[str, Any]) -> ProviderEvent:
             mapped_kind = (EventType.DISPUTE_WON if won else EventType.DISPUTE_LOST).value
         return ProviderEvent(
             type=mapped_kind, provider_payment_id=obj.get("payment_intent"),
-            amount_minor=obj.get("amount"), **common,
+            amount_minor=obj.get("amount"), fee_minor=_dispute_fee_minor(mapped_kind, obj),
+            **common,
         )  # fmt: skip
     return ProviderEvent(type=kind, provider_payment_id=obj.get("payment_intent"), **common)

@@ -19,7 +19,8 @@ an HTTP status hint; broken invariants are ``assert``s. Lower-layer exceptions
     │   ├── IllegalTransition             illegal_transition
     │   ├── OperationInProgress           operation_in_progress
     │   ├── OrderAlreadyActive            order_already_active
-    │   └── InsufficientFunds             insufficient_funds
+    │   ├── InsufficientFunds             insufficient_funds
+    │   └── EventTooEarly                 event_too_early
     └── StoreUnavailable                  store_unavailable 503
 """
 
@@ -161,6 +162,13 @@ class InsufficientFunds(Conflict):
     """A payout larger than the seller's available balance."""
 
     code = "insufficient_funds"
+
+
+class EventTooEarly(Conflict):
+    """A provider event about money the engine has not yet seen move (a dispute on a
+    charge whose capture is still on its way): not recorded, so a redelivery is taken."""
+
+    code = "event_too_early"
 
 
 class StoreUnavailable(PaychaosError):

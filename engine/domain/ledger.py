@@ -107,6 +107,21 @@ def dispute_withdrawal(disputed: Money) -> Journal:
     return Journal("dispute_withdrawal", tuple(_pair(DISPUTES, PSP_CLEARING, disputed)))
 
 
+def provider_fee(fee: Money) -> list[Entry]:
+    """A provider fee learned after its capture: the provider kept it from the balance."""
+    return _pair(PROVIDER_FEES, PSP_CLEARING, fee)
+
+
+def dispute_fee(fee: Money, *, returned: bool) -> tuple[Entry, ...]:
+    """The provider's dispute fee (a provider fee, the platform's cost), or its return on a win."""
+    pair = (
+        _pair(PSP_CLEARING, PROVIDER_FEES, fee)
+        if returned
+        else _pair(PROVIDER_FEES, PSP_CLEARING, fee)
+    )
+    return tuple(pair)
+
+
 def dispute_reinstatement(disputed: Money) -> Journal:
     return Journal("dispute_reinstatement", tuple(_pair(PSP_CLEARING, DISPUTES, disputed)))
 

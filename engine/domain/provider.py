@@ -22,6 +22,9 @@ class CallKind(StrEnum):
     # A seller's payout: ``attempt_id`` is the payout's id, ``merchant_id`` the
     # seller, and the payment fields are empty.
     PAYOUT = "payout"
+    # Ask for the provider's fee on a capture the engine learned without it (by a
+    # webhook): a read, safe to repeat.
+    FEE = "fee"
 
 
 class OutcomeStatus(StrEnum):
@@ -62,6 +65,7 @@ class ProviderOutcome:
     decline_code: str | None = None
     message: str | None = None
     provider_payout_id: str | None = None
+    fee_known: bool = False  # the answer carried the fee (else it is learned later)
 
 
 class EventType(StrEnum):

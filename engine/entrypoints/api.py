@@ -44,6 +44,7 @@ from engine.domain.errors import (
     RateLimited,
     Unauthorized,
 )
+from engine.domain.marketplace import LINES_MAX, Split
 from engine.domain.ports import Clock
 from engine.entrypoints.metrics import Metrics
 from engine.service.driver import Provider, perform
@@ -98,6 +99,11 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class SplitBody(_Body):
+    seller_id: str = Field(max_length=255)
+    amount_minor: int
+
+
 class CreatePaymentBody(_Body):
     amount_minor: int
     currency: str = Field(max_length=3)
@@ -105,6 +111,8 @@ class CreatePaymentBody(_Body):
     payment_method: str = Field(max_length=128)
     capture_method: str = "manual"
     metadata: dict[str, str] = Field(default_factory=dict)
+    # A marketplace payment: one line per seller, adding up to amount_minor.
+    splits: list[SplitBody] = Field(default_factory=list, max_length=LINES_MAX)
 
 
 class AmountBody(_Body):
@@ -202,12 +210,19 @@ def _payment_routes(app: FastAPI) -> None:
         command = CreatePayment(
             who.merchant_id, key or "", body.order_id, body.amount_minor, body.currency,
             body.payment_method, body.capture_method, body.metadata,
+            tuple(Split(line.seller_id, line.amount_minor) for line in body.splits),
         )  # fmt: skip
         return _respond(services.engine.create_payment(command))
 
     @app.get("/v1/payments/{payment_id}", tags=["payments"])
     def get_payment(payment_id: str, who: Reader, services: ServicesDep) -> dict[str, Any]:
-        return services.engine.get_payment(payment_id, who.merchant_id).as_dict()
+        body = services.engine.get_payment(payment_id, who.merchant_id).as_dict()
+        lines = services.engine.lines_of(payment_id)
+        if lines:
+            keys = ("line_no", "seller_id", "amount_minor", "captured_minor", "fee_minor",
+                    "refunded_minor", "fee_reversed_minor", "disputed_minor", "bucket")  # fmt: skip
+            body["lines"] = [{key: line[key] for key in keys} for line in lines]
+        return body
 
     @app.get("/v1/payments", tags=["payments"])
     def list_payments(

@@ -27,6 +27,7 @@ from engine.domain.commands import Authorize, Capture, CreatePayment, CreatePayo
 from engine.domain.errors import (
     AmountExceeded,
     Conflict,
+    EventTooEarly,
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
     IllegalTransition,
@@ -85,6 +86,7 @@ EVENT_CALL_KINDS = {
 DISPUTE_EVENTS = frozenset(
     {EventType.DISPUTE_CREATED, EventType.DISPUTE_WON, EventType.DISPUTE_LOST}
 )
+BEFORE_CAPTURE = frozenset({S.CREATED, S.REQUIRES_ACTION, S.PROCESSING, S.AUTHORIZED})
 RESPONSE_CODE = {O.SUCCEEDED: 200, O.DECLINED: 402, O.REQUIRES_ACTION: 200, O.UNKNOWN: 202}
 # When recovery asks the provider about an open attempt: the first lookup one step
 # after the attempt began, each further one a step after the last "unknown"; after
@@ -479,7 +481,7 @@ class PaymentEngine:
                 seq = self._move(
                     s, p, S.CAPTURED, reason, attempt_id=attempt_id, event_id=event_id,
                     amount_minor=amount, authorized_minor=amount, captured_minor=amount,
-                    fee_minor=outcome.fee_minor, **ids,
+                    fee_minor=outcome.fee_minor, fee_pending=not outcome.fee_known, **ids,
                 )  # fmt: skip
                 journal = self._capture_journal(s, p, None, amount, outcome.fee_minor)
             else:
@@ -519,6 +521,7 @@ class PaymentEngine:
         seq = self._move(
             s, p, to_state, reason, attempt_id=attempt["id"], event_id=event_id,
             amount_minor=captured, captured_minor=captured, fee_minor=outcome.fee_minor,
+            fee_pending=not outcome.fee_known,
         )  # fmt: skip
         journal = self._capture_journal(s, p, p["authorized_minor"], captured, outcome.fee_minor)
         self._post(s, p, journal, seq)
@@ -695,6 +698,45 @@ class PaymentEngine:
         attempt = self._new_attempt(s, payment, CallKind.REFUND, amount, key_id, refund_id)
         call = self._call(payment, attempt)
         return StepResult(PaymentView.of(payment), 202, call, refund_id=refund_id)
+
+    # -- provider fees learned after the capture -------------------------------------------
+    def fee_lookups(self, limit: int = 100) -> list[ProviderCall]:
+        """Captures learned without their fee (by a webhook): ask the provider for it."""
+
+        def step(s: Store) -> list[ProviderCall]:
+            return [self._fee_call(p) for p in s.fee_pending_payments(limit)]
+
+        return self._run(step)
+
+    @staticmethod
+    def _fee_call(p: Row) -> ProviderCall:
+        return ProviderCall(
+            attempt_id=p["id"], kind=CallKind.FEE, idempotency_key=f"paychaos-fee-{p['id']}",
+            payment_id=p["id"], merchant_id=p["merchant_id"], order_id=p["order_id"],
+            amount_minor=p["captured_minor"], currency=p["currency"],
+            payment_method=p["payment_method"], capture_method=p["capture_method"],
+            provider_payment_id=p["provider_payment_id"],
+        )  # fmt: skip
+
+    def complete_fee(self, payment_id: str, outcome: ProviderOutcome) -> bool:
+        """Book the fee the provider says it took on the capture, once; False if not known."""
+
+        def step(s: Store) -> bool:
+            p = self._locked(s, payment_id)
+            if not p["fee_pending"] or outcome.status is not O.SUCCEEDED or not outcome.fee_known:
+                return False
+            extra = outcome.fee_minor - p["fee_minor"]
+            assert extra >= 0, (payment_id, outcome.fee_minor, p["fee_minor"])
+            s.update_payment(p["id"], p["history_count"], fee_minor=outcome.fee_minor,
+                             fee_pending=False, updated_at=self.clock.now())  # fmt: skip
+            if extra:
+                fee = ledger.Journal(
+                    "provider_fee", tuple(ledger.provider_fee(self._money(p, extra)))
+                )
+                self._post(s, p, fee, None)
+            return True
+
+        return self._run(step)
 
     # -- recovery -----------------------------------------------------------------------
     def unresolved_attempts(
@@ -1000,6 +1042,8 @@ class PaymentEngine:
             captured=event.type == EventType.SUCCEEDED and kind is CallKind.AUTHORIZE,
             fee_minor=event.fee_minor,
             decline_code=event.decline_code,
+            # A Stripe intent event never carries the fee: zero means "not said".
+            fee_known=event.fee_minor > 0,
         )
 
     @staticmethod
@@ -1023,6 +1067,10 @@ class PaymentEngine:
 
     def _apply_dispute(self, s: Store, p: Row, event: ProviderEvent) -> str:
         state = S(p["state"])
+        if event.type == EventType.DISPUTE_CREATED and state in BEFORE_CAPTURE:
+            # The provider captured (the dispute proves it) but the engine has not
+            # learned it yet: refuse the delivery, the provider sends it again.
+            raise EventTooEarly(message=f"payment {p['id']} is {state.value}: not captured yet")
         amount = event.amount_minor or (p["captured_minor"] - p["refunded_minor"])
         if event.type == EventType.DISPUTE_CREATED:
             if not is_legal(state, S.DISPUTED) or amount <= 0:
@@ -1036,9 +1084,13 @@ class PaymentEngine:
                 journal = ledger.split_dispute_withdrawal(p["merchant_id"], money, shares)
             else:
                 journal = ledger.dispute_withdrawal(money)
-            self._post(s, p, journal, seq)
+            fee = ledger.dispute_fee(self._money(p, event.fee_minor), returned=False)
+            self._post(s, p, ledger.Journal(journal.kind, journal.entries + fee), seq)
             return "applied"
         if state is not S.DISPUTED:
+            opened = any(row["reason"] == "dispute_created_by_event" for row in s.history(p["id"]))
+            if not opened:  # the dispute's opening is still on its way: take it first
+                raise EventTooEarly(message=f"payment {p['id']} has no dispute open yet")
             return "stale"
         if event.type == EventType.DISPUTE_WON:
             disputed = p["disputed_minor"]
@@ -1050,7 +1102,8 @@ class PaymentEngine:
                 journal = ledger.split_dispute_reinstatement(p["merchant_id"], money, shares)
             else:
                 journal = ledger.dispute_reinstatement(money)
-            self._post(s, p, journal, seq)
+            fee = ledger.dispute_fee(self._money(p, event.fee_minor), returned=True)
+            self._post(s, p, ledger.Journal(journal.kind, journal.entries + fee), seq)
         return "applied"
 
     # -- reads ------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ class RecoveryReport:
     resent: int = 0
     still_unknown: int = 0
     deferred: int = 0
+    fees_learned: int = 0
 
 
 def provider_known_away(provider: Provider) -> bool:
@@ -74,4 +75,15 @@ class RecoveryWorker:
                 extra={"attempt_id": call.attempt_id, "payment_id": call.payment_id,
                        "outcome": str(outcome.status)},
             )  # fmt: skip
+        if not stopping() and not provider_known_away(self.provider):
+            report.fees_learned = self.learn_fees(stopping)
         return report
+
+    def learn_fees(self, stopping: Callable[[], bool]) -> int:
+        """Captures learned by webhook carry no fee: ask the provider (a read) for each."""
+        learned = 0
+        for call in self.engine.fee_lookups(self.batch_max):
+            if stopping() or provider_known_away(self.provider):
+                break
+            learned += self.engine.complete_fee(call.payment_id, self.provider.call(call))
+        return learned

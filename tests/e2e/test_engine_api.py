@@ -309,3 +309,29 @@ def test_logs_are_json_with_correlation_ids_and_never_a_secret(
     assert requests[0]["merchant_id"] == "m_one"
     text = json.dumps(lines)
     assert "4242424242424242" not in text and SECRET not in text
+
+
+def test_a_split_payment_shows_its_sellers_lines(client: TestClient) -> None:
+    splits = [
+        {"seller_id": "s_a", "amount_minor": 6_000},
+        {"seller_id": "s_b", "amount_minor": 4_000},
+    ]
+    payment = create(client, splits=splits)
+    pid = payment["id"]
+    post(client, f"/v1/payments/{pid}/confirm", key="a")
+    post(client, f"/v1/payments/{pid}/capture", {"amount_minor": 5_000}, "cap")
+    lines = get(client, f"/v1/payments/{pid}").json()["lines"]
+    assert [(ln["seller_id"], ln["captured_minor"]) for ln in lines] == [
+        ("s_a", 3_000),
+        ("s_b", 2_000),
+    ]
+
+
+def test_a_split_that_does_not_add_up_is_refused_naming_the_field(client: TestClient) -> None:
+    response = post(
+        client, "/v1/payments", {**PAYMENT, "splits": [{"seller_id": "s_a", "amount_minor": 1}]}
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("splits_total_mismatch", "splits")
+    assert get(client, "/v1/payments").json()["data"] == []

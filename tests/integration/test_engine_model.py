@@ -58,6 +58,7 @@ from engine.domain.commands import (
 )
 from engine.domain.errors import (
     AmountExceeded,
+    EventTooEarly,
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
     IllegalTransition,
@@ -272,6 +273,7 @@ class ModelPayment:
     fee_minor: int = 0
     disputed_minor: int = 0
     history_count: int = 1
+    dispute_opened: bool = False
 
     @property
     def refundable_minor(self) -> int:
@@ -483,11 +485,14 @@ class Model:
 
     # -- webhooks -----------------------------------------------------------------------
     def deliver(self, event: ProviderEvent) -> str:
-        """What the engine must say about an event: applied, stale, duplicate..."""
+        """What the engine must say about an event: applied, stale, duplicate, or
+        too_early (refused, not recorded: the provider delivers it again later)."""
         if event.event_id in self.delivered:
             return "duplicate"
-        self.delivered.add(event.event_id)
         p = self.payments[event.payment_id] if event.payment_id else None
+        if p is not None and self._dispute_too_early(p, EventType(event.type)):
+            return "too_early"
+        self.delivered.add(event.event_id)
         if p is None:
             return "unmatched"
         before = p.history_count
@@ -534,6 +539,15 @@ class Model:
             return "stale"
         raise AssertionError(f"the test's provider never moves {p.id} on its own by {event}")
 
+    @staticmethod
+    def _dispute_too_early(p: ModelPayment, event_type: EventType) -> bool:
+        """A dispute on a charge whose capture the engine has not learned yet, or its
+        decision before its opening."""
+        if event_type is EventType.DISPUTE_CREATED:
+            return p.state in {S.CREATED, S.REQUIRES_ACTION, S.PROCESSING, S.AUTHORIZED}
+        decided = event_type in {EventType.DISPUTE_WON, EventType.DISPUTE_LOST}
+        return decided and p.state is not S.DISPUTED and not p.dispute_opened
+
     def _dispute(self, p: ModelPayment, event_type: EventType, amount: int | None) -> str:
         if event_type is EventType.DISPUTE_CREATED:
             amount = amount or p.captured_minor - p.refunded_minor
@@ -541,6 +555,7 @@ class Model:
                 return "stale"
             self.move(p, S.DISPUTED)
             p.disputed_minor = amount
+            p.dispute_opened = True
             return "applied"
         if p.state is not S.DISPUTED:
             return "stale"
@@ -657,6 +672,11 @@ class EngineAgainstModel(RuleBasedStateMachine):
 
     def deliver(self, webhook: ProviderEvent) -> None:
         expected = self.model.deliver(webhook)
+        if expected == "too_early":
+            with pytest.raises(EventTooEarly):
+                self.engine.apply_provider_event(webhook)
+            path(f"webhook {webhook.type}: refused until the engine catches up")
+            return
         result = self.engine.apply_provider_event(webhook)
         assert result.outcome == expected, (webhook, result, expected)
         path(f"webhook {webhook.type}: {expected}")

@@ -12,7 +12,7 @@ from engine.audit import audit
 from engine.domain.commands import Authorize, Capture, CreatePayment, Refund
 from engine.domain.errors import InvalidRequest
 from engine.domain.marketplace import FeePlan, Split
-from engine.domain.provider import EventType, ProviderEvent
+from engine.domain.provider import EventType, OutcomeStatus, ProviderEvent, ProviderOutcome
 from engine.service.driver import perform
 from engine.service.engine import PaymentEngine
 from tests.integration.helpers import MERCHANT
@@ -173,4 +173,25 @@ def test_settlement_makes_each_sellers_share_available_once(
     perform(engine, provider, engine.begin_refund(Refund(MERCHANT, "r-2", payment_id, None)))
     assert wallets_by_seller(engine) == {"s_books": (0, 0), "s_music": (0, 0)}
     assert_wallets_match_the_ledger(engine)
+    assert_audit_holds(database)
+
+
+def test_a_capture_learned_by_webhook_gets_its_fee_asked_for_once(
+    engine: PaymentEngine, provider: FakeProvider, database: Database
+) -> None:
+    created = engine.create_payment(CreatePayment(MERCHANT, "c-1", "o-1", 1_000, "USD",
+                                                  "pm_card_visa", "automatic"))  # fmt: skip
+    payment_id = created.payment.id
+    engine.begin_authorize(Authorize(MERCHANT, "a-1", payment_id))  # the answer is lost
+    succeeded = ProviderEvent("evt_1", EventType.SUCCEEDED.value, AT, payment_id=payment_id,
+                              provider_payment_id="pi_1", amount_minor=1_000)  # fmt: skip
+    assert engine.apply_provider_event(succeeded).outcome == "applied"
+    [call] = engine.fee_lookups()
+    answer = ProviderOutcome(OutcomeStatus.SUCCEEDED, "pi_1", fee_minor=59, fee_known=True)
+    assert engine.complete_fee(call.payment_id, answer) is True
+    assert engine.complete_fee(call.payment_id, answer) is False
+    assert engine.fee_lookups() == []
+    assert engine.get_payment(payment_id)["fee_minor"] == 59
+    kinds = [journal["kind"] for journal, _ in engine.ledger_of(payment_id)]
+    assert sorted(kinds) == ["capture", "provider_fee"]
     assert_audit_holds(database)

@@ -19,6 +19,7 @@ run catches them too); "first" is the first seed that catches:
 | platform fee rounded down, not half up   | marketplace-split | F     | 1     | 20/20  |
 | a refund's seller debit kept off a wallet | marketplace-split | I5   | 1     | 20/20  |
 | a settlement row silently ignored        | settlement-mismatch | R     | 1     | 20/20  |
+| a dispute debited twice (300 s runs)     | dispute-storm | I9        | 1     | 20/20  |
 
 The last is no money bug in this engine: intake is idempotent a second time,
 by state and open attempt, so the harness shows it only in coverage (below).
@@ -26,11 +27,13 @@ by state and open attempt, so the harness shows it only in coverage (below).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from engine.adapters import stripe_dialect
 from engine.adapters.store import Row, Store
 from engine.domain import ledger
 from engine.domain.commands import Authorize, Capture
@@ -270,6 +273,29 @@ def settlement_row_silently_ignored(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(Reconciler, "_report_rows", all_but_the_last)
 
 
+def dispute_debited_twice(mp: pytest.MonkeyPatch) -> None:
+    """The dispute's withdrawal is posted again by its funds_withdrawn webhook."""
+    translate = stripe_dialect.event_from_stripe
+
+    def withdrawal_as_opening(event: Any) -> ProviderEvent:
+        parsed = translate(event)
+        if parsed.type == "charge.dispute.funds_withdrawn":
+            return dataclasses.replace(parsed, type=EventType.DISPUTE_CREATED.value)
+        return parsed
+
+    apply_dispute = PaymentEngine._apply_dispute
+
+    def post_again(self: PaymentEngine, s: Store, p: Row, event: ProviderEvent) -> str:
+        if event.type == EventType.DISPUTE_CREATED and p["state"] == "disputed":
+            money = self._money(p, event.amount_minor or p["disputed_minor"])
+            self._post(s, p, ledger.dispute_withdrawal(money), None)
+            return "applied"
+        return apply_dispute(self, s, p, event)
+
+    mp.setattr(stripe_dialect, "event_from_stripe", withdrawal_as_opening)
+    mp.setattr(PaymentEngine, "_apply_dispute", post_again)
+
+
 # -- what catches each ----------------------------------------------------------------------
 # (plant, scenario, duration_s, invariants that must be named). The first of
 # SEEDS that catches is enough (seed 1 catches each today); the others keep the
@@ -286,6 +312,7 @@ CATCHES: list[tuple[Plant, str, float, set[str]]] = [
     (platform_fee_rounded_down, "marketplace-split", 120.0, {"F"}),
     (wallet_moved_outside_the_ledger, "marketplace-split", 120.0, {"I5"}),
     (settlement_row_silently_ignored, "settlement-mismatch", 120.0, {"R"}),
+    (dispute_debited_twice, "dispute-storm", 300.0, {"I9"}),
 ]
 
 
