@@ -90,6 +90,9 @@ SETTLES_ON_RESOLVE = frozenset(
     {C.AMOUNT_MISMATCH, C.FEE_MISMATCH, C.CURRENCY_MISMATCH, C.OUTSIDE_WINDOW}
 )
 STATUSES = ("open", "resolved")
+# The row's fields a reference is taken from (``payout_id`` is the report's automatic_payout_id).
+REF_COLUMNS = ("balance_transaction_id", "payment_intent_id", "charge_id", "refund_id",
+               "dispute_id", "source_id", "payout_id")  # fmt: skip
 _WHERE = re.compile(r"line (\d+)|data\[(\d+)\]")
 
 
@@ -219,13 +222,13 @@ def _where(row: SettlementRow) -> dict[str, int]:
 def check_rows(rows: Iterable[SettlementRow]) -> None:
     """References longer than the engine keeps them are refused, naming the row."""
     for row in rows:
-        named = (("balance_transaction_id", row.balance_transaction_id),
-                 ("source_id", row_key(row)[1]))  # fmt: skip
-        for column, value in named:
-            if len(value) > REF_CHARS_MAX:
+        for column in REF_COLUMNS:
+            value = getattr(row, column)
+            if value is not None and len(value) > REF_CHARS_MAX:
+                named = "automatic_payout_id" if column == "payout_id" else column
                 raise SettlementFileInvalid(
                     "too_long", f"a reference is at most {REF_CHARS_MAX} characters",
-                    column=column, **_where(row),
+                    column=named, **_where(row),
                 )  # fmt: skip
 
 
