@@ -349,6 +349,15 @@ def _register_workers() -> None:
 _register_workers()
 
 
+def _register_payouts() -> None:
+    from engine.entrypoints.payouts_cli import register
+
+    register(app, console)
+
+
+_register_payouts()
+
+
 def _register_live() -> None:
     from loadtests.live.cli import register
 
