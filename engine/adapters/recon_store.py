@@ -7,8 +7,8 @@ Reads (one connection, inside the caller's unit of work):
   ``dispute_withdrawal``, ``dispute_reinstatement``): the size is what the
   journal moved on ``psp_clearing`` (debits for money in, credits for money
   out), the fee what it debited to ``provider_fees`` less what it credited
-  there (a journal that booked no fee, because the provider's answer did not
-  carry one, compares no fee), the
+  there, plus a ``provider_fee`` journal booked for a charge when its fee was
+  learned later (a movement with no fee booked yet compares no fee), the
   reference the payment's ``provider_payment_id``, the time the journal's (a
   fee's own pair of entries on ``psp_clearing`` is taken off the size). A
   refund is its ``refunds`` row once succeeded (reference ``provider_refund_id``,
@@ -31,6 +31,7 @@ other. An exception is changed only to resolve it.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -55,6 +56,7 @@ JOURNAL_KINDS: dict[str, MovementKind] = {
     "dispute_reinstatement": K.DISPUTE_REVERSAL,
 }
 PAYOUT_TAKEN = ("in_transit", "paid", "failed")
+LATE_FEE_KIND = "provider_fee"  # a capture's fee the engine learned after the capture
 _INSERTS = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}
 
 Condition = sa.ColumnElement[bool]
@@ -164,6 +166,31 @@ def _readers(start_at: datetime, end_at: datetime) -> list[tuple[Reader, Conditi
     ]  # fmt: skip
 
 
+def _fees_learned_later(c: Connection, payment_ids: Collection[str]) -> dict[str, int]:
+    """Fees booked after their capture (``provider_fee`` journals), per payment."""
+    j, e = t.ledger_journals.c, t.ledger_entries.c
+    signed = sa.case((e.side == "D", e.amount_minor), else_=-e.amount_minor)
+    fees: dict[str, int] = {}
+    for batch in _batches(payment_ids):
+        query = (
+            sa.select(j.payment_id, sa.func.sum(signed))
+            .join(t.ledger_entries, e.journal_id == j.id)
+            .where(j.kind == LATE_FEE_KIND, e.account == PROVIDER_FEES, j.payment_id.in_(batch))
+            .group_by(j.payment_id)
+        )
+        fees.update((str(payment_id), int(total)) for payment_id, total in c.execute(query))
+    return fees
+
+
+def _with_later_fees(c: Connection, found: dict[tuple[str, str], LedgerMovement]) -> None:
+    charges = {key: m for key, m in found.items() if m.kind is K.CHARGE and m.payment_id}
+    later = _fees_learned_later(c, {str(m.payment_id) for m in charges.values()})
+    for key, movement in charges.items():
+        extra = later.get(str(movement.payment_id), 0)
+        if extra:
+            found[key] = replace(movement, fee_minor=(movement.fee_minor or 0) + extra)
+
+
 def movements(
     c: Connection,
     start_at: datetime,
@@ -178,6 +205,7 @@ def movements(
         named = set().union(*(refs.get(kind, ()) for kind in kinds))
         for batch in _batches(named):
             found.update(reader(c, ref_column.in_(batch)))
+    _with_later_fees(c, found)
     return [found[key] for key in sorted(found)]
 
 

@@ -27,7 +27,7 @@ from engine.domain.commands import Capture
 from engine.domain.errors import Conflict, InvalidRequest, NotFound, SettlementFileInvalid
 from engine.domain.money import CURRENCY_EXPONENTS
 from engine.domain.ports import FixedClock, SeededIds
-from engine.domain.provider import EventType, ProviderEvent
+from engine.domain.provider import EventType, OutcomeStatus, ProviderEvent, ProviderOutcome
 from engine.domain.reconciliation import MovementKind
 from engine.service.driver import perform
 from engine.service.engine import PaymentEngine
@@ -325,3 +325,23 @@ def test_a_dispute_and_its_reversal_match_their_rows_and_a_wrong_one_is_found(
         ("amount_mismatch", MovementKind.DISPUTE_REVERSAL)
     ]
     assert_audit_holds(database)
+
+
+def test_a_fee_learned_after_its_capture_is_the_fee_compared(book: Book) -> None:
+    later, report = START + 2 * DAY, Report()
+    book.clock.set(later + timedelta(hours=1))
+    payment_id = authorized(book.engine, FakeProvider(), key="c-late", order_id="o-late")
+    begun = book.engine.begin_capture(Capture(MERCHANT, "k-late", payment_id, None))
+    assert begun.call is not None
+    answer = ProviderOutcome(OutcomeStatus.SUCCEEDED, f"pi_{payment_id}", amount_minor=10_000)
+    book.engine.complete_capture(begun.call.attempt_id, answer)  # the fee not told
+    report.add(
+        "txn_late", book.clock.now(), "USD", 10_000, 325, "charge", intent=f"pi_{payment_id}"
+    )
+    assert book.recon.run(report.csv(), "test", later, later + DAY).clean  # no fee booked yet
+    learned = ProviderOutcome(OutcomeStatus.SUCCEEDED, fee_minor=320, fee_known=True)
+    assert book.engine.complete_fee(payment_id, learned)
+    again = book.recon.run(report.csv(), "test", later, later + DAY)
+    assert [(e.category.value, e.expected_minor, e.reported_minor) for e in again.exceptions] == [
+        ("fee_mismatch", 320, 325)
+    ]
