@@ -227,8 +227,11 @@ def open_dispute(
     )
     world.state.disputes[dispute.id] = dispute
     charge.dispute_id = dispute.id
-    world.emit("charge.dispute.created", dispute_view(world, dispute))
-    if not inquiry:
+    if inquiry:
+        world.emit("charge.dispute.created", dispute_view(world, dispute))
+    else:
+        # As Stripe does for a chargeback, the dispute arrives with its withdrawal (and
+        # the dispute fee) already on it.
         bt = world.post_balance(
             amount_minor=-amount_minor,
             fee_minor=world.config.pricing.dispute_fee_minor,
@@ -244,6 +247,7 @@ def open_dispute(
         world.record_effect(
             EffectKind.DISPUTE_WITHDRAWN, amount_minor, charge.currency, dispute.id, pi
         )
+        world.emit("charge.dispute.created", dispute_view(world, dispute))
         world.emit("charge.dispute.funds_withdrawn", dispute_view(world, dispute))
     return dispute
 

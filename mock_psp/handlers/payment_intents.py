@@ -18,7 +18,7 @@ from mock_psp.handlers.common import PAGE_PARAMS, JsonDict, get_or_404, page, re
 from mock_psp.money import AMOUNT_MINOR_MAX, SUPPORTED_CURRENCIES
 from mock_psp.params import ParamReader, ParamTree
 from mock_psp.records import PaymentIntent, PaymentMethod
-from mock_psp.serialize import charge_json, payment_intent_json
+from mock_psp.serialize import balance_transaction_json, charge_json, payment_intent_json
 from mock_psp.states import CANCELABLE, CONFIRMABLE, PiStatus
 from mock_psp.testcards import CardProfile, find_test_card
 from mock_psp.world import World
@@ -26,7 +26,7 @@ from mock_psp.world import World
 CAPTURE_METHODS = ("automatic", "automatic_async", "manual")
 CANCEL_REASONS = ("duplicate", "fraudulent", "requested_by_customer", "abandoned")
 SETUP_USAGES = ("on_session", "off_session")
-EXPANDABLE = ("latest_charge",)
+EXPANDABLE = ("latest_charge", "latest_charge.balance_transaction")
 _CONFIRM_PARAMS = (
     "payment_method",
     "return_url",
@@ -205,8 +205,13 @@ def materialize(world: World, value: str) -> PaymentMethod:
 
 def render(world: World, pi: PaymentIntent, expand: frozenset[str]) -> JsonDict:
     body = payment_intent_json(pi)
-    if "latest_charge" in expand and pi.latest_charge_id is not None:
-        body["latest_charge"] = charge_json(world.state.charges[pi.latest_charge_id])
+    nested = "latest_charge.balance_transaction" in expand
+    if ("latest_charge" in expand or nested) and pi.latest_charge_id is not None:
+        charge = world.state.charges[pi.latest_charge_id]
+        body["latest_charge"] = charge_json(charge)
+        if nested and charge.balance_transaction_id is not None:
+            bt = world.state.balance_transactions[charge.balance_transaction_id]
+            body["latest_charge"]["balance_transaction"] = balance_transaction_json(bt, world.now_s)
     return body
 
 
