@@ -99,6 +99,7 @@ def summary_table(summary: RunSummary) -> Table:
     table.add_row("report rows", str(summary.rows_count))
     table.add_row("matched", str(summary.matched_count))
     table.add_row("payments settled", str(summary.settled_count))
+    table.add_row("payouts landed at the bank", str(summary.landed_count))
     table.add_row("payouts in transit", str(len(summary.payouts_in_transit)))
     for category, count in summary.counts().items():
         style = "red" if count else "green"

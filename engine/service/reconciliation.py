@@ -110,6 +110,7 @@ class RunSummary:
     exceptions: tuple[ReconciliationException, ...]
     new_count: int
     payouts_in_transit: tuple[str, ...]
+    landed_count: int = 0  # matched payouts the bank received too: three ways
     settled_count: int = 0
 
     @property
@@ -348,9 +349,11 @@ class Reconciler:
             recon_store.insert_settlement_rows(c, [_matched_row(run_id, m) for m in result.matched])
             recon_store.insert_exceptions(c, fresh)
             c.commit()
+        landed = sum(1 for match in result.matched if match.bank is not None)
         return RunSummary(
             run_id, source, report_format, window.start_at, window.end_at, rows_count,
             len(result.matched), result.exceptions, len(fresh), result.payouts_in_transit,
+            landed,
         )  # fmt: skip
 
     def _exception_row(

@@ -28,13 +28,14 @@ from engine.domain.errors import Conflict, InvalidRequest, NotFound, SettlementF
 from engine.domain.money import CURRENCY_EXPONENTS
 from engine.domain.ports import FixedClock, SeededIds
 from engine.domain.provider import EventType, OutcomeStatus, ProviderEvent, ProviderOutcome
-from engine.domain.reconciliation import MovementKind
+from engine.domain.reconciliation import MovementKind, Tolerances
 from engine.service.driver import perform
 from engine.service.engine import PaymentEngine
 from engine.service.reconciliation import RECON_ADJUSTMENTS, Reconciler
 from tests.integration.helpers import MERCHANT, authorized, refund
 
 DAY = timedelta(days=1)
+HOUR = timedelta(hours=1)
 START = datetime(2026, 1, 3, tzinfo=UTC)  # the window: one day
 COLUMNS = (
     "balance_transaction_id", "created_utc", "available_on_utc", "currency", "gross", "fee",
@@ -345,3 +346,29 @@ def test_a_fee_learned_after_its_capture_is_the_fee_compared(book: Book) -> None
     assert [(e.category.value, e.expected_minor, e.reported_minor) for e in again.exceptions] == [
         ("fee_mismatch", 320, 325)
     ]
+
+
+# -- payouts, three ways ----------------------------------------------------------------------
+def test_a_payout_is_matched_with_the_report_and_the_bank_or_found_missing_at_the_bank(
+    book: Book, database: Database
+) -> None:
+    later, report = START + 2 * DAY, Report()
+    sent_at = later + timedelta(hours=1)
+    with database.engine.begin() as c:
+        for payout_id, status in (("po_landed", "paid"), ("po_lost", "in_transit")):
+            c.execute(t.payouts.insert().values(
+                id=f"pout_{payout_id}", seller_id="s_1", currency="USD", amount_minor=5_000,
+                status=status, provider_payout_id=payout_id, provider_idempotency_key=payout_id,
+                created_at=sent_at, updated_at=sent_at,
+                arrived_at=sent_at + HOUR if status == "paid" else None,
+            ))  # fmt: skip
+            report.add(f"txn_{payout_id}", sent_at, "USD", -5_000, 0, "payout")
+    report.rows[0]["source_id"], report.rows[1]["source_id"] = "po_landed", "po_lost"
+    summary = book.recon.run(report.csv(), "test", later, later + DAY,
+                             Tolerances(payout_arrival_s=6 * 3_600))  # fmt: skip
+    assert (summary.matched_count, summary.landed_count) == (1, 1)
+    assert [(e.category.value, e.party.value, e.provider_ref) for e in summary.exceptions] == [
+        ("missing_at_bank", "bank", "po_lost")
+    ]
+    lost = book.recon.exceptions(category="missing_at_bank")[0]
+    assert book.recon.resolve(lost.id, "the bank found it").journal_id is None  # not the ledger's
