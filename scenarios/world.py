@@ -440,7 +440,9 @@ class World:
         workload = self.scenario.workload
         rng = self.rng["disputes"]
         answered: set[str] = set()
-        while self.quiescent_at_s is None:
+        # Open until the scenario's end: a decision during quiescence would race the final
+        # checks (its webhooks and outbox events after the last look).
+        while self.env.now + DISPUTE_DESK_INTERVAL_S < self.scenario.duration_s:
             yield self.env.timeout(DISPUTE_DESK_INTERVAL_S)
             due_s = self.env.now - workload.dispute_response_s
             for dispute in list(self.psp.state.disputes.values()):

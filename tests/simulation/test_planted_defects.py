@@ -20,6 +20,7 @@ run catches them too); "first" is the first seed that catches:
 | a refund's seller debit kept off a wallet | marketplace-split | I5   | 1     | 20/20  |
 | a settlement row silently ignored        | settlement-mismatch | R     | 1     | 20/20  |
 | a dispute debited twice (300 s runs)     | dispute-storm | I9        | 1     | 20/20  |
+| a payout beyond the available balance (1,200 s runs) | payout-failure | I5 | 1 | 10/10 |
 
 The last is no money bug in this engine: intake is idempotent a second time,
 by state and open attempt, so the harness shows it only in coverage (below).
@@ -296,6 +297,19 @@ def dispute_debited_twice(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(PaymentEngine, "_apply_dispute", post_again)
 
 
+def payout_beyond_the_available_balance(mp: pytest.MonkeyPatch) -> None:
+    """The payout check reads the seller's whole balance, pending included."""
+    wallet = Store.wallet
+
+    def whole_balance(self: Store, owner_id: str, currency: str, *, lock: bool = False) -> Any:
+        row = wallet(self, owner_id, currency, lock=lock)
+        if row is not None:
+            row = {**row, "available_minor": row["available_minor"] + row["pending_minor"]}
+        return row
+
+    mp.setattr(Store, "wallet", whole_balance)
+
+
 # -- what catches each ----------------------------------------------------------------------
 # (plant, scenario, duration_s, invariants that must be named). The first of
 # SEEDS that catches is enough (seed 1 catches each today); the others keep the
@@ -313,6 +327,7 @@ CATCHES: list[tuple[Plant, str, float, set[str]]] = [
     (wallet_moved_outside_the_ledger, "marketplace-split", 120.0, {"I5"}),
     (settlement_row_silently_ignored, "settlement-mismatch", 120.0, {"R"}),
     (dispute_debited_twice, "dispute-storm", 300.0, {"I9"}),
+    (payout_beyond_the_available_balance, "payout-failure", 1_200.0, {"I5"}),
 ]
 
 
