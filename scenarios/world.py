@@ -514,10 +514,13 @@ class World:
                 outcome = yield from self.provider_call(call)
                 self.node.still(incarnation, self.env.now)
             with suppress(EngineFault):
-                done = self.guarded("complete payout", self.engine.complete_payout,
+                done = self.guarded("complete payout", self._payout_looked_up,
                                     call.attempt_id, outcome)  # fmt: skip
                 if done.status_code == 200:
                     self.hit(f"payout {done.payout['status']} resolved by lookup")
+
+    def _payout_looked_up(self, payout_id: str, outcome: ProviderOutcome) -> Any:
+        return self.engine.complete_payout(payout_id, outcome, looked_up=True)
 
     # -- outbox relay and an idempotent consumer (I8) -------------------------------------
     def outbox_relay(self) -> Step:

@@ -258,6 +258,9 @@ def serve_engine(
     recon_delay_s: Annotated[
         float, typer.Option(help="Reconcile a window this long after it ends.")
     ] = 3_600.0,
+    payout_interval_s: Annotated[
+        float, typer.Option(help="Pay every seller's available balance out this often (0: off).")
+    ] = 0.0,
 ) -> None:
     """The engine's HTTP API and its workers (run `paychaos db upgrade` first)."""
     import os
@@ -276,7 +279,7 @@ def serve_engine(
         db, psp, psp_key, webhook_secret, provider_timeout_s, workers=not no_workers,
         worker_interval_s=worker_interval_s, recovery_schedule_s=schedule,
         circuit_open_s=circuit_open_s, recon_interval_s=recon_interval_s,
-        recon_delay_s=recon_delay_s,
+        recon_delay_s=recon_delay_s, payout_interval_s=payout_interval_s,
     )  # fmt: skip
     problem = settings.problem()
     if problem is not None:

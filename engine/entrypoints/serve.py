@@ -28,6 +28,7 @@ from engine.entrypoints.system import RandomIds, SystemClock
 from engine.service.engine import RECOVERY_SCHEDULE, EngineSettings, PaymentEngine
 from engine.service.reconciliation import Reconciler
 from engine.workers import BackgroundWorker, InProcessPublisher, Worker, lease_for
+from engine.workers.payouts import PayoutScheduler
 from engine.workers.reconciliation import HttpReportSource, ReconciliationWorker
 
 DEFAULT_DB_URL = "sqlite:///paychaos.db"
@@ -72,6 +73,8 @@ class ServiceSettings:
     # Reconciliation windows (0: off): each reconciled recon_delay_s after it ends.
     recon_interval_s: float = 0.0
     recon_delay_s: float = 3_600.0
+    # Scheduled payouts of every seller's available balance (0: off).
+    payout_interval_s: float = 0.0
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
@@ -92,6 +95,7 @@ class ServiceSettings:
             circuit_open_s=float(env.get("PAYCHAOS_CIRCUIT_OPEN_S", "30")),
             recon_interval_s=float(env.get("PAYCHAOS_RECON_INTERVAL_S", "0")),
             recon_delay_s=float(env.get("PAYCHAOS_RECON_DELAY_S", "3600")),
+            payout_interval_s=float(env.get("PAYCHAOS_PAYOUT_INTERVAL_S", "0")),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -109,6 +113,7 @@ class ServiceSettings:
             "PAYCHAOS_CIRCUIT_OPEN_S": str(self.circuit_open_s),
             "PAYCHAOS_RECON_INTERVAL_S": str(self.recon_interval_s),
             "PAYCHAOS_RECON_DELAY_S": str(self.recon_delay_s),
+            "PAYCHAOS_PAYOUT_INTERVAL_S": str(self.payout_interval_s),
         }
 
     def problem(self) -> tuple[str, str] | None:
@@ -124,6 +129,8 @@ class ServiceSettings:
             return "worker_interval_s", "above 0 and at most 3600 seconds"
         if not 0 < self.circuit_open_s <= 3_600:
             return "circuit_open_s", "above 0 and at most 3600 seconds"
+        if not (self.payout_interval_s == 0 or 60 <= self.payout_interval_s <= 30 * 86_400):
+            return "payout_interval_s", "0 (off), or 60 seconds to 30 days"
         return recon_problem(self.recon_interval_s, self.recon_delay_s)
 
 
@@ -179,6 +186,8 @@ def build_workers(engine: PaymentEngine, settings: ServiceSettings) -> Backgroun
     )  # fmt: skip
     reconciliation = build_reconciliation(engine, settings)
     worker = Worker.assemble(engine, provider, InProcessPublisher(), reconciliation)
+    if settings.payout_interval_s > 0:
+        worker.payouts = PayoutScheduler(engine, provider, settings.payout_interval_s)
     # Stopping waits at most for the lookup in flight and its resend: their tries and backoff.
     stop_s_max = 2 * provider.retry.attempts_max * (settings.provider_timeout_s + 1.0) + 1.0
 

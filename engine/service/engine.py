@@ -892,9 +892,13 @@ class PaymentEngine:
         body = key["response_body"]
         return payouts.PayoutResult(dict(body["payout"]), key["response_code"], None, True)
 
-    def complete_payout(self, payout_id: str, outcome: ProviderOutcome) -> payouts.PayoutResult:
+    def complete_payout(
+        self, payout_id: str, outcome: ProviderOutcome, *, looked_up: bool = False
+    ) -> payouts.PayoutResult:
+        """Apply a payout call's answer, or (``looked_up``) a lookup's by its key."""
+
         def step(s: Store) -> payouts.PayoutResult:
-            row = payouts.complete(self, s, payout_id, outcome)
+            row = payouts.complete(self, s, payout_id, outcome, looked_up)
             code = 202 if row["status"] in payouts.OPEN else 200
             if row["idempotency_id"] is not None and code == 200:
                 s.finish_idempotency_key(row["idempotency_id"], code,

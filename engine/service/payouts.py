@@ -91,8 +91,10 @@ def begin(e: PaymentEngine, s: Store, command: CreatePayout, key_id: str) -> Pay
     return PayoutResult(view(row), 202, call_of(row))
 
 
-def complete(e: PaymentEngine, s: Store, payout_id: str, outcome: ProviderOutcome) -> Row:
-    """Apply the provider's answer to a payout call (or a lookup by its key)."""
+def complete(
+    e: PaymentEngine, s: Store, payout_id: str, outcome: ProviderOutcome, looked_up: bool
+) -> Row:
+    """Apply the provider's answer to a payout call (or, ``looked_up``, to a lookup by its key)."""
     row = s.payout(payout_id, lock=True)
     if row is None:
         raise NotFound("payout_not_found", f"no payout {payout_id}", field="payout_id")
@@ -107,8 +109,10 @@ def complete(e: PaymentEngine, s: Store, payout_id: str, outcome: ProviderOutcom
         # caller resends it under its key before giving up (as for payments).
         if status is OutcomeStatus.DECLINED:
             _return_money(e, s, row, now, outcome.decline_code or "declined")
-    else:
+    elif looked_up:  # the provider could not tell: ask again later, then a person
         _schedule_lookup(e, s, row, now)
+    else:  # the call went unanswered: its first lookup stays as begin scheduled it
+        _update(s, row, now, status="unknown")
     return row
 
 

@@ -27,6 +27,7 @@ from engine.service.driver import Provider
 from engine.service.engine import PaymentEngine
 from engine.workers.inbox import InboxProcessor
 from engine.workers.lease import Lease
+from engine.workers.payouts import PayoutScheduler
 from engine.workers.reconciliation import ReconciliationWorker, ReportUnavailable
 from engine.workers.recovery import RecoveryWorker
 from engine.workers.relay import OutboxRelay, Publisher, PublishFailed
@@ -54,6 +55,7 @@ class LoopReport:
     keys_expired: int = 0
     windows_reconciled: int = 0
     recon_exceptions_new: int = 0
+    payouts_made: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     last_loop_at: datetime | None = None
     last_loop_s: float = 0.0
@@ -68,8 +70,10 @@ class Worker:
         inbox: InboxProcessor,
         monotonic: Callable[[], float] = time.monotonic,
         reconciliation: ReconciliationWorker | None = None,
+        payouts: PayoutScheduler | None = None,
     ):
         self.engine = engine
+        self.payouts = payouts
         self.recovery = recovery
         self.relay = relay
         self.inbox = inbox
@@ -130,6 +134,10 @@ class Worker:
             if recon is not None:
                 r.windows_reconciled += recon.windows
                 r.recon_exceptions_new += recon.exceptions_new
+        payouts = self.payouts
+        if payouts is not None and not stopping():
+            round_ = self._guarded("payouts", payouts.run_once)
+            r.payouts_made += round_.paid_out if round_ is not None else 0
         r.loops += 1
         r.last_loop_s = self.monotonic() - started_s
         r.last_loop_at = self.engine.clock.now()

@@ -77,7 +77,22 @@ class RecoveryWorker:
             )  # fmt: skip
         if not stopping() and not provider_known_away(self.provider):
             report.fees_learned = self.learn_fees(stopping)
+        if not stopping() and not provider_known_away(self.provider):
+            report.resolved += self.recover_payouts(stopping)
         return report
+
+    def recover_payouts(self, stopping: Callable[[], bool]) -> int:
+        """Payouts without an answer: looked up by key; one the provider never saw, resent."""
+        resolved = 0
+        for call in self.engine.due_payouts(self.batch_max):
+            if stopping() or provider_known_away(self.provider):
+                break
+            outcome = self.provider.lookup(call)
+            if outcome.status is OutcomeStatus.NOT_FOUND:
+                outcome = self.provider.call(call)
+            done = self.engine.complete_payout(call.attempt_id, outcome, looked_up=True)
+            resolved += done.status_code == 200
+        return resolved
 
     def learn_fees(self, stopping: Callable[[], bool]) -> int:
         """Captures learned by webhook carry no fee: ask the provider (a read) for each."""
