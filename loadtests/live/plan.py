@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mock_psp.faults import FaultPlanConfig, WebhookFaultSpec, window_active
-from scenarios.schema import Clients, Scenario, Workers
+from scenarios.schema import Clients, EngineFaults, Scenario, Workers
 
 TIME_SCALE_MIN = 1.0  # live mode runs the story as fast as written, or faster
 TIME_SCALE_MAX = 10_000.0
@@ -132,6 +132,14 @@ def not_applied(scenario: Scenario) -> list[str]:
             "workload.marketplace: not applicable in live mode (the engine's HTTP API takes no "
             "split lines and no payouts; orders are sent whole)"
         )
+    plan = scenario.fault_plan()
+    if scenario.reconciliation is not None or plan.settlement != type(plan.settlement)():
+        notes.append(
+            "reconciliation and psp_faults.settlement: not applied in live mode (live mode "
+            "reads no settlement report; run `paychaos recon run` on the engine's database)"
+        )
+    if plan.payouts.failure_rate > 0:
+        notes.append("psp_faults.payouts: not applied in live mode (live mode makes no payouts)")
     if scenario.workers != Workers():
         notes.append(
             "workers: not applicable in live mode (the engine's own workers run on their own "
@@ -140,3 +148,14 @@ def not_applied(scenario: Scenario) -> list[str]:
     if scenario.clients.timeout_s != Clients().timeout_s:
         notes.append("clients.timeout_s: used as the HTTP client's timeout, capped at 60 s")
     return notes
+
+
+def applicable(scenario: Scenario) -> Scenario:
+    """The scenario without what live mode cannot apply, for the "declared faults fired"
+    and expectation checks: engine faults, settlement faults and payout failures."""
+    psp_faults = {
+        k: v for k, v in scenario.psp_faults.items() if k not in ("settlement", "payouts")
+    }
+    return scenario.model_copy(
+        update={"engine_faults": EngineFaults(), "psp_faults": psp_faults, "reconciliation": None}
+    )

@@ -24,6 +24,7 @@ from loadtests.live.clients import Evidence, LiveClients
 from loadtests.live.http import EngineApi, PspAdmin, PspAdminError
 from loadtests.live.plan import (
     Timeline,
+    applicable,
     faults_at,
     not_applied,
     quiet_faults,
@@ -40,7 +41,7 @@ from scenarios.runner import (
     latency_histogram,
     latency_percentiles,
 )
-from scenarios.schema import EngineFaults, Scenario
+from scenarios.schema import Scenario
 
 DRAIN_S_MAX = 30.0
 READY_WAIT_S = 10.0
@@ -247,9 +248,9 @@ def _problems(
     coverage: Counter[str],
     quiet_s: float | None,
 ) -> list[str]:
-    # Engine faults are reported as not applied; they cannot be expected to fire.
-    applicable = scenario.model_copy(update={"engine_faults": EngineFaults()})
-    problems = check_expectations(applicable, fired, len(evidence.orders), coverage, None)
+    # What live mode cannot apply is reported as not applied; it cannot be expected to fire.
+    problems = check_expectations(applicable(scenario), fired, len(evidence.orders), coverage,
+                                  None)  # fmt: skip
     if quiet_s is None:
         busy = sorted(
             pid for pid, p in shot.payments.items()
@@ -280,7 +281,7 @@ def build_report(
     evidence, timeline = clients.evidence, clients.timeline
     by_state = Counter(str(p["state"]) for p in shot.payments.values())
     records = [r for r in shot.fault_records if float(r["at"]) >= timing["psp_started_s"]]
-    applicable = scenario.model_copy(update={"engine_faults": EngineFaults()})
+    live = applicable(scenario)
     return {
         "mode": "live",
         "scenario": scenario.name,
@@ -306,7 +307,7 @@ def build_report(
         "invariants": [inv.to_json() for inv in invariants],
         "problems": problems,
         "not_applied": not_applied(scenario),
-        "faults_declared": declared_faults(applicable),
+        "faults_declared": declared_faults(live),
         "faults_fired": fired,
         "coverage": dict(sorted(coverage.items())),
         "client_latency": latency_percentiles(evidence.latencies_s),

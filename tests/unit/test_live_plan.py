@@ -123,3 +123,17 @@ def test_a_history_must_walk_the_state_machine_to_the_current_state() -> None:
     shot = Snapshot()
     shot.payments["pay_1"] = {"state": "refunded", "history": illegal}
     assert not check_transitions(shot, Evidence()).ok
+
+
+def test_settlement_faults_and_payout_failures_are_listed_as_not_applied_live() -> None:
+    from loadtests.live.plan import applicable, not_applied
+    from scenarios.runner import declared_faults
+    from scenarios.schema import library_paths, load_scenario
+
+    paths = {path.stem: path for path in library_paths()}
+    for name in ("settlement-mismatch", "payout-failure"):
+        scenario = load_scenario(paths[name])
+        notes = " ".join(not_applied(scenario))
+        assert "not applied in live mode" in notes
+        live_declared = declared_faults(applicable(scenario))
+        assert not [k for k in live_declared if k.startswith(("settlement.", "payout."))]
