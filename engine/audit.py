@@ -9,6 +9,9 @@ Each check reads the database afresh and names the payments that break it:
 - ``legal_transitions`` (I4): each history is a contiguous walk along the state
   machine's table, ending in the payment's current state.
 - ``outbox_complete`` (I8): every state change has exactly one outbox event.
+- ``wallets`` (I5): each seller's wallet equals its ledger balances (pending and
+  available, per currency), and replaying the ledger in order no payout took
+  more than the seller's available balance just before it.
 """
 
 from __future__ import annotations
@@ -165,7 +168,72 @@ def check_outbox(c: Connection) -> CheckResult:
     return result
 
 
-CHECKS = (check_ledger, check_amounts, check_transitions, check_outbox)
+def _zero() -> dict[str, int]:
+    return {"pending": 0, "available": 0}
+
+
+def wallet_violations(connection: sa.Connection) -> tuple[int, list[tuple[str, str]]]:
+    """(wallets checked, [(seller, detail)]) for I5."""
+    e = t.ledger_entries.c
+    signed = sa.case((e.side == "D", e.amount_minor), else_=-e.amount_minor)
+    query = (
+        sa.select(e.account, e.currency, sa.func.sum(signed))
+        .where(e.account.startswith("seller_"))
+        .group_by(e.account, e.currency)
+    )
+    derived: dict[tuple[str, str], dict[str, int]] = defaultdict(_zero)
+    for account, currency, total in connection.execute(query):
+        bucket, seller = str(account).split(":", 1)
+        derived[(seller, str(currency))][bucket.removeprefix("seller_")] = -int(total)
+    wallets = {
+        (row.owner_id, row.currency): {
+            "pending": row.pending_minor,
+            "available": row.available_minor,
+        }
+        for row in connection.execute(sa.select(t.wallets))
+    }
+    violations = []
+    for key in sorted(set(derived) | set(wallets)):
+        zero = {"pending": 0, "available": 0}
+        have, want = wallets.get(key, zero), derived.get(key, zero)
+        if have != want:
+            violations.append((key[0], f"{key[1]} wallet {have} but the ledger says {want}"))
+    return len(wallets), violations[:EXAMPLES_MAX]
+
+
+def payout_violations(connection: sa.Connection) -> tuple[int, list[tuple[str, str]]]:
+    """(payouts checked, [(seller, detail)]): the available balance before each payout."""
+    e, j = t.ledger_entries.c, t.ledger_journals.c
+    query = (
+        sa.select(e.account, e.currency, e.side, e.amount_minor, j.kind, j.id)
+        .join(t.ledger_journals, j.id == e.journal_id)
+        .where(e.account.startswith("seller_available:"))
+        .order_by(e.id)
+    )
+    balances: dict[tuple[str, str], int] = defaultdict(int)
+    checked, violations = 0, []
+    for account, currency, side, amount, kind, journal_id in connection.execute(query):
+        key = (str(account).split(":", 1)[1], str(currency))
+        if kind == "payout" and side == "D":
+            checked += 1
+            if amount > balances[key]:
+                violations.append((key[0], f"payout {journal_id} of {amount} {currency} with "
+                                           f"{balances[key]} available"))  # fmt: skip
+        balances[key] += amount if side == "C" else -amount
+    return checked, violations[:EXAMPLES_MAX]
+
+
+def check_wallets(c: Connection) -> CheckResult:
+    result = CheckResult("wallets", "I5", "wallets equal the ledger; no payout beyond available")
+    wallets_checked, wallet_problems = wallet_violations(c)
+    payouts_checked, payout_problems = payout_violations(c)
+    result.checked = wallets_checked + payouts_checked
+    for subject, detail in wallet_problems + payout_problems:
+        result.add(subject, detail)
+    return result
+
+
+CHECKS = (check_ledger, check_amounts, check_transitions, check_outbox, check_wallets)
 
 
 def audit(connection: Connection) -> list[CheckResult]:

@@ -4,10 +4,8 @@ the oracles that check them.
 The oracles read the engine's tables directly and recompute from scratch, with
 their own arithmetic (``decimal``, half up), never with the engine's helpers:
 
-- **I5** (wallets): each seller's materialised wallet equals the balance the
-  ledger's entries give its pending and available accounts, per currency; and
-  replaying the ledger in order, no payout took more than the seller's
-  available balance held just before it.
+- **I5** (wallets) is ``engine.audit``'s own check, run here too: each seller's
+  wallet equals its ledger balances, and no payout took more than was available.
 - **F** (platform fees): each line's fee is its fee plan applied to its
   captured amount; fees given back never exceed fees charged, and a fully
   refunded line keeps none; the lines' captured and refunded amounts add up to
@@ -66,39 +64,6 @@ def expected_fee_minor(captured_minor: int, bps: int, fixed_minor: int) -> int:
     return min(captured_minor, percent + fixed_minor)
 
 
-def _zero() -> dict[str, int]:
-    return {"pending": 0, "available": 0}
-
-
-def wallet_violations(connection: sa.Connection) -> tuple[int, list[tuple[str, str]]]:
-    """(wallets checked, [(seller, detail)]) for I5."""
-    e = t.ledger_entries.c
-    signed = sa.case((e.side == "D", e.amount_minor), else_=-e.amount_minor)
-    query = (
-        sa.select(e.account, e.currency, sa.func.sum(signed))
-        .where(e.account.startswith("seller_"))
-        .group_by(e.account, e.currency)
-    )
-    derived: dict[tuple[str, str], dict[str, int]] = defaultdict(_zero)
-    for account, currency, total in connection.execute(query):
-        bucket, seller = str(account).split(":", 1)
-        derived[(seller, str(currency))][bucket.removeprefix("seller_")] = -int(total)
-    wallets = {
-        (row.owner_id, row.currency): {
-            "pending": row.pending_minor,
-            "available": row.available_minor,
-        }
-        for row in connection.execute(sa.select(t.wallets))
-    }
-    violations = []
-    for key in sorted(set(derived) | set(wallets)):
-        zero = {"pending": 0, "available": 0}
-        have, want = wallets.get(key, zero), derived.get(key, zero)
-        if have != want:
-            violations.append((key[0], f"{key[1]} wallet {have} but the ledger says {want}"))
-    return len(wallets), violations[:VIOLATIONS_MAX]
-
-
 def fee_violations(connection: sa.Connection) -> tuple[int, list[tuple[str, str]]]:
     """(lines checked, [(payment, detail)]) for F."""
     lines: dict[str, list[Any]] = defaultdict(list)
@@ -146,25 +111,3 @@ def _line_violations(payment: Any, lines: list[Any]) -> list[tuple[str, str]]:
                                     f"{line.fee_minor} given back after refunding "
                                     f"{line.refunded_minor} of {line.captured_minor}"))  # fmt: skip
     return out
-
-
-def payout_violations(connection: sa.Connection) -> tuple[int, list[tuple[str, str]]]:
-    """(payouts checked, [(seller, detail)]): the available balance before each payout."""
-    e, j = t.ledger_entries.c, t.ledger_journals.c
-    query = (
-        sa.select(e.account, e.currency, e.side, e.amount_minor, j.kind, j.id)
-        .join(t.ledger_journals, j.id == e.journal_id)
-        .where(e.account.startswith("seller_available:"))
-        .order_by(e.id)
-    )
-    balances: dict[tuple[str, str], int] = defaultdict(int)
-    checked, violations = 0, []
-    for account, currency, side, amount, kind, journal_id in connection.execute(query):
-        key = (str(account).split(":", 1)[1], str(currency))
-        if kind == "payout" and side == "D":
-            checked += 1
-            if amount > balances[key]:
-                violations.append((key[0], f"payout {journal_id} of {amount} {currency} with "
-                                           f"{balances[key]} available"))  # fmt: skip
-        balances[key] += amount if side == "C" else -amount
-    return checked, violations[:VIOLATIONS_MAX]

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from engine.adapters import schema as t
 from engine.audit import CheckResult, audit
 from mock_psp.truth import EffectKind, GroundTruth, MoneyEffect, MoneyTotals
-from scenarios.marketplace import fee_violations, payout_violations, wallet_violations
+from scenarios.marketplace import fee_violations
 from scenarios.reconcile import check_reconciliation
 from scenarios.world import World
 
@@ -273,20 +273,6 @@ def check_engine_errors(world: World) -> Invariant:
     return inv
 
 
-def check_wallets(world: World) -> Invariant:
-    inv = Invariant(
-        "I5", "wallets", "wallets equal the ledger; no payout beyond the available balance"
-    )
-    with world.db.engine.connect() as connection:
-        inv.checked, violations = wallet_violations(connection)
-        payouts_checked, payout_problems = payout_violations(connection)
-    inv.checked += payouts_checked
-    violations += payout_problems
-    for subject, detail in violations:
-        inv.add(subject, detail)
-    return _needs_splits(world, inv)
-
-
 def check_platform_fees(world: World) -> Invariant:
     inv = Invariant("F", "platform_fees", "each line's fee follows its seller's plan, half up")
     with world.db.engine.connect() as connection:
@@ -354,7 +340,7 @@ def run_oracles(world: World) -> list[Invariant]:
         check_no_double_charge(world),
         amounts,
         engine_checks["I4"],
-        check_wallets(world),
+        _needs_splits(world, engine_checks["I5"]),
         check_platform_fees(world),
         check_money_conservation(world),
         check_idempotency(world),
