@@ -292,7 +292,11 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
 
 
 def load_scenario(path: str | Path) -> Scenario:
+    """A scenario file, or a shipped scenario by its name (``webhook-storm``)."""
     path = Path(path)
+    shipped = LIBRARY / f"{path.name}.yaml"
+    if not path.exists() and path.parent == Path(".") and not path.suffix and shipped.exists():
+        path = shipped
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
