@@ -10,13 +10,7 @@ from typer.testing import CliRunner
 
 from engine.entrypoints.cli import app
 from scenarios.runner import declared_faults, run_scenario
-from scenarios.schema import (
-    LIBRARY,
-    ScenarioError,
-    library_paths,
-    load_scenario,
-    parse_scenario,
-)
+from scenarios.schema import ScenarioError, library_paths, load_scenario, parse_scenario
 
 LIBRARY = {path.stem: path for path in library_paths()}
 runner = CliRunner()
@@ -171,6 +165,6 @@ def test_sweep_refuses_bad_seed_ranges(seeds: str) -> None:
 
 
 def test_a_shipped_scenario_is_found_by_its_name_and_an_unknown_name_is_a_clear_error() -> None:
-    assert load_scenario("webhook-storm") == load_scenario(LIBRARY / "webhook-storm.yaml")
+    assert load_scenario("webhook-storm") == load_scenario(LIBRARY["webhook-storm"])
     with pytest.raises(ScenarioError, match="no-such-scenario: cannot read the file"):
         load_scenario("no-such-scenario")
