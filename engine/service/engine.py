@@ -157,6 +157,18 @@ class PaymentEngine:
         return payment, attempt
 
     def _replay(self, s: Store, command: Any) -> StepResult | None:
+        row = self._saved_key(s, command)
+        if row is None:
+            return None
+        body = row["response_body"]
+        return StepResult(
+            PaymentView(body["payment"]), row["response_code"], None, True, body.get("refund_id")
+        )
+
+    @staticmethod
+    def _saved_key(s: Store, command: Any) -> Row | None:
+        """The finished key this command replays, or None for a new key; a key used with
+        another request, or still in flight, is refused."""
         row = s.idempotency_key(
             command.merchant_id, command.operation.value, command.idempotency_key
         )
@@ -172,10 +184,7 @@ class PaymentEngine:
                 message="a request with this idempotency key is still in progress",
                 field="idempotency_key",
             )
-        body = row["response_body"]
-        return StepResult(
-            PaymentView(body["payment"]), row["response_code"], None, True, body.get("refund_id")
-        )
+        return row
 
     def _new_key(self, s: Store, command: Any, answer: tuple[int, Row] | None = None) -> str:
         """Store the key in flight, or with its ``(code, payment)`` answer when already known."""
@@ -868,29 +877,14 @@ class PaymentEngine:
         """Reserve a payout from the seller's available balance: the call to make, or a replay."""
 
         def step(s: Store) -> payouts.PayoutResult:
-            key = s.idempotency_key(command.merchant_id, command.operation.value,
-                                    command.idempotency_key)  # fmt: skip
+            key = self._saved_key(s, command)
             if key is not None:
-                return self._payout_replay(key, command)
+                body = key["response_body"]
+                return payouts.PayoutResult(dict(body["payout"]), key["response_code"], None, True)
             key_id = self._new_key(s, command)
             return payouts.begin(self, s, command, key_id)
 
         return self._run(step)
-
-    @staticmethod
-    def _payout_replay(key: Row, command: CreatePayout) -> payouts.PayoutResult:
-        if key["fingerprint"] != command.fingerprint():
-            raise IdempotencyKeyReused(
-                message="this idempotency key was used with a different request",
-                field="idempotency_key",
-            )
-        if key["status"] != "completed":
-            raise IdempotencyKeyInFlight(
-                message="a request with this idempotency key is still in progress",
-                field="idempotency_key",
-            )
-        body = key["response_body"]
-        return payouts.PayoutResult(dict(body["payout"]), key["response_code"], None, True)
 
     def complete_payout(
         self, payout_id: str, outcome: ProviderOutcome, *, looked_up: bool = False
