@@ -141,13 +141,9 @@ def _return_money(e: PaymentEngine, s: Store, row: Row, now: datetime, code: str
 
 
 def _schedule_lookup(e: PaymentEngine, s: Store, row: Row, now: datetime) -> None:
+    """The recovery schedule of payment attempts, then review: the engine's own rule."""
     lookups = int(row["lookups"]) + 1
-    schedule = e.settings.recovery_schedule
-    if lookups >= len(schedule):
-        _update(s, row, now, status="unknown", lookups=lookups, needs_review=True)
-    else:
-        _update(s, row, now, status="unknown", lookups=lookups,
-                next_lookup_at=now + schedule[lookups])  # fmt: skip
+    _update(s, row, now, status="unknown", lookups=lookups, **e._next_lookup(lookups))
 
 
 def _update(s: Store, row: Row, now: datetime, **values: Any) -> None:
