@@ -163,8 +163,11 @@ class Database:
         return None if connection.get_transaction() is not None else connection
 
     @staticmethod
-    def _unit(connection: Connection) -> Iterator[Connection]:
+    def _unit(connection: Connection, explicit_begin: bool) -> Iterator[Connection]:
         connection.begin()
+        driver: Any = connection.connection.driver_connection if explicit_begin else None
+        if driver is not None:
+            driver.autocommit = True  # BEGIN and COMMIT are the caller's: see direct.py
         try:
             yield connection
         finally:
@@ -172,17 +175,25 @@ class Database:
             # inactive transaction that still has to be rolled back.
             if connection.get_transaction() is not None:
                 connection.rollback()
+            if driver is not None:
+                _leave_autocommit(connection, driver)
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """A unit of work: commit only by ``connection.commit()``; rollback otherwise."""
+    def transaction(self, *, explicit_begin: bool = False) -> Iterator[Connection]:
+        """A unit of work: commit only by ``connection.commit()``; rollback otherwise.
+
+        ``explicit_begin`` (PostgreSQL): the driver is in autocommit for the unit and
+        the caller sends BEGIN and COMMIT itself (``engine.adapters.direct.Direct``),
+        before any other statement; the rollback on exit is the driver's as usual.
+        """
+        explicit_begin = explicit_begin and self.dialect == "postgresql"
         try:
             kept = self._kept_connection()
             if kept is not None:
-                yield from self._unit(kept)
+                yield from self._unit(kept, explicit_begin)
             else:
                 with self.engine.connect() as connection:
-                    yield from self._unit(connection)
+                    yield from self._unit(connection, explicit_begin)
         except sa.exc.OperationalError as exc:
             raise StoreUnavailable(message=f"database unavailable: {exc.orig}") from exc
         except sa.exc.DBAPIError as exc:
@@ -197,6 +208,15 @@ class Database:
             connection.close()
             self._kept.connection = None  # type: ignore[union-attr]
         self.engine.dispose()
+
+
+def _leave_autocommit(connection: Connection, driver: Any) -> None:
+    """Hand the connection back to the pool as it came: in a transaction-per-unit mode.
+    One still in a transaction (its ROLLBACK failed: the server is gone) is discarded."""
+    try:
+        driver.autocommit = False
+    except Exception:
+        connection.invalidate()
 
 
 def translate_guard_error(exc: sa.exc.DBAPIError) -> PaychaosError | None:

@@ -136,32 +136,62 @@ def _positional(dialect: Dialect) -> Dialect:
     return twin
 
 
+class RaceLost(Exception):
+    """A write lost a unique-index race to a concurrent transaction: run the step again.
+
+    Raised without a savepoint: the step's whole transaction is rolled back anyway.
+    """
+
+
 class _Deferred:
     """A write held back until the step next needs an answer from the database."""
 
-    __slots__ = ("args", "many", "rowcount_expected", "sql")
+    __slots__ = ("args", "many", "races", "rowcount_expected", "sql")
 
-    def __init__(self, sql: str, args: Any, many: bool, rowcount_expected: int | None) -> None:
+    def __init__(
+        self,
+        sql: str,
+        args: Any,
+        many: bool,
+        rowcount_expected: int | None,
+        races: frozenset[str] = frozenset(),
+    ) -> None:
         self.sql, self.args, self.many = sql, args, many
         self.rowcount_expected = rowcount_expected
+        # Unique constraints whose violation by this write is a lost race, not a defect.
+        self.races = races
+
+
+_IDLE = 0  # libpq's PQTRANS_IDLE: no transaction open on the connection
+_UNIQUE_VIOLATION = "23505"
 
 
 class Direct:
-    """Runs prepared statements on a SQLAlchemy connection's DB-API connection."""
+    """Runs prepared statements on a SQLAlchemy connection's DB-API connection.
 
-    __slots__ = ("_dbapi_error", "_dialect", "_pending", "_raw", "_sa_dialect")
+    With ``explicit_begin`` (PostgreSQL only, the connection switched to the driver's
+    autocommit by ``Database.transaction``) the BEGIN is sent by this class, in the
+    same trip as the step's first statement, and the COMMIT in the same trip as the
+    last writes: the driver's own BEGIN would cost a round trip of its own.
+    """
 
-    def __init__(self, connection: Connection) -> None:
+    __slots__ = (
+        "_begun", "_dbapi_error", "_dialect", "_explicit", "_pending", "_raw", "_sa_dialect",
+        "defers",
+    )  # fmt: skip
+
+    def __init__(self, connection: Connection, *, explicit_begin: bool = False) -> None:
         self._sa_dialect = connection.dialect
         self._dialect = _positional(connection.dialect)
-        self._raw: Any = connection.connection.driver_connection
+        raw: Any = connection.connection.driver_connection
+        self._raw = raw
         self._dbapi_error: type[Exception] = connection.dialect.loaded_dbapi.Error
         self._pending: list[_Deferred] = []
-
-    @property
-    def defers(self) -> bool:
-        """Whether writes wait for the next round trip (PostgreSQL's pipeline)."""
-        return self._sa_dialect.name == "postgresql"
+        # Whether writes wait for the next round trip (PostgreSQL's pipeline).
+        self.defers: bool = connection.dialect.name == "postgresql"
+        assert not explicit_begin or (self.defers and raw.autocommit)
+        self._explicit = explicit_begin
+        self._begun = not explicit_begin
 
     def _wrap(self, sql: str, args: Any, exc: Exception) -> sa.exc.StatementError:
         return sa.exc.DBAPIError.instance(
@@ -169,7 +199,8 @@ class Direct:
         )
 
     def _run(self, sql: str, args: Any, many: bool = False) -> Any:
-        self.flush()
+        if self._pending or not self._begun:
+            return self._send([_Deferred(sql, args, many, None)])[0]
         try:
             if many:
                 return self._raw.executemany(sql, args)
@@ -186,13 +217,27 @@ class Direct:
         p = prepared(statement, self._dialect)
         return [p.row(raw) for raw in self._run(p.sql, p.args(params)).fetchall()]
 
+    def all_together(
+        self, reads: Sequence[tuple[sa.Executable, Mapping[str, Any]]]
+    ) -> list[list[Row]]:
+        """Several reads, in one round trip where writes are deferred (each sees the ones
+        before it, the server running them in order)."""
+        if not self.defers:
+            return [self.all(statement, params) for statement, params in reads]
+        made = [(prepared(statement, self._dialect), params) for statement, params in reads]
+        cursors = self._send([_Deferred(p.sql, p.args(params), False, None) for p, params in made])
+        return [
+            [p.row(raw) for raw in cursor.fetchall()]
+            for (p, _), cursor in zip(made, cursors, strict=True)
+        ]
+
     def write(self, statement: sa.Executable, params: Mapping[str, Any]) -> int:
         """An INSERT or UPDATE whose columns are the keys of ``params``; returns rowcount."""
-        p = prepared(statement, self._dialect, sorted(params))
+        p = prepared(statement, self._dialect, tuple(params))
         return int(self._run(p.sql, p.args(params)).rowcount)
 
     def write_many(self, statement: sa.Executable, rows: Sequence[Mapping[str, Any]]) -> None:
-        p = prepared(statement, self._dialect, sorted(rows[0]))
+        p = prepared(statement, self._dialect, tuple(rows[0]))
         self._run(p.sql, [p.args(row) for row in rows], many=True)
 
     def defer(
@@ -200,25 +245,47 @@ class Direct:
         statement: sa.Executable,
         params: Mapping[str, Any],
         rowcount_expected: int | None = None,
+        races: frozenset[str] = frozenset(),
     ) -> None:
-        """A write sent with the next round trip; its rowcount is checked then."""
-        p = prepared(statement, self._dialect, sorted(params))
-        self._pending.append(_Deferred(p.sql, p.args(params), False, rowcount_expected))
+        """A write sent with the next round trip; its rowcount is checked then, and a
+        violation of one of ``races`` raises ``RaceLost`` then."""
+        p = prepared(statement, self._dialect, tuple(params))
+        self._pending.append(_Deferred(p.sql, p.args(params), False, rowcount_expected, races))
 
     def defer_many(self, statement: sa.Executable, rows: Sequence[Mapping[str, Any]]) -> None:
-        p = prepared(statement, self._dialect, sorted(rows[0]))
+        p = prepared(statement, self._dialect, tuple(rows[0]))
         self._pending.append(_Deferred(p.sql, [p.args(row) for row in rows], True, None))
 
     def flush(self) -> None:
-        """Send every deferred write in one pipeline: one round trip for all of them."""
-        if not self._pending:
-            return
-        pending, self._pending = self._pending, []
+        """Bring the database up to date (BEGIN sent, deferred writes run) in one trip:
+        before a statement that does not go through this class."""
+        if self._pending or not self._begun:
+            self._send([])
+
+    def commit(self) -> None:
+        """Send what is deferred and, when this class began the transaction, COMMIT, in
+        one trip; SQLAlchemy's own commit after it then finds nothing left to do."""
+        if not self._explicit:
+            self.flush()  # the driver's COMMIT follows
+        elif self._begun:
+            self._send([], commit=True)
+        # else nothing was sent: there is no transaction to commit
+
+    def _send(self, last: list[_Deferred], *, commit: bool = False) -> list[Any]:
+        """BEGIN if not yet sent, the deferred writes, ``last`` (whose cursors are
+        returned) and COMMIT if asked, in one pipeline: one round trip."""
+        batch, self._pending = self._pending, []
+        if not self._begun:
+            batch.insert(0, _Deferred("BEGIN", None, False, None))
+            self._begun = True
+        batch.extend(last)
+        if commit:
+            batch.append(_Deferred("COMMIT", None, False, None))
         cursors = []
-        current = pending[0]
+        current = batch[0]
         try:
             with self._raw.pipeline():
-                for current in pending:
+                for current in batch:
                     cursor = self._raw.cursor()
                     if current.many:
                         cursor.executemany(current.sql, current.args)
@@ -226,9 +293,21 @@ class Direct:
                         cursor.execute(current.sql, current.args)
                     cursors.append(cursor)
         except self._dbapi_error as exc:
+            if _lost_race(exc, batch):
+                raise RaceLost from exc
             raise self._wrap(current.sql, current.args, exc) from exc
-        for cursor, write in zip(cursors, pending, strict=True):
+        for cursor, write in zip(cursors, batch, strict=True):
             expected = write.rowcount_expected
             assert expected is None or cursor.rowcount == expected, (
                 f"{write.sql.split(' WHERE')[0]}: {cursor.rowcount} rows, expected {expected}"
             )
+        first = len(batch) - len(last) - commit
+        return cursors[first : first + len(last)]
+
+
+def _lost_race(exc: Exception, batch: Sequence[_Deferred]) -> bool:
+    """Whether ``exc`` is a unique violation that one of the batch's writes expects."""
+    if getattr(exc, "sqlstate", None) != _UNIQUE_VIOLATION:
+        return False
+    constraint = getattr(getattr(exc, "diag", None), "constraint_name", None)
+    return any(constraint in write.races for write in batch)

@@ -46,19 +46,47 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 
     # What the two processors above, composed with SQLite's DATETIME string format
     # (``YYYY-MM-DD HH:MM:SS.ffffff``), give: for the store's direct path on SQLite.
+    # A step writes one "now" several times and reads back the same few strings:
+    # the last conversion each way is kept (a tuple, swapped whole, so threads
+    # never see half of one; the kept datetime cannot be freed and its id reused).
     @staticmethod
     def sqlite_bind(value: datetime | None) -> str | None:
         if value is None:
             return None
+        last = _last_bound
+        if last[0] is value:
+            return last[1]
         assert value.tzinfo is not None, "naive datetimes are refused"
-        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+        utc = value if value.tzinfo is UTC else value.astimezone(UTC)
+        text = utc.replace(tzinfo=None).isoformat(" ", "microseconds")
+        _remember_bound(value, text)
+        return text
 
     @staticmethod
     def sqlite_result(value: str | None) -> datetime | None:
         if value is None:
             return None
+        last = _last_result
+        if last[0] == value:
+            return last[1]
         parsed = datetime.fromisoformat(value)
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        result = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        _remember_result(value, result)
+        return result
+
+
+_last_bound: tuple[datetime | None, str] = (None, "")
+_last_result: tuple[str | None, datetime | None] = (None, None)
+
+
+def _remember_bound(value: datetime, text: str) -> None:
+    global _last_bound
+    _last_bound = (value, text)
+
+
+def _remember_result(value: str, result: datetime) -> None:
+    global _last_result
+    _last_result = (value, result)
 
 
 Id = sa.String(64)

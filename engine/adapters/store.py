@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection
 
 from engine.adapters import schema as t
 from engine.adapters.database import Database
-from engine.adapters.direct import FAST_PROCESSORS, Direct
+from engine.adapters.direct import FAST_PROCESSORS, Direct, RaceLost
 from engine.domain.ledger import Journal
 
 Row = dict[str, Any]
@@ -37,8 +37,19 @@ FAST_PROCESSORS[t.UTCDateTime] = (t.UTCDateTime.sqlite_bind, t.UTCDateTime.sqlit
 OPEN_ATTEMPT = ("pending", "unknown")
 
 
-class RetryStep(Exception):
-    """A unique constraint raced with a concurrent transaction: run the step again."""
+# A unique constraint raced with a concurrent transaction: run the step again.
+RetryStep = RaceLost
+
+
+def _unique_constraints(table: sa.Table) -> frozenset[str]:
+    """The names of the table's unique constraints and unique indexes."""
+    names = {
+        str(c.name)
+        for c in table.constraints
+        if isinstance(c, sa.UniqueConstraint | sa.PrimaryKeyConstraint)
+    }
+    names.update(str(index.name) for index in table.indexes if index.unique)
+    return frozenset(names)
 
 
 def _by_id(table: sa.Table) -> sa.Select[Any]:
@@ -86,6 +97,7 @@ _INSERT = {
         t.payment_lines, t.payouts,
     )
 }  # fmt: skip
+_UNIQUE = {table: _unique_constraints(table) for table in _INSERT}
 _PAYMENT_BY_PROVIDER_ID = sa.select(t.payments).where(
     t.payments.c.provider_payment_id == sa.bindparam("b_provider_payment_id")
 )
@@ -189,14 +201,33 @@ _PREBUILT: set[int] = {
 }  # fmt: skip
 
 
+def _key_read(merchant_id: str, scope: str, key: str) -> tuple[sa.Select[Any], Row]:
+    return _IDEMPOTENCY_KEY, {"b_merchant_id": merchant_id, "b_scope": scope, "b_key": key}
+
+
+def _attempt_read(attempt_id: str) -> tuple[sa.Select[Any], Row]:
+    return _ATTEMPT, {"b_id": attempt_id}
+
+
+def _attempts_read(
+    payment_id: str, kinds: Sequence[str], statuses: Sequence[str]
+) -> tuple[sa.Select[Any], Row]:
+    params = {"b_payment_id": payment_id}
+    params.update((f"b_kind_{i}", kind) for i, kind in enumerate(kinds))
+    params.update((f"b_status_{i}", status) for i, status in enumerate(statuses))
+    return _attempts_of(len(kinds), len(statuses)), params
+
+
 class Store:
-    def __init__(self, connection: Connection):
+    def __init__(self, connection: Connection, *, explicit_begin: bool = False):
         self.c = connection
         self._lock = connection.dialect.name == "postgresql"
-        self._direct = Direct(connection)
+        self._direct = Direct(connection, explicit_begin=explicit_begin)
+        # Answers read ahead in one trip, each taken once by the read it stands for.
+        self._ahead: dict[tuple[int, tuple[tuple[str, Any], ...]], list[Row]] = {}
 
     def commit(self) -> None:
-        self._direct.flush()
+        self._direct.commit()
         self.c.commit()
 
     def _execute(self, statement: sa.Executable) -> sa.CursorResult[Any]:
@@ -209,16 +240,35 @@ class Store:
         """Whether rows are locked one by one (else the whole database is, from BEGIN)."""
         return self._lock
 
+    def _read_ahead(self, reads: Sequence[tuple[sa.Select[Any], Mapping[str, Any]]]) -> None:
+        """Reads the step is about to make, sent together: one round trip where a trip
+        costs (PostgreSQL; on SQLite each read simply runs when it is made)."""
+        if not self._direct.defers:
+            return
+        answers = self._direct.all_together(reads)
+        for (query, params), rows in zip(reads, answers, strict=True):
+            self._ahead[(id(query), tuple(params.items()))] = rows
+
+    def _taken(self, query: sa.Select[Any], params: Mapping[str, Any]) -> list[Row] | None:
+        if not self._ahead:
+            return None
+        return self._ahead.pop((id(query), tuple(params.items())), None)
+
     def _one(self, query: sa.Select[Any], params: Mapping[str, Any] | None = None) -> Row | None:
         if id(query) in _PREBUILT:
-            return self._direct.one(query, params or {})
+            params = params or {}
+            ahead = self._taken(query, params)
+            if ahead is not None:
+                return ahead[0] if ahead else None
+            return self._direct.one(query, params)
         self._direct.flush()
         row = self.c.execute(query, params).mappings().first()
         return dict(row) if row is not None else None
 
     def _all(self, query: sa.Select[Any], params: Mapping[str, Any]) -> list[Row]:
         if id(query) in _PREBUILT:
-            return self._direct.all(query, params)
+            ahead = self._taken(query, params)
+            return ahead if ahead is not None else self._direct.all(query, params)
         self._direct.flush()
         return [dict(row) for row in self.c.execute(query, params).mappings()]
 
@@ -238,8 +288,14 @@ class Store:
             f"{rowcount} rows written, expected {rowcount_expected}"
         )
 
-    def _write_now(self, statement: sa.Executable, params: Mapping[str, Any]) -> None:
-        """A write whose failure the step handles: sent at once, with anything deferred."""
+    def _write_racing(
+        self, statement: sa.Executable, params: Mapping[str, Any], races: frozenset[str]
+    ) -> None:
+        """A write that may lose a race on one of the unique constraints ``races``; the
+        loss raises ``RetryStep``: at once on SQLite, with the next round trip when deferred."""
+        if self._direct.defers:
+            self._direct.defer(statement, params, races=races)
+            return
         try:
             self._direct.write(statement, params)
         except sa.exc.IntegrityError as exc:
@@ -249,16 +305,44 @@ class Store:
         self._write(_INSERT[table], row)
 
     def _insert_unique(self, table: sa.Table, row: Row) -> None:
-        self._write_now(_INSERT[table], row)
+        self._write_racing(_INSERT[table], row, _UNIQUE[table])
 
     # payments -----------------------------------------------------------
     def payment(self, payment_id: str, *, lock: bool = False) -> Row | None:
-        query = _PAYMENT_LOCKED if lock and self._lock else _PAYMENT
-        return self._one(query, {"b_id": payment_id})
+        return self._one(*self._payment_read(payment_id, lock))
+
+    def _payment_read(self, payment_id: str, lock: bool) -> tuple[sa.Select[Any], Row]:
+        return (_PAYMENT_LOCKED if lock and self._lock else _PAYMENT), {"b_id": payment_id}
 
     def payment_of_attempt(self, attempt_id: str, *, lock: bool = False) -> Row | None:
+        return self._one(*self._payment_of_attempt_read(attempt_id, lock))
+
+    def _payment_of_attempt_read(
+        self, attempt_id: str, lock: bool
+    ) -> tuple[sa.Select[Any], Row]:
         query = _PAYMENT_OF_ATTEMPT_LOCKED if lock and self._lock else _PAYMENT_OF_ATTEMPT
-        return self._one(query, {"b_attempt_id": attempt_id})
+        return query, {"b_attempt_id": attempt_id}
+
+    def read_ahead_command(
+        self,
+        merchant_id: str,
+        scope: str,
+        key: str,
+        payment_id: str,
+        busy_kinds: Sequence[str] = (),
+        busy_statuses: Sequence[str] = (),
+    ) -> None:
+        """What a write on a payment reads first, in one trip: its idempotency key, the
+        payment under its lock, and (``busy_kinds``) the payment's attempts in flight."""
+        reads = [_key_read(merchant_id, scope, key), self._payment_read(payment_id, True)]
+        if busy_kinds:
+            reads.append(_attempts_read(payment_id, busy_kinds, busy_statuses))
+        self._read_ahead(reads)
+
+    def read_ahead_attempt(self, attempt_id: str) -> None:
+        """An attempt's payment under its lock, then the attempt, in one trip."""
+        self._read_ahead([self._payment_of_attempt_read(attempt_id, True),
+                          _attempt_read(attempt_id)])  # fmt: skip
 
     def payment_by_provider_id(self, provider_payment_id: str, *, lock: bool) -> Row | None:
         locked = lock and self._lock
@@ -273,7 +357,10 @@ class Store:
 
     def claim_order(self, payment_id: str, order_id: str) -> None:
         """Mark the payment as the order's one money holder (unique per merchant)."""
-        self._write_now(_CLAIM_ORDER, {"b_id": payment_id, "active_order_id": order_id})
+        self._write_racing(
+            _CLAIM_ORDER, {"b_id": payment_id, "active_order_id": order_id},
+            frozenset({"uq_payments_active_order"}),
+        )  # fmt: skip
 
     def update_payment(self, payment_id: str, expected_history_count: int, **values: Any) -> None:
         """Update guarded by the history count: a lost update is a defect."""
@@ -386,15 +473,12 @@ class Store:
         self._insert(t.attempts, row)
 
     def attempt(self, attempt_id: str) -> Row | None:
-        return self._one(_ATTEMPT, {"b_id": attempt_id})
+        return self._one(*_attempt_read(attempt_id))
 
     def attempts_of(
         self, payment_id: str, kinds: Sequence[str], statuses: Sequence[str]
     ) -> list[Row]:
-        params = {"b_payment_id": payment_id}
-        params.update((f"b_kind_{i}", kind) for i, kind in enumerate(kinds))
-        params.update((f"b_status_{i}", status) for i, status in enumerate(statuses))
-        return self._all(_attempts_of(len(kinds), len(statuses)), params)
+        return self._all(*_attempts_read(payment_id, kinds, statuses))
 
     def update_attempt(self, attempt_id: str, **values: Any) -> None:
         self._write(_UPDATE_ATTEMPT, {"b_id": attempt_id, **values})
@@ -453,8 +537,7 @@ class Store:
 
     # idempotency ----------------------------------------------------------
     def idempotency_key(self, merchant_id: str, scope: str, key: str) -> Row | None:
-        params = {"b_merchant_id": merchant_id, "b_scope": scope, "b_key": key}
-        return self._one(_IDEMPOTENCY_KEY, params)
+        return self._one(*_key_read(merchant_id, scope, key))
 
     def insert_idempotency_key(self, row: Row) -> None:
         self._insert_unique(t.idempotency_keys, row)
@@ -486,6 +569,12 @@ class Store:
     # provider events --------------------------------------------------------
     def provider_event(self, provider_event_id: str) -> Row | None:
         return self._one(_PROVIDER_EVENT, {"b_provider_event_id": provider_event_id})
+
+    def event_seen(self, payment_id: str, event_type: str) -> bool:
+        """Whether an event of this type about the payment was taken, whatever its outcome."""
+        e = t.provider_events.c
+        query = sa.select(e.id).where(e.payment_id == payment_id, e.type == event_type).limit(1)
+        return self._execute(query).first() is not None
 
     def insert_provider_event(self, row: Row) -> None:
         self._insert_unique(t.provider_events, row)
@@ -607,5 +696,6 @@ class Store:
 
 @contextmanager
 def unit_of_work(database: Database) -> Iterator[Store]:
-    with database.transaction() as connection:
-        yield Store(connection)
+    explicit_begin = database.dialect == "postgresql"
+    with database.transaction(explicit_begin=explicit_begin) as connection:
+        yield Store(connection, explicit_begin=explicit_begin)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from enum import StrEnum
 
 from engine.domain.errors import InvalidRequest
@@ -47,6 +47,18 @@ def _fingerprint(operation: Operation, body: dict[str, object]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _plain(command: object) -> dict[str, object]:
+    """The command's fields as plain data, as ``asdict`` gives them, without its deep copy
+    (a command's fields are strings, numbers, a flat dict and a tuple of splits)."""
+    body: dict[str, object] = {}
+    for name in command.__dataclass_fields__:  # type: ignore[attr-defined]
+        value = getattr(command, name)
+        if isinstance(value, tuple | list) and value:
+            value = [asdict(item) if is_dataclass(item) else item for item in value]  # type: ignore[arg-type]
+        body[name] = value
+    return body
+
+
 def _set(command: object, name: str, value: object) -> None:
     object.__setattr__(command, name, value)
 
@@ -67,7 +79,7 @@ class CreatePayment:
     operation = Operation.CREATE_PAYMENT
 
     def __post_init__(self) -> None:
-        refuse_pans(asdict(self))
+        refuse_pans(_plain(self))
         parse_identifier(self.merchant_id, "merchant_id")
         parse_idempotency_key(self.idempotency_key)
         parse_identifier(self.order_id, "order_id")
@@ -82,7 +94,7 @@ class CreatePayment:
         _set(self, "splits", parse_splits(self.splits, self.amount_minor))
 
     def fingerprint(self) -> str:
-        body = asdict(self)
+        body = _plain(self)
         if not self.splits:
             del body["splits"]  # a plain payment's fingerprint is what it always was
         return _fingerprint(self.operation, body)
@@ -97,7 +109,7 @@ class PaymentCommand:
     payment_id: str
 
     def __post_init__(self) -> None:
-        refuse_pans(asdict(self))
+        refuse_pans(_plain(self))
         parse_identifier(self.merchant_id, "merchant_id")
         parse_idempotency_key(self.idempotency_key)
         parse_identifier(self.payment_id, "payment_id")
@@ -107,7 +119,7 @@ class PaymentCommand:
         raise NotImplementedError
 
     def fingerprint(self) -> str:
-        return _fingerprint(self.operation, asdict(self))
+        return _fingerprint(self.operation, _plain(self))
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +183,7 @@ class CreatePayout:
     operation = Operation.PAYOUT
 
     def __post_init__(self) -> None:
-        refuse_pans(asdict(self))
+        refuse_pans(_plain(self))
         parse_identifier(self.seller_id, "seller_id")
         parse_idempotency_key(self.idempotency_key)
         _set(self, "currency", parse_currency(self.currency))
@@ -183,4 +195,4 @@ class CreatePayout:
         return self.seller_id
 
     def fingerprint(self) -> str:
-        return _fingerprint(self.operation, asdict(self))
+        return _fingerprint(self.operation, _plain(self))

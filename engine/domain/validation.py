@@ -36,6 +36,12 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
+def has_digit_run(text: str) -> bool:
+    """Whether ``text`` holds a run of 13 to 19 digits (spaces or dashes allowed): the
+    cheap test before ``contains_pan``'s Luhn check."""
+    return _PAN_CANDIDATE.search(text) is not None
+
+
 def contains_pan(text: str) -> bool:
     for match in _PAN_CANDIDATE.finditer(text):
         digits = re.sub(r"[ -]", "", match.group())
@@ -46,6 +52,8 @@ def contains_pan(text: str) -> bool:
 
 def refuse_pans(request: Mapping[str, object]) -> None:
     """Scan every string (keys and values, nested) of a request for a card number."""
+    if not _has_pan_candidate(request):
+        return
     stack: list[tuple[str, object]] = list(request.items())
     seen = 0
     while stack:
@@ -63,6 +71,26 @@ def refuse_pans(request: Mapping[str, object]) -> None:
             stack.extend((f"{field}.{key}", item) for key, item in value.items())
         elif isinstance(value, list | tuple):
             stack.extend((f"{field}[{index}]", item) for index, item in enumerate(value))
+
+
+def _has_pan_candidate(request: Mapping[str, object]) -> bool:
+    """Whether any string of the request holds a run of 13+ digits: one regex over all
+    of them (joined so that no run spans two), before the walk that names the field.
+    A request too large to flatten cheaply goes to the walk, which bounds it."""
+    strings: list[str] = []
+    stack: list[object] = [request]
+    while stack:
+        if len(strings) > REQUEST_STRINGS_MAX:
+            return True
+        value = stack.pop()
+        if isinstance(value, str):
+            strings.append(value)
+        elif isinstance(value, Mapping):
+            strings.extend(str(key) for key in value)
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+    return has_digit_run("\n".join(strings))
 
 
 def parse_idempotency_key(value: object) -> str:

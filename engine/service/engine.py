@@ -87,6 +87,10 @@ DISPUTE_EVENTS = frozenset(
     {EventType.DISPUTE_CREATED, EventType.DISPUTE_WON, EventType.DISPUTE_LOST}
 )
 BEFORE_CAPTURE = frozenset({S.CREATED, S.REQUIRES_ACTION, S.PROCESSING, S.AUTHORIZED})
+# The attempts in flight that refuse a new authorization, capture or void.
+AUTHORIZE_BUSY = (CallKind.AUTHORIZE, CallKind.VOID)
+CAPTURE_BUSY = (CallKind.CAPTURE, CallKind.VOID)
+VOID_BUSY = (CallKind.AUTHORIZE, CallKind.CAPTURE, CallKind.VOID)
 RESPONSE_CODE = {O.SUCCEEDED: 200, O.DECLINED: 402, O.REQUIRES_ACTION: 200, O.UNKNOWN: 202}
 # When recovery asks the provider about an open attempt: the first lookup one step
 # after the attempt began, each further one a step after the last "unknown"; after
@@ -148,8 +152,18 @@ class PaymentEngine:
         return payment
 
     @staticmethod
+    def _read_ahead(s: Store, command: Any, busy: tuple[CallKind, ...] = ()) -> None:
+        """The first reads of a write on a payment (its key, the payment locked, its
+        ``busy`` attempts in flight), sent in one trip: the step asks for them next."""
+        s.read_ahead_command(
+            command.merchant_id, command.operation.value, command.idempotency_key,
+            command.payment_id, [kind.value for kind in busy], OPEN_ATTEMPT if busy else (),
+        )  # fmt: skip
+
+    @staticmethod
     def _locked_attempt(s: Store, attempt_id: str) -> tuple[Row, Row]:
         """An attempt and its payment, the attempt read under the payment's lock."""
+        s.read_ahead_attempt(attempt_id)
         payment = s.payment_of_attempt(attempt_id, lock=True)
         attempt = s.attempt(attempt_id) if payment is not None else None
         if payment is None or attempt is None:
@@ -371,6 +385,7 @@ class PaymentEngine:
     # -- authorize ----------------------------------------------------------------
     def begin_authorize(self, command: Authorize) -> StepResult:
         def step(s: Store) -> StepResult:
+            self._read_ahead(s, command, AUTHORIZE_BUSY)
             replay = self._replay(s, command)
             if replay is not None:
                 return replay
@@ -379,7 +394,7 @@ class PaymentEngine:
             if state not in {S.CREATED, S.REQUIRES_ACTION}:
                 raise IllegalTransition(state.value, S.AUTHORIZED.value)
             # A void in doubt too: the provider may have canceled the intent already.
-            self._refuse_if_busy(s, payment, [CallKind.AUTHORIZE, CallKind.VOID])
+            self._refuse_if_busy(s, payment, AUTHORIZE_BUSY)
             self._claim_order(s, payment)
             key_id = self._new_key(s, command)
             attempt = self._new_attempt(
@@ -613,13 +628,14 @@ class PaymentEngine:
     # -- capture, void, refund -------------------------------------------------------
     def begin_capture(self, command: Capture) -> StepResult:
         def step(s: Store) -> StepResult:
+            self._read_ahead(s, command, CAPTURE_BUSY)
             replay = self._replay(s, command)
             if replay is not None:
                 return replay
             payment = self._locked(s, command.payment_id, command.merchant_id)
             if payment["state"] != S.AUTHORIZED:
                 raise IllegalTransition(payment["state"], S.CAPTURED.value)
-            self._refuse_if_busy(s, payment, [CallKind.CAPTURE, CallKind.VOID])
+            self._refuse_if_busy(s, payment, CAPTURE_BUSY)
             amount = command.amount_minor or payment["authorized_minor"]
             if amount > payment["authorized_minor"]:
                 raise AmountExceeded(
@@ -633,7 +649,7 @@ class PaymentEngine:
 
         return self._run(step)
 
-    def _refuse_if_busy(self, s: Store, payment: Row, kinds: list[CallKind]) -> None:
+    def _refuse_if_busy(self, s: Store, payment: Row, kinds: tuple[CallKind, ...]) -> None:
         busy = s.attempts_of(payment["id"], [kind.value for kind in kinds], OPEN_ATTEMPT)
         if busy:
             raise OperationInProgress(
@@ -642,6 +658,7 @@ class PaymentEngine:
 
     def begin_void(self, command: Void) -> StepResult:
         def step(s: Store) -> StepResult:
+            self._read_ahead(s, command, VOID_BUSY)
             replay = self._replay(s, command)
             if replay is not None:
                 return replay
@@ -653,7 +670,7 @@ class PaymentEngine:
                 )
             if not is_legal(state, S.CANCELED):
                 raise IllegalTransition(state.value, S.CANCELED.value)
-            self._refuse_if_busy(s, payment, [CallKind.AUTHORIZE, CallKind.CAPTURE, CallKind.VOID])
+            self._refuse_if_busy(s, payment, VOID_BUSY)
             if state is S.CREATED:  # the provider never heard of it: nothing to release
                 self._move(s, payment, S.CANCELED, "canceled_before_authorization")
                 self._new_key(s, command, (200, payment))
@@ -667,6 +684,7 @@ class PaymentEngine:
 
     def begin_refund(self, command: Refund) -> StepResult:
         def step(s: Store) -> StepResult:
+            self._read_ahead(s, command)
             replay = self._replay(s, command)
             if replay is not None:
                 return replay
@@ -1087,7 +1105,9 @@ class PaymentEngine:
             return "applied"
         if state is not S.DISPUTED:
             opened = any(row["reason"] == "dispute_created_by_event" for row in s.history(p["id"]))
-            if not opened:  # the dispute's opening is still on its way: take it first
+            # An opening taken as stale (e.g. the charge was refunded in full before it)
+            # makes its decision stale too; one not seen yet is on its way: take it first.
+            if not opened and not s.event_seen(p["id"], EventType.DISPUTE_CREATED.value):
                 raise EventTooEarly(message=f"payment {p['id']} has no dispute open yet")
             return "stale"
         if event.type == EventType.DISPUTE_WON:

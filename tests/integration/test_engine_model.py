@@ -273,7 +273,7 @@ class ModelPayment:
     fee_minor: int = 0
     disputed_minor: int = 0
     history_count: int = 1
-    dispute_opened: bool = False
+    dispute_seen: bool = False
 
     @property
     def refundable_minor(self) -> int:
@@ -546,16 +546,16 @@ class Model:
         if event_type is EventType.DISPUTE_CREATED:
             return p.state in {S.CREATED, S.REQUIRES_ACTION, S.PROCESSING, S.AUTHORIZED}
         decided = event_type in {EventType.DISPUTE_WON, EventType.DISPUTE_LOST}
-        return decided and p.state is not S.DISPUTED and not p.dispute_opened
+        return decided and p.state is not S.DISPUTED and not p.dispute_seen
 
     def _dispute(self, p: ModelPayment, event_type: EventType, amount: int | None) -> str:
         if event_type is EventType.DISPUTE_CREATED:
+            p.dispute_seen = True  # opened, or taken as stale: its decision is not early
             amount = amount or p.captured_minor - p.refunded_minor
             if not is_legal(p.state, S.DISPUTED) or amount <= 0:
                 return "stale"
             self.move(p, S.DISPUTED)
             p.disputed_minor = amount
-            p.dispute_opened = True
             return "applied"
         if p.state is not S.DISPUTED:
             return "stale"
