@@ -171,12 +171,14 @@ class Database:
         try:
             yield connection
         finally:
-            # get_transaction, not in_transaction: a commit that failed leaves an
-            # inactive transaction that still has to be rolled back.
-            if connection.get_transaction() is not None:
-                connection.rollback()
-            if driver is not None:
-                _leave_autocommit(connection, driver)
+            try:
+                # get_transaction, not in_transaction: a commit that failed leaves an
+                # inactive transaction that still has to be rolled back.
+                if connection.get_transaction() is not None:
+                    connection.rollback()
+            finally:
+                if driver is not None:
+                    _leave_autocommit(connection, driver)
 
     @contextmanager
     def transaction(self, *, explicit_begin: bool = False) -> Iterator[Connection]:

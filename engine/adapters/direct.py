@@ -267,9 +267,9 @@ class Direct:
         one trip; SQLAlchemy's own commit after it then finds nothing left to do."""
         if not self._explicit:
             self.flush()  # the driver's COMMIT follows
-        elif self._begun:
-            self._send([], commit=True)
-        # else nothing was sent: there is no transaction to commit
+        elif self._begun or self._pending:
+            self._send([], commit=True)  # BEGIN too, if the step wrote without reading
+        # else the step sent nothing: there is no transaction to commit
 
     def _send(self, last: list[_Deferred], *, commit: bool = False) -> list[Any]:
         """BEGIN if not yet sent, the deferred writes, ``last`` (whose cursors are
@@ -288,7 +288,9 @@ class Direct:
                 for current in batch:
                     cursor = self._raw.cursor()
                     if current.many:
-                        cursor.executemany(current.sql, current.args)
+                        # Row by row: executemany nests a pipeline, which costs a trip.
+                        for args in current.args:
+                            cursor.execute(current.sql, args)
                     else:
                         cursor.execute(current.sql, current.args)
                     cursors.append(cursor)
