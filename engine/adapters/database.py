@@ -111,17 +111,27 @@ def create_sa_engine(url: str) -> sa.Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
         in_memory = url in IN_MEMORY_URLS
+        # A unit of work always ends its own transaction, so the pool's rollback on
+        # return is a second one for nothing; the most recently used file connection
+        # (its page cache warm) is handed out first.
+        pooling: dict[str, Any] = (
+            {"poolclass": StaticPool} if in_memory
+            else {"pool_reset_on_return": None, "pool_use_lifo": True}
+        )  # fmt: skip
         engine = sa.create_engine(
             _memdb_url() if in_memory else url,
             connect_args={"check_same_thread": False},
-            poolclass=StaticPool if in_memory else None,
+            **pooling,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         if not in_memory:
             event.listen(engine, "connect", _sqlite_wal)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return sa.create_engine(url, pool_size=20, max_overflow=40, pool_pre_ping=True)
+    # No ping on checkout (a round trip before every unit of work): a connection the
+    # server dropped fails its unit with ``StoreUnavailable``, which callers retry, and
+    # SQLAlchemy then discards the pool's other connections of that age.
+    return sa.create_engine(url, pool_size=20, max_overflow=40)
 
 
 def _alembic_config(connection: Connection) -> Config:

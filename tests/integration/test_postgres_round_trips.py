@@ -58,12 +58,12 @@ def test_a_create_is_one_trip_to_read_its_key_and_one_to_write_and_commit(
 ) -> None:
     command = CreatePayment(MERCHANT, "k-create", "order-1", 1_000, "USD", "pm_card_visa")
     trips = _syncs(postgres_database, lambda: engine.create_payment(command))
-    # The pool's liveness ping (a simple query), then BEGIN + the key's read, then
+    # BEGIN + the key's read, then
     # the payment, history, outbox and key rows with the COMMIT.
-    assert trips == ["Query", "Sync", "Sync"]
+    assert trips == ["Sync", "Sync"]
 
 
-def test_a_completed_authorization_is_three_trips_after_the_ping(
+def test_a_completed_authorization_is_two_trips(
     engine: PaymentEngine, postgres_database: Database
 ) -> None:
     created = engine.create_payment(
@@ -74,7 +74,7 @@ def test_a_completed_authorization_is_three_trips_after_the_ping(
     outcome = FakeProvider().call(call)
     trips = _syncs(postgres_database, lambda: engine.complete_authorize(call.attempt_id, outcome))
     # BEGIN + the payment locked + the attempt; the writes and COMMIT.
-    assert trips == ["Query", "Sync", "Sync"]
+    assert trips == ["Sync", "Sync"]
 
 
 def _autocommit_of_pooled(database: Database) -> bool:
