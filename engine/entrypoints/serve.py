@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from engine.adapters.api_keys import PREFIXES, KeyStore
 from engine.adapters.database import Database, check_schema
 from engine.adapters.psp_http import CircuitBreaker, HttpProvider, RetryPolicy
+from engine.entrypoints import sqlite_turns
 from engine.entrypoints.api import Services, TokenBucket, create_app
 from engine.entrypoints.logs import configure as configure_logs
 from engine.entrypoints.metrics import Metrics
@@ -38,6 +39,9 @@ RECOVERY_STEPS_MAX = 32
 RECOVERY_STEP_S_MAX = 30 * 86_400.0
 RECON_INTERVAL_S_MAX = 7 * 86_400.0
 RECON_LATENESS_S = 300
+# Threads for the engine's steps per API process: SQLite has one writer at a time, so
+# more threads only wait; PostgreSQL runs steps side by side while others wait on I/O.
+STEP_THREADS = {"sqlite": 1, "postgresql": 8}
 
 
 def parse_schedule(text: str) -> tuple[float, ...]:
@@ -138,6 +142,7 @@ def build_services(settings: ServiceSettings) -> Services:
     """Wire the engine, its provider, its keys and its workers; a stale schema is refused here."""
     database = Database(settings.db_url)
     check_schema(database.engine)
+    sqlite_turns.install(database.engine)
     clock = SystemClock()
     schedule = tuple(timedelta(seconds=step) for step in settings.recovery_schedule_s)
     engine = PaymentEngine(database, clock, RandomIds(), EngineSettings(recovery_schedule=schedule))
@@ -150,6 +155,7 @@ def build_services(settings: ServiceSettings) -> Services:
         engine, provider, KeyStore(database), clock, settings.webhook_secret, Metrics(),
         TokenBucket(settings.rate_per_s, settings.rate_burst),
         background=build_workers(engine, settings) if settings.workers else None,
+        step_threads=STEP_THREADS.get(database.dialect, 4),
     )  # fmt: skip
 
 

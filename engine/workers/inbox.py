@@ -38,15 +38,19 @@ class InboxProcessor:
     def run_once(self) -> InboxReport:
         report = InboxReport()
         for inbox_id in self.engine.pending_webhooks(self.batch_max):
-            result = self.engine.apply_webhook(inbox_id, self.translate)
-            if result.status == "applied":
-                report.applied += 1
-            elif result.status in {"pending", "dead"}:
-                report.failed += 1
-                report.dead += result.status == "dead"
-                log.warning(
-                    "webhook failed",
-                    extra={"provider_event_id": result.provider_event_id,
-                           "status": result.status, "error": result.error},
-                )  # fmt: skip
+            self.apply_one(inbox_id, report)
         return report
+
+    def apply_one(self, inbox_id: int, report: InboxReport) -> None:
+        """Apply one pending row (one transaction), counted in ``report``."""
+        result = self.engine.apply_webhook(inbox_id, self.translate)
+        if result.status == "applied":
+            report.applied += 1
+        elif result.status in {"pending", "dead"}:
+            report.failed += 1
+            report.dead += result.status == "dead"
+            log.warning(
+                "webhook failed",
+                extra={"provider_event_id": result.provider_event_id,
+                       "status": result.status, "error": result.error},
+            )  # fmt: skip
