@@ -21,7 +21,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -287,29 +287,109 @@ def _respond(result: StepResult) -> JSONResponse:
     return JSONResponse(payment_body(result), status_code=result.status_code)
 
 
-# -- payments -----------------------------------------------------------------------------
+# -- payments: one operation per route, shared by FastAPI's routes and the fast path ----------
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What a payment operation takes from its request, parsed and authenticated."""
+
+    services: Services
+    who: Principal
+    payment_id: str = ""
+    key: str = ""
+    body: Any = None
+
+
+async def _create(c: Call) -> Response:
+    body: CreatePaymentBody = c.body
+    command = CreatePayment(
+        c.who.merchant_id, c.key, body.order_id, body.amount_minor, body.currency,
+        body.payment_method, body.capture_method, body.metadata,
+        tuple(Split(line.seller_id, line.amount_minor) for line in body.splits),
+    )  # fmt: skip
+    return _respond(await c.services.step(c.services.engine.create_payment, command))
+
+
+async def _get(c: Call) -> Response:
+    body = await c.services.step(_payment_json, c.services.engine, c.payment_id, c.who)
+    return JSONResponse(body)
+
+
+async def _confirm(c: Call) -> Response:
+    command = Authorize(c.who.merchant_id, c.key, c.payment_id)
+    return await c.services.drive(await c.services.step(c.services.engine.begin_authorize, command))
+
+
+async def _capture(c: Call) -> Response:
+    amount = c.body.amount_minor if c.body else None
+    command = Capture(c.who.merchant_id, c.key, c.payment_id, amount)
+    return await c.services.drive(await c.services.step(c.services.engine.begin_capture, command))
+
+
+async def _cancel(c: Call) -> Response:
+    command = Void(c.who.merchant_id, c.key, c.payment_id)
+    return await c.services.drive(await c.services.step(c.services.engine.begin_void, command))
+
+
+async def _refund(c: Call) -> Response:
+    amount, reason = (c.body.amount_minor, c.body.reason) if c.body else (None, None)
+    command = Refund(c.who.merchant_id, c.key, c.payment_id, amount, reason)
+    return await c.services.drive(await c.services.step(c.services.engine.begin_refund, command))
+
+
+async def _refunds(c: Call) -> Response:
+    payment = await c.services.step(c.services.engine.get_payment, c.payment_id, c.who.merchant_id)
+    return JSONResponse({"data": [dict(item) for item in payment.refunds]})
+
+
+async def _ledger(c: Call) -> Response:
+    journals = await c.services.step(_ledger_of, c.services.engine, c.payment_id, c.who)
+    return JSONResponse({"data": [_journal_json(journal, rows) for journal, rows in journals]})
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    method: str
+    path: str  # FastAPI's template: the route's name in metrics and logs
+    run: Callable[[Call], Awaitable[Response]]
+    write: bool = False
+    body: type[BaseModel] | None = None
+    body_required: bool = False
+
+    async def __call__(
+        self, request: Request, services: Services, authorization: str | None,
+        key: str | None = None, payment_id: str = "", body: Any = None,
+    ) -> Response:  # fmt: skip
+        who = await _caller(request, services, authorization, write=self.write)
+        return await self.run(Call(services, who, payment_id, key or "", body))
+
+
+PAY = "/v1/payments/{payment_id}"
+CREATE = Operation("POST", "/v1/payments", _create, True, CreatePaymentBody, body_required=True)
+GET = Operation("GET", PAY, _get)
+CONFIRM = Operation("POST", f"{PAY}/confirm", _confirm, True)
+CAPTURE = Operation("POST", f"{PAY}/capture", _capture, True, AmountBody)
+CANCEL = Operation("POST", f"{PAY}/cancel", _cancel, True)
+REFUND = Operation("POST", f"{PAY}/refunds", _refund, True, RefundBody)
+REFUNDS = Operation("GET", f"{PAY}/refunds", _refunds)
+LEDGER = Operation("GET", f"{PAY}/ledger", _ledger)
+OPERATIONS = (CREATE, GET, CONFIRM, CAPTURE, CANCEL, REFUND, REFUNDS, LEDGER)
+
+
 def _payment_routes(app: FastAPI, services: Services) -> None:
     engine = services.engine
 
-    @app.post("/v1/payments", status_code=201, tags=["payments"])
+    @app.post(CREATE.path, status_code=201, tags=["payments"])
     async def create_payment(
         request: Request, body: CreatePaymentBody, authorization: Authorization = None,
         key: IdempotencyKey = None,
-    ) -> JSONResponse:  # fmt: skip
-        who = await _caller(request, services, authorization, write=True)
-        command = CreatePayment(
-            who.merchant_id, key or "", body.order_id, body.amount_minor, body.currency,
-            body.payment_method, body.capture_method, body.metadata,
-            tuple(Split(line.seller_id, line.amount_minor) for line in body.splits),
-        )  # fmt: skip
-        return _respond(await services.step(engine.create_payment, command))
+    ) -> Response:  # fmt: skip
+        return await CREATE(request, services, authorization, key, body=body)
 
-    @app.get("/v1/payments/{payment_id}", tags=["payments"])
+    @app.get(GET.path, tags=["payments"])
     async def get_payment(
         request: Request, payment_id: str, authorization: Authorization = None
-    ) -> JSONResponse:
-        who = await _caller(request, services, authorization)
-        return JSONResponse(await services.step(_payment_json, engine, payment_id, who))
+    ) -> Response:
+        return await GET(request, services, authorization, payment_id=payment_id)
 
     @app.get("/v1/payments", tags=["payments"])
     async def list_payments(
@@ -318,74 +398,60 @@ def _payment_routes(app: FastAPI, services: Services) -> None:
         order_id: str | None = None,
         limit: int = 20,
         offset: int = 0,
-    ) -> JSONResponse:
+    ) -> Response:
         who = await _caller(request, services, authorization)
         views = await services.step(engine.list_payments, who.merchant_id, order_id, limit, offset)
         body = {"data": [view.as_dict() for view in views], "limit": limit, "offset": offset}
         return JSONResponse(body)
 
-    @app.post("/v1/payments/{payment_id}/confirm", tags=["payments"])
+    @app.post(CONFIRM.path, tags=["payments"])
     async def confirm(
         request: Request, payment_id: str, authorization: Authorization = None,
         key: IdempotencyKey = None,
-    ) -> JSONResponse:  # fmt: skip
-        who = await _caller(request, services, authorization, write=True)
-        command = Authorize(who.merchant_id, key or "", payment_id)
-        return await services.drive(await services.step(engine.begin_authorize, command))
+    ) -> Response:  # fmt: skip
+        return await CONFIRM(request, services, authorization, key, payment_id)
 
-    @app.post("/v1/payments/{payment_id}/capture", tags=["payments"])
+    @app.post(CAPTURE.path, tags=["payments"])
     async def capture(
         request: Request,
         payment_id: str,
         authorization: Authorization = None,
         key: IdempotencyKey = None,
         body: AmountBody | None = None,
-    ) -> JSONResponse:
-        who = await _caller(request, services, authorization, write=True)
-        amount = body.amount_minor if body else None
-        command = Capture(who.merchant_id, key or "", payment_id, amount)
-        return await services.drive(await services.step(engine.begin_capture, command))
+    ) -> Response:
+        return await CAPTURE(request, services, authorization, key, payment_id, body)
 
-    @app.post("/v1/payments/{payment_id}/cancel", tags=["payments"])
+    @app.post(CANCEL.path, tags=["payments"])
     async def cancel(
         request: Request, payment_id: str, authorization: Authorization = None,
         key: IdempotencyKey = None,
-    ) -> JSONResponse:  # fmt: skip
-        who = await _caller(request, services, authorization, write=True)
-        command = Void(who.merchant_id, key or "", payment_id)
-        return await services.drive(await services.step(engine.begin_void, command))
+    ) -> Response:  # fmt: skip
+        return await CANCEL(request, services, authorization, key, payment_id)
 
-    @app.post("/v1/payments/{payment_id}/refunds", tags=["refunds"])
+    @app.post(REFUND.path, tags=["refunds"])
     async def refund(
         request: Request,
         payment_id: str,
         authorization: Authorization = None,
         key: IdempotencyKey = None,
         body: RefundBody | None = None,
-    ) -> JSONResponse:
-        who = await _caller(request, services, authorization, write=True)
-        amount, reason = (body.amount_minor, body.reason) if body else (None, None)
-        command = Refund(who.merchant_id, key or "", payment_id, amount, reason)
-        return await services.drive(await services.step(engine.begin_refund, command))
+    ) -> Response:
+        return await REFUND(request, services, authorization, key, payment_id, body)
 
-    @app.get("/v1/payments/{payment_id}/refunds", tags=["refunds"])
+    @app.get(REFUNDS.path, tags=["refunds"])
     async def list_refunds(
         request: Request, payment_id: str, authorization: Authorization = None
-    ) -> JSONResponse:
-        who = await _caller(request, services, authorization)
-        payment = await services.step(engine.get_payment, payment_id, who.merchant_id)
-        return JSONResponse({"data": [dict(item) for item in payment.refunds]})
+    ) -> Response:
+        return await REFUNDS(request, services, authorization, payment_id=payment_id)
 
-    @app.get("/v1/payments/{payment_id}/ledger", tags=["ledger"])
+    @app.get(LEDGER.path, tags=["ledger"])
     async def payment_ledger(
         request: Request, payment_id: str, authorization: Authorization = None
-    ) -> JSONResponse:
-        who = await _caller(request, services, authorization)
-        journals = await services.step(_ledger_of, engine, payment_id, who)
-        return JSONResponse({"data": [_journal_json(journal, rows) for journal, rows in journals]})
+    ) -> Response:
+        return await LEDGER(request, services, authorization, payment_id=payment_id)
 
     @app.get("/v1/balance", tags=["ledger"])
-    async def balance(request: Request, authorization: Authorization = None) -> JSONResponse:
+    async def balance(request: Request, authorization: Authorization = None) -> Response:
         who = await _caller(request, services, authorization)
         balances = await services.step(engine.merchant_balance, who.merchant_id)
         return JSONResponse({"merchant_id": who.merchant_id, "balances": balances})
@@ -431,35 +497,40 @@ def _journal_json(journal: dict[str, Any], entries: list[dict[str, Any]]) -> dic
     }
 
 
+async def take_webhook(services: Services, payload: bytes, signature: str | None) -> Response:
+    """Verify a delivery, keep it, apply it, answer 2xx; ``PaychaosError`` if it is refused."""
+    now_s = services.clock.now().timestamp()
+    try:
+        verify(payload, signature, services.webhook_secret, now_s)
+        event = json.loads(payload)
+        translated = dialect.event_from_stripe(event)
+    except WebhookRejected as exc:
+        services.metrics.webhooks.labels(outcome=exc.code).inc()
+        log.warning("webhook refused", extra={"code": exc.code})
+        raise
+    except (ValueError, KeyError, TypeError) as exc:
+        services.metrics.webhooks.labels(outcome="malformed").inc()
+        raise InvalidRequest("webhook_malformed", "not a provider event", "body") from exc
+    services.metrics.webhook_lag.observe(max(0.0, now_s - int(event["created"])))
+    # Durable first (the inbox), then applied (in a batch shared with the deliveries
+    # that came meanwhile), then answered; what fails here the worker retries, with
+    # dead letters after repeated failures.
+    stored = await services.step(
+        services.engine.store_webhook, translated.event_id, translated.type, payload.decode()
+    )
+    services.metrics.webhooks.labels(outcome=stored).inc()
+    if stored == "stored":
+        await services.inbox().apply(services)
+    return JSONResponse({"received": True, "outcome": stored})
+
+
 # -- webhooks, health, metrics --------------------------------------------------------------
 def _operational_routes(app: FastAPI, services: Services) -> None:
     @app.post("/v1/webhooks/psp", tags=["webhooks"])
-    async def psp_webhook(request: Request) -> JSONResponse:
-        payload = await request.body()
-        signature = request.headers.get("Stripe-Signature")
-        now_s = services.clock.now().timestamp()
-        try:
-            verify(payload, signature, services.webhook_secret, now_s)
-            event = json.loads(payload)
-            translated = dialect.event_from_stripe(event)
-        except WebhookRejected as exc:
-            services.metrics.webhooks.labels(outcome=exc.code).inc()
-            log.warning("webhook refused", extra={"code": exc.code})
-            raise
-        except (ValueError, KeyError, TypeError) as exc:
-            services.metrics.webhooks.labels(outcome="malformed").inc()
-            raise InvalidRequest("webhook_malformed", "not a provider event", "body") from exc
-        services.metrics.webhook_lag.observe(max(0.0, now_s - int(event["created"])))
-        # Durable first (the inbox), then applied (in a batch shared with the deliveries
-        # that came meanwhile), then answered; what fails here the worker retries, with
-        # dead letters after repeated failures.
-        stored = await services.step(
-            services.engine.store_webhook, translated.event_id, translated.type, payload.decode()
+    async def psp_webhook(request: Request) -> Response:
+        return await take_webhook(
+            services, await request.body(), request.headers.get("Stripe-Signature")
         )
-        services.metrics.webhooks.labels(outcome=stored).inc()
-        if stored == "stored":
-            await services.inbox().apply(services)
-        return JSONResponse({"received": True, "outcome": stored})
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> JSONResponse:
@@ -485,17 +556,26 @@ def _operational_routes(app: FastAPI, services: Services) -> None:
 
 # -- errors and request ids ------------------------------------------------------------------
 def _error(request: Request, status: int, body: dict[str, Any]) -> JSONResponse:
-    body["request_id"] = getattr(request.state, "request_id", None)
+    return _error_json(getattr(request.state, "request_id", None), status, body)
+
+
+def _error_json(request_id: str | None, status: int, body: dict[str, Any]) -> JSONResponse:
+    body["request_id"] = request_id
     return JSONResponse({"error": body}, status_code=status)
+
+
+def refusal(request_id: str | None, exc: PaychaosError) -> JSONResponse:
+    """The answer to an engine's typed error: its status, code, field and the request id."""
+    response = _error_json(request_id, exc.http_status, exc.as_dict())
+    if isinstance(exc, RateLimited):
+        response.headers["Retry-After"] = str(max(1, round(exc.retry_after_s + 0.5)))
+    return response
 
 
 def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(PaychaosError)
     async def paychaos_error(request: Request, exc: PaychaosError) -> JSONResponse:
-        response = _error(request, exc.http_status, exc.as_dict())
-        if isinstance(exc, RateLimited):
-            response.headers["Retry-After"] = str(max(1, round(exc.retry_after_s + 0.5)))
-        return response
+        return refusal(getattr(request.state, "request_id", None), exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -526,6 +606,7 @@ class RequestContext:
     def __init__(self, app: ASGIApp, services: Services) -> None:
         self.app = app
         self.services = services
+        self.fast = FastPath(services)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -546,12 +627,20 @@ class RequestContext:
             await send(message)
 
         try:
+            found = self.fast.match(scope["method"], scope["path"])
+            if found is not None:
+                state["route"] = found[0]
+                instead = await self.fast.serve(found, scope, receive, send_with_id)
+                if instead is None:
+                    return  # answered
+                receive = instead
+                del state["route"]
             await self.app(scope, receive, send_with_id)
         finally:
             self._record(scope, state, status, time.perf_counter() - started)
 
     def _record(self, scope: Scope, state: dict[str, Any], status: int, elapsed_s: float) -> None:
-        path = getattr(scope.get("route"), "path", "unmatched")
+        path = state.get("route") or getattr(scope.get("route"), "path", "unmatched")
         method = scope["method"]
         self.services.metrics.requests.labels(method, path, str(status)).observe(elapsed_s)
         if log.isEnabledFor(logging.INFO):
@@ -563,3 +652,121 @@ class RequestContext:
                     "elapsed_ms": round(elapsed_s * 1000, 2),
                 },
             )  # fmt: skip
+
+
+WEBHOOK_PATH = "/v1/webhooks/psp"
+FAST_BODY_BYTES_MAX = 64 * 1024  # larger bodies (none of the API's) go the long way
+
+
+class FastPath:
+    """The payment routes and the webhook intake without FastAPI's machinery per request.
+
+    It serves only what it is sure of: a matching method and path, and a body that is
+    absent (where the route allows that) or JSON that the route's pydantic model takes.
+    Anything else (a body to refuse, another content type, a large body) goes on to
+    FastAPI with its body, so refusals and their wording stay FastAPI's. The answers
+    are the same operations the FastAPI routes run, and typed errors get the same
+    ``refusal``. FastAPI still declares every route: it is the API's documentation.
+    """
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.exact = {(op.method, op.path): op for op in OPERATIONS if "{" not in op.path}
+        self.under_payment = {
+            (op.method, op.path.removeprefix(PAY)): op
+            for op in OPERATIONS
+            if op.path.startswith(PAY)
+        }
+
+    def match(self, method: str, path: str) -> tuple[str, Operation | None, str] | None:
+        """(route template, operation or None for the webhook intake, payment id)."""
+        if method == "POST" and path == WEBHOOK_PATH:
+            return WEBHOOK_PATH, None, ""
+        op = self.exact.get((method, path))
+        if op is not None:
+            return op.path, op, ""
+        rest = path.removeprefix("/v1/payments/")
+        if rest == path:
+            return None
+        payment_id, slash, tail = rest.partition("/")
+        op = self.under_payment.get((method, f"/{tail}" if slash else ""))
+        if op is None or not payment_id:
+            return None
+        return op.path, op, payment_id
+
+    async def serve(
+        self, found: tuple[str, Operation | None, str], scope: Scope, receive: Receive, send: Send
+    ) -> Receive | None:
+        """Answer, and return None; or return what FastAPI should receive instead."""
+        body, complete = await _read_body(receive, FAST_BODY_BYTES_MAX)
+        if not complete:
+            return None if body is None else _replay(body, receive, more_body=True)
+        assert body is not None
+        headers: dict[bytes, str] = {}
+        for name, value in scope["headers"]:
+            headers.setdefault(name, value.decode("latin-1"))  # the first, as Starlette reads
+        state = scope["state"]
+        _, op, payment_id = found
+        try:
+            if op is None:
+                response = await take_webhook(self.services, body, headers.get(b"stripe-signature"))
+            else:
+                parsed = self._parse(op, body, headers.get(b"content-type", ""))
+                if parsed is _LONG_WAY:
+                    return _replay(body, receive)
+                who = await self.services.principal(headers.get(b"authorization"), op.write)
+                state["merchant_id"] = who.merchant_id
+                key = headers.get(b"idempotency-key") or ""
+                response = await op.run(Call(self.services, who, payment_id, key, parsed))
+        except PaychaosError as exc:
+            response = refusal(state["request_id"], exc)
+        await response(scope, receive, send)
+        return None
+
+    @staticmethod
+    def _parse(op: Operation, body: bytes, content_type: str) -> Any:
+        if op.body is None:
+            return None  # FastAPI reads no body for these routes either
+        if not body:
+            return _LONG_WAY if op.body_required else None
+        if content_type.split(";", 1)[0].strip().lower() != "application/json":
+            return _LONG_WAY
+        try:
+            return op.body.model_validate(json.loads(body))
+        except ValueError:  # pydantic's ValidationError and JSON's errors alike
+            return _LONG_WAY
+
+
+_LONG_WAY = object()
+
+
+async def _read_body(receive: Receive, bytes_max: int) -> tuple[bytes | None, bool]:
+    """(the body, True); or (what was read, False) past ``bytes_max``; (None, False) if
+    the client disconnected first."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None, False
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks), True
+        if size > bytes_max:
+            return b"".join(chunks), False
+
+
+def _replay(body: bytes, receive: Receive, more_body: bool = False) -> Receive:
+    """``receive`` as it was before ``body`` was read from it."""
+    replayed = False
+
+    async def again() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": more_body}
+
+    return again
