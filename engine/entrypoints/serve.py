@@ -79,6 +79,8 @@ class ServiceSettings:
     recon_delay_s: float = 3_600.0
     # Scheduled payouts of every seller's available balance (0: off).
     payout_interval_s: float = 0.0
+    # Threads for the engine's steps per process (0: as suits the database, STEP_THREADS).
+    step_threads: int = 0
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
@@ -100,6 +102,7 @@ class ServiceSettings:
             recon_interval_s=float(env.get("PAYCHAOS_RECON_INTERVAL_S", "0")),
             recon_delay_s=float(env.get("PAYCHAOS_RECON_DELAY_S", "3600")),
             payout_interval_s=float(env.get("PAYCHAOS_PAYOUT_INTERVAL_S", "0")),
+            step_threads=int(env.get("PAYCHAOS_STEP_THREADS", "0")),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -118,6 +121,7 @@ class ServiceSettings:
             "PAYCHAOS_RECON_INTERVAL_S": str(self.recon_interval_s),
             "PAYCHAOS_RECON_DELAY_S": str(self.recon_delay_s),
             "PAYCHAOS_PAYOUT_INTERVAL_S": str(self.payout_interval_s),
+            "PAYCHAOS_STEP_THREADS": str(self.step_threads),
         }
 
     def problem(self) -> tuple[str, str] | None:
@@ -133,6 +137,8 @@ class ServiceSettings:
             return "worker_interval_s", "above 0 and at most 3600 seconds"
         if not 0 < self.circuit_open_s <= 3_600:
             return "circuit_open_s", "above 0 and at most 3600 seconds"
+        if not 0 <= self.step_threads <= 64:
+            return "step_threads", "0 (as suits the database) to 64"
         if not (self.payout_interval_s == 0 or 60 <= self.payout_interval_s <= 30 * 86_400):
             return "payout_interval_s", "0 (off), or 60 seconds to 30 days"
         return recon_problem(self.recon_interval_s, self.recon_delay_s)
@@ -155,7 +161,7 @@ def build_services(settings: ServiceSettings) -> Services:
         engine, provider, KeyStore(database), clock, settings.webhook_secret, Metrics(),
         TokenBucket(settings.rate_per_s, settings.rate_burst),
         background=build_workers(engine, settings) if settings.workers else None,
-        step_threads=STEP_THREADS.get(database.dialect, 4),
+        step_threads=settings.step_threads or STEP_THREADS.get(database.dialect, 4),
     )  # fmt: skip
 
 
