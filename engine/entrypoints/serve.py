@@ -20,6 +20,7 @@ from fastapi import FastAPI
 
 from engine.adapters.api_keys import PREFIXES, KeyStore
 from engine.adapters.database import Database, check_schema
+from engine.adapters.http11 import KeepAliveTransport
 from engine.adapters.psp_http import CircuitBreaker, HttpProvider, RetryPolicy
 from engine.entrypoints import sqlite_turns
 from engine.entrypoints.api import Services, TokenBucket, create_app
@@ -156,6 +157,7 @@ def build_services(settings: ServiceSettings) -> Services:
     provider = HttpProvider(
         settings.psp_url, settings.psp_api_key, timeout_s=settings.provider_timeout_s,
         retry=RetryPolicy(attempts_max=1), breaker=CircuitBreaker(open_s=settings.circuit_open_s),
+        transport=transport_for(settings.psp_url),
     )  # fmt: skip
     return Services(
         engine, provider, KeyStore(database), clock, settings.webhook_secret, Metrics(),
@@ -163,6 +165,12 @@ def build_services(settings: ServiceSettings) -> Services:
         background=build_workers(engine, settings) if settings.workers else None,
         step_threads=settings.step_threads or STEP_THREADS.get(database.dialect, 4),
     )  # fmt: skip
+
+
+def transport_for(psp_url: str) -> KeepAliveTransport | None:
+    """The light HTTP/1.1 transport for a plain-HTTP provider (the mock PSP); httpx's own
+    for anything else."""
+    return KeepAliveTransport() if psp_url.startswith("http://") else None
 
 
 def recon_problem(interval_s: float, delay_s: float) -> tuple[str, str] | None:
@@ -195,6 +203,7 @@ def build_workers(engine: PaymentEngine, settings: ServiceSettings) -> Backgroun
     provider = HttpProvider(
         settings.psp_url, settings.psp_api_key, timeout_s=settings.provider_timeout_s,
         breaker=CircuitBreaker(open_s=settings.circuit_open_s),
+        transport=transport_for(settings.psp_url),
     )  # fmt: skip
     reconciliation = build_reconciliation(engine, settings)
     worker = Worker.assemble(engine, provider, InProcessPublisher(), reconciliation)
