@@ -30,6 +30,7 @@ from engine.entrypoints.system import RandomIds, SystemClock
 from engine.service.engine import RECOVERY_SCHEDULE, EngineSettings, PaymentEngine
 from engine.service.reconciliation import Reconciler
 from engine.workers import BackgroundWorker, InProcessPublisher, Worker, lease_for
+from engine.workers.inbox import SafetyNetInbox
 from engine.workers.payouts import PayoutScheduler
 from engine.workers.reconciliation import HttpReportSource, ReconciliationWorker
 
@@ -43,6 +44,7 @@ RECON_LATENESS_S = 300
 # Threads for the engine's steps per API process: SQLite has one writer at a time, so
 # more threads only wait; PostgreSQL runs steps side by side while others wait on I/O.
 STEP_THREADS = {"sqlite": 1, "postgresql": 8}
+INBOX_SAFETY_NET_S = 5.0
 
 
 def parse_schedule(text: str) -> tuple[float, ...]:
@@ -207,6 +209,10 @@ def build_workers(engine: PaymentEngine, settings: ServiceSettings) -> Backgroun
     )  # fmt: skip
     reconciliation = build_reconciliation(engine, settings)
     worker = Worker.assemble(engine, provider, InProcessPublisher(), reconciliation)
+    # The API applies each delivery as it takes it; the workers pick up what it missed.
+    worker.inbox = SafetyNetInbox(
+        engine, every_s=max(INBOX_SAFETY_NET_S, settings.worker_interval_s)
+    )
     if settings.payout_interval_s > 0:
         worker.payouts = PayoutScheduler(engine, provider, settings.payout_interval_s)
     # Stopping waits at most for the lookup in flight and its resend: their tries and backoff.
