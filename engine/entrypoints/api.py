@@ -16,6 +16,7 @@ starts them with the server and stops them (bounded) when it shuts down.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import secrets
@@ -58,6 +59,7 @@ from engine.workers.inbox import InboxProcessor, InboxReport
 
 log = logging.getLogger("paychaos.api")
 REQUEST_ID_HEADER = "Request-Id"
+LATENCY_SERIES_MAX = 1_000  # routes x methods x statuses: a few dozen in practice
 INBOX_BATCH_MAX = 20
 INBOX_BATCHES_MAX = 10  # per delivery's turn; the worker's loop takes what is left
 T = TypeVar("T")
@@ -607,12 +609,17 @@ class RequestContext:
         self.app = app
         self.services = services
         self.fast = FastPath(services)
+        # Request ids: unique, not secret. A random prefix per process and a counter
+        # cost nothing per request (a fresh random id was a system call each).
+        self._ids = itertools.count(1)
+        self._id_prefix = f"req_{secrets.token_hex(4)}"
+        self._latency: dict[tuple[str, str, int], Any] = {}  # histogram children by labels
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = f"req_{secrets.token_hex(8)}"
+        request_id = f"{self._id_prefix}{next(self._ids):08x}"
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         header = (REQUEST_ID_HEADER.lower().encode(), request_id.encode())
@@ -640,9 +647,14 @@ class RequestContext:
             self._record(scope, state, status, time.perf_counter() - started)
 
     def _record(self, scope: Scope, state: dict[str, Any], status: int, elapsed_s: float) -> None:
-        path = state.get("route") or getattr(scope.get("route"), "path", "unmatched")
-        method = scope["method"]
-        self.services.metrics.requests.labels(method, path, str(status)).observe(elapsed_s)
+        path = str(state.get("route") or getattr(scope.get("route"), "path", "unmatched"))
+        method: str = scope["method"]
+        histogram = self._latency.get((method, path, status))
+        if histogram is None:
+            histogram = self.services.metrics.requests.labels(method, path, str(status))
+            if len(self._latency) < LATENCY_SERIES_MAX:
+                self._latency[method, path, status] = histogram
+        histogram.observe(elapsed_s)
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "request",

@@ -55,6 +55,12 @@ class RedactingJsonFormatter(logging.Formatter):
 
 
 def configure(level: str = "INFO") -> None:
+    # What no line shows, so no record needs (logging's own "optimization" switches):
+    # the caller's file and line (a walk up the stack per record), threads, processes.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(RedactingJsonFormatter())
     root = logging.getLogger("paychaos")
