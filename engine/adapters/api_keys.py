@@ -4,12 +4,19 @@ A key is shown once, when it is created; the database keeps its SHA-256 and a
 short prefix for display. ``sk_`` keys (secret) may write; ``rk_`` keys
 (restricted) may only read. Keys are long random strings, so a plain SHA-256
 (no salt, no stretching) is enough: there is nothing to guess.
+
+``KeyCache`` keeps what a key was found to be for ``ttl_s`` (bounded in entries), so
+a busy key costs no database read per request; a revoked key stops working within
+``ttl_s``. Unknown keys are never cached: each one is looked up.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -20,6 +27,8 @@ from engine.adapters.database import Database
 
 PREFIXES = {"secret": "sk_", "restricted": "rk_"}
 KEY_LENGTH_MAX = 200
+CACHE_TTL_S = 30.0
+CACHE_ENTRIES_MAX = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,3 +75,48 @@ class KeyStore:
         if row is None or not hmac.compare_digest(row.key_hash, digest):
             return None
         return Principal(row.id, row.merchant_id, row.kind)
+
+
+class KeyCache:
+    """Found keys by hash for ``ttl_s``, least recently used out first past ``entries_max``."""
+
+    def __init__(
+        self,
+        store: KeyStore,
+        monotonic: Callable[[], float],
+        ttl_s: float = CACHE_TTL_S,
+        entries_max: int = CACHE_ENTRIES_MAX,
+    ) -> None:
+        assert ttl_s >= 0 and entries_max > 0
+        self.store = store
+        self.monotonic = monotonic
+        self.ttl_s = ttl_s
+        self.entries_max = entries_max
+        self._found: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def cached(self, secret: str) -> Principal | None:
+        """The key's principal if it was found recently; None means "ask the store"."""
+        if not secret or len(secret) > KEY_LENGTH_MAX:
+            return None
+        digest = key_hash(secret)
+        with self._lock:
+            entry = self._found.get(digest)
+            if entry is None:
+                return None
+            if entry[1] <= self.monotonic():
+                del self._found[digest]
+                return None
+            self._found.move_to_end(digest)
+            return entry[0]
+
+    def authenticate(self, secret: str) -> Principal | None:
+        """Ask the store (a database read) and remember a key that was found."""
+        found = self.store.authenticate(secret)
+        if found is not None and self.ttl_s > 0:
+            with self._lock:
+                self._found[key_hash(secret)] = (found, self.monotonic() + self.ttl_s)
+                self._found.move_to_end(key_hash(secret))
+                while len(self._found) > self.entries_max:
+                    self._found.popitem(last=False)
+        return found

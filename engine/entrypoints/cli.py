@@ -261,6 +261,14 @@ def serve_engine(
     payout_interval_s: Annotated[
         float, typer.Option(help="Pay every seller's available balance out this often (0: off).")
     ] = 0.0,
+    step_threads: Annotated[
+        int,
+        typer.Option(
+            envvar="PAYCHAOS_STEP_THREADS",
+            help="Threads for the engine's steps per API process (0: 1 on SQLite, 8 on "
+            "PostgreSQL).",
+        ),
+    ] = 0,
 ) -> None:
     """The engine's HTTP API and its workers (run `paychaos db upgrade` first)."""
     import os
@@ -280,6 +288,7 @@ def serve_engine(
         worker_interval_s=worker_interval_s, recovery_schedule_s=schedule,
         circuit_open_s=circuit_open_s, recon_interval_s=recon_interval_s,
         recon_delay_s=recon_delay_s, payout_interval_s=payout_interval_s,
+        step_threads=step_threads,
     )  # fmt: skip
     problem = settings.problem()
     if problem is not None:

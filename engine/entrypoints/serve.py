@@ -20,7 +20,9 @@ from fastapi import FastAPI
 
 from engine.adapters.api_keys import PREFIXES, KeyStore
 from engine.adapters.database import Database, check_schema
+from engine.adapters.http11 import KeepAliveTransport
 from engine.adapters.psp_http import CircuitBreaker, HttpProvider, RetryPolicy
+from engine.entrypoints import sqlite_turns
 from engine.entrypoints.api import Services, TokenBucket, create_app
 from engine.entrypoints.logs import configure as configure_logs
 from engine.entrypoints.metrics import Metrics
@@ -28,6 +30,7 @@ from engine.entrypoints.system import RandomIds, SystemClock
 from engine.service.engine import RECOVERY_SCHEDULE, EngineSettings, PaymentEngine
 from engine.service.reconciliation import Reconciler
 from engine.workers import BackgroundWorker, InProcessPublisher, Worker, lease_for
+from engine.workers.inbox import SafetyNetInbox
 from engine.workers.payouts import PayoutScheduler
 from engine.workers.reconciliation import HttpReportSource, ReconciliationWorker
 
@@ -38,6 +41,10 @@ RECOVERY_STEPS_MAX = 32
 RECOVERY_STEP_S_MAX = 30 * 86_400.0
 RECON_INTERVAL_S_MAX = 7 * 86_400.0
 RECON_LATENESS_S = 300
+# Threads for the engine's steps per API process: SQLite has one writer at a time, so
+# more threads only wait; PostgreSQL runs steps side by side while others wait on I/O.
+STEP_THREADS = {"sqlite": 1, "postgresql": 8}
+INBOX_SAFETY_NET_S = 5.0
 
 
 def parse_schedule(text: str) -> tuple[float, ...]:
@@ -75,6 +82,8 @@ class ServiceSettings:
     recon_delay_s: float = 3_600.0
     # Scheduled payouts of every seller's available balance (0: off).
     payout_interval_s: float = 0.0
+    # Threads for the engine's steps per process (0: as suits the database, STEP_THREADS).
+    step_threads: int = 0
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
@@ -96,6 +105,7 @@ class ServiceSettings:
             recon_interval_s=float(env.get("PAYCHAOS_RECON_INTERVAL_S", "0")),
             recon_delay_s=float(env.get("PAYCHAOS_RECON_DELAY_S", "3600")),
             payout_interval_s=float(env.get("PAYCHAOS_PAYOUT_INTERVAL_S", "0")),
+            step_threads=int(env.get("PAYCHAOS_STEP_THREADS", "0")),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -114,6 +124,7 @@ class ServiceSettings:
             "PAYCHAOS_RECON_INTERVAL_S": str(self.recon_interval_s),
             "PAYCHAOS_RECON_DELAY_S": str(self.recon_delay_s),
             "PAYCHAOS_PAYOUT_INTERVAL_S": str(self.payout_interval_s),
+            "PAYCHAOS_STEP_THREADS": str(self.step_threads),
         }
 
     def problem(self) -> tuple[str, str] | None:
@@ -129,6 +140,8 @@ class ServiceSettings:
             return "worker_interval_s", "above 0 and at most 3600 seconds"
         if not 0 < self.circuit_open_s <= 3_600:
             return "circuit_open_s", "above 0 and at most 3600 seconds"
+        if not 0 <= self.step_threads <= 64:
+            return "step_threads", "0 (as suits the database) to 64"
         if not (self.payout_interval_s == 0 or 60 <= self.payout_interval_s <= 30 * 86_400):
             return "payout_interval_s", "0 (off), or 60 seconds to 30 days"
         return recon_problem(self.recon_interval_s, self.recon_delay_s)
@@ -138,6 +151,7 @@ def build_services(settings: ServiceSettings) -> Services:
     """Wire the engine, its provider, its keys and its workers; a stale schema is refused here."""
     database = Database(settings.db_url)
     check_schema(database.engine)
+    sqlite_turns.install(database.engine)
     clock = SystemClock()
     schedule = tuple(timedelta(seconds=step) for step in settings.recovery_schedule_s)
     engine = PaymentEngine(database, clock, RandomIds(), EngineSettings(recovery_schedule=schedule))
@@ -145,12 +159,20 @@ def build_services(settings: ServiceSettings) -> Services:
     provider = HttpProvider(
         settings.psp_url, settings.psp_api_key, timeout_s=settings.provider_timeout_s,
         retry=RetryPolicy(attempts_max=1), breaker=CircuitBreaker(open_s=settings.circuit_open_s),
+        transport=transport_for(settings.psp_url),
     )  # fmt: skip
     return Services(
         engine, provider, KeyStore(database), clock, settings.webhook_secret, Metrics(),
         TokenBucket(settings.rate_per_s, settings.rate_burst),
         background=build_workers(engine, settings) if settings.workers else None,
+        step_threads=settings.step_threads or STEP_THREADS.get(database.dialect, 4),
     )  # fmt: skip
+
+
+def transport_for(psp_url: str) -> KeepAliveTransport | None:
+    """The light HTTP/1.1 transport for a plain-HTTP provider (the mock PSP); httpx's own
+    for anything else."""
+    return KeepAliveTransport() if psp_url.startswith("http://") else None
 
 
 def recon_problem(interval_s: float, delay_s: float) -> tuple[str, str] | None:
@@ -183,9 +205,14 @@ def build_workers(engine: PaymentEngine, settings: ServiceSettings) -> Backgroun
     provider = HttpProvider(
         settings.psp_url, settings.psp_api_key, timeout_s=settings.provider_timeout_s,
         breaker=CircuitBreaker(open_s=settings.circuit_open_s),
+        transport=transport_for(settings.psp_url),
     )  # fmt: skip
     reconciliation = build_reconciliation(engine, settings)
     worker = Worker.assemble(engine, provider, InProcessPublisher(), reconciliation)
+    # The API applies each delivery as it takes it; the workers pick up what it missed.
+    worker.inbox = SafetyNetInbox(
+        engine, every_s=max(INBOX_SAFETY_NET_S, settings.worker_interval_s)
+    )
     if settings.payout_interval_s > 0:
         worker.payouts = PayoutScheduler(engine, provider, settings.payout_interval_s)
     # Stopping waits at most for the lookup in flight and its resend: their tries and backoff.
