@@ -55,13 +55,10 @@ from engine.service.driver import Provider, perform
 from engine.service.engine import PaymentEngine
 from engine.service.views import StepResult
 from engine.workers.background import BackgroundWorker, WorkerState
-from engine.workers.inbox import InboxProcessor, InboxReport
 
 log = logging.getLogger("paychaos.api")
 REQUEST_ID_HEADER = "Request-Id"
 LATENCY_SERIES_MAX = 1_000  # routes x methods x statuses: a few dozen in practice
-INBOX_BATCH_MAX = 20
-INBOX_BATCHES_MAX = 10  # per delivery's turn; the worker's loop takes what is left
 T = TypeVar("T")
 
 
@@ -105,7 +102,6 @@ class Services:
     provider_threads: int = 32
     key_cache: KeyCache | None = None
     _pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
-    _inbox: WebhookApplier | None = None
 
     def __post_init__(self) -> None:
         assert 1 <= self.step_threads <= 64 and 1 <= self.provider_threads <= 256
@@ -149,11 +145,6 @@ class Services:
             raise Forbidden(message="this write needs a secret key (sk_...), not a restricted one")
         return found
 
-    def inbox(self) -> WebhookApplier:
-        if self._inbox is None:
-            self._inbox = WebhookApplier(InboxProcessor(self.engine, batch_max=INBOX_BATCH_MAX))
-        return self._inbox
-
     def close(self) -> None:
         if self._pools is not None:
             for pool in self._pools:
@@ -172,44 +163,6 @@ class Answered:
 
     def lookup(self, call: ProviderCall) -> ProviderOutcome:
         return self.outcome
-
-
-class WebhookApplier:
-    """Applies stored webhooks on the step threads, in batches shared by their deliveries.
-
-    A delivery is answered once a batch that started after it was stored has run, so
-    it is applied by then, as before, but many deliveries share one look at the inbox.
-    Each row is its own step, so a long batch never holds the API's steps up.
-    """
-
-    def __init__(self, processor: InboxProcessor) -> None:
-        self.processor = processor
-        self.stored = 0  # deliveries stored so far
-        self.covered = 0  # every delivery up to this one has been in a batch
-        self._lock: asyncio.Lock | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    async def apply(self, services: Services) -> None:
-        self.stored += 1
-        mine = self.stored
-        loop = asyncio.get_running_loop()
-        if self._lock is None or self._loop is not loop:  # a test client's loop per request
-            self._lock, self._loop = asyncio.Lock(), loop
-        async with self._lock:
-            if self.covered >= mine:
-                return
-            upto = self.stored
-            await self._batch(services)
-            self.covered = max(self.covered, upto)
-
-    async def _batch(self, services: Services) -> None:
-        engine, batch_max = self.processor.engine, self.processor.batch_max
-        for _ in range(INBOX_BATCHES_MAX):
-            ids = await services.step(engine.pending_webhooks, batch_max)
-            for inbox_id in ids:
-                await services.step(self.processor.apply_one, inbox_id, InboxReport())
-            if len(ids) < batch_max:
-                return
 
 
 # -- request bodies ------------------------------------------------------------------
@@ -514,15 +467,12 @@ async def take_webhook(services: Services, payload: bytes, signature: str | None
         services.metrics.webhooks.labels(outcome="malformed").inc()
         raise InvalidRequest("webhook_malformed", "not a provider event", "body") from exc
     services.metrics.webhook_lag.observe(max(0.0, now_s - int(event["created"])))
-    # Durable first (the inbox), then applied (in a batch shared with the deliveries
-    # that came meanwhile), then answered; what fails here the worker retries, with
-    # dead letters after repeated failures.
-    stored = await services.step(
-        services.engine.store_webhook, translated.event_id, translated.type, payload.decode()
-    )
+    # Kept in the inbox and applied in one unit of work, then answered; one whose
+    # application fails is kept pending for the worker to retry (dead letters after
+    # repeated failures). Either way it is durable before the 2xx.
+    taken, _ = await services.step(services.engine.take_webhook, translated, payload.decode())
+    stored = "duplicate" if taken == "duplicate" else "stored"
     services.metrics.webhooks.labels(outcome=stored).inc()
-    if stored == "stored":
-        await services.inbox().apply(services)
     return JSONResponse({"received": True, "outcome": stored})
 
 

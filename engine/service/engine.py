@@ -935,24 +935,70 @@ class PaymentEngine:
     # -- webhook inbox and its dead letters ----------------------------------------------
     def store_webhook(self, provider_event_id: str, event_type: str, payload: str) -> str:
         """Keep a verified delivery durably before answering 2xx: ``stored`` or ``duplicate``."""
+        self._check_webhook(provider_event_id, event_type, payload)
+        return self._run(lambda s: self._keep_webhook(s, provider_event_id, event_type, payload))
+
+    def take_webhook(self, event: ProviderEvent, payload: str) -> tuple[str, str | None]:
+        """Keep a verified delivery and apply it, in one transaction where it applies.
+
+        ``("duplicate", None)`` for an event already kept; ``("applied", outcome)``
+        with the event's outcome when the row and the application committed as one
+        unit of work; ``("pending", error)`` when the application failed (an event
+        too early, for one): the row alone is kept with the failure counted, for the
+        inbox worker to retry, exactly as a failed ``apply_webhook`` leaves it.
+        """
+        self._check_webhook(event.event_id, event.type, payload)
+
+        def step(s: Store) -> tuple[str, str | None]:
+            if self._keep_webhook(s, event.event_id, event.type, payload, applied=True) != "stored":
+                return "duplicate", None
+            return "applied", self._take_event(s, event).outcome
+
+        try:
+            return self._run(step)
+        except (StoreUnavailable, LedgerGuardRefused):
+            raise
+        except PaychaosError as exc:
+            error = _error_text(exc)
+        kept = self._run(
+            lambda s: self._keep_webhook(s, event.event_id, event.type, payload, error=error)
+        )
+        return ("pending", error) if kept == "stored" else ("duplicate", None)
+
+    def _check_webhook(self, provider_event_id: str, event_type: str, payload: str) -> None:
         if not 0 < len(provider_event_id) <= 255 or not 0 < len(event_type) <= 64:
             raise InvalidRequest("webhook_malformed", "event id or type is missing or too long")
         if len(payload.encode()) > self.settings.webhook_payload_bytes_max:
             raise InvalidRequest("webhook_too_large", "webhook payload is too large", "body")
 
-        def step(s: Store) -> str:
-            if s.inbox_by_event(provider_event_id) is not None:
-                return "duplicate"
-            s.insert_inbox(
-                {
-                    "provider_event_id": provider_event_id, "type": event_type,
-                    "payload": payload, "status": "pending", "attempts": 0,
-                    "received_at": self.clock.now(),
-                }
-            )  # fmt: skip
-            return "stored"
-
-        return self._run(step)
+    def _keep_webhook(
+        self,
+        s: Store,
+        provider_event_id: str,
+        event_type: str,
+        payload: str,
+        *,
+        applied: bool = False,
+        error: str | None = None,
+    ) -> str:
+        """The inbox row: pending, applied (its event applied in this unit) or pending
+        after one failed application (``error``); ``duplicate`` if the event is kept."""
+        if s.inbox_by_event(provider_event_id) is not None:
+            return "duplicate"
+        now = self.clock.now()
+        attempts = int(applied or error is not None)
+        status = "applied" if applied else "pending"
+        if error is not None and attempts >= self.settings.webhook_attempts_max:
+            status = "dead"
+        s.insert_inbox(
+            {
+                "provider_event_id": provider_event_id, "type": event_type,
+                "payload": payload, "status": status, "attempts": attempts,
+                "last_error": error, "received_at": now,
+                "applied_at": now if applied else None,
+            }
+        )  # fmt: skip
+        return "stored"
 
     def pending_webhooks(self, limit: int = 100) -> list[int]:
         """Inbox rows waiting to be applied, oldest first."""

@@ -257,6 +257,42 @@ def test_a_duplicate_delivery_is_accepted_and_stored_once(engine: PaymentEngine,
     assert engine.pending_webhooks() == []
 
 
+def test_a_taken_delivery_is_kept_and_applied_in_one_unit_and_only_once(
+    engine: PaymentEngine, database: Database, psp: Any
+) -> None:
+    provider, core = psp
+    payment_id = create(engine).payment.id
+    perform(engine, provider, engine.begin_authorize(Authorize(MERCHANT, "a", payment_id)))
+    events = list(core.state.events.values())
+    taken = [engine.take_webhook(event_from_stripe(json.loads(event_payload(e))),
+                                 event_payload(e).decode()) for e in events]  # fmt: skip
+    assert {status for status, _ in taken} == {"applied"}
+    assert engine.pending_webhooks() == []  # nothing left for the worker
+    again = engine.take_webhook(event_from_stripe(json.loads(event_payload(events[-1]))), "{}")
+    assert again == ("duplicate", None)
+    assert engine.store_webhook(events[-1].id, events[-1].type, "{}") == "duplicate"
+    assert engine.get_payment(payment_id).state == "authorized"
+    assert_audit_holds(database)
+
+
+def test_a_taken_delivery_that_fails_to_apply_is_kept_pending_for_the_worker(
+    engine: PaymentEngine, database: Database, clock: FixedClock
+) -> None:
+    payment_id = create(engine).payment.id
+    early = ProviderEvent("evt_early", "charge.dispute.created", clock.now(), payment_id,
+                          amount_minor=100)  # fmt: skip
+    status, error = engine.take_webhook(early, '{"id": "evt_early"}')
+    assert status == "pending" and error is not None and error.startswith("event_too_early")
+    assert len(engine.pending_webhooks()) == 1  # durable, counted once, the worker's now
+    with database.engine.connect() as connection:
+        row = connection.exec_driver_sql(
+            "SELECT status, attempts, applied_at FROM webhook_inbox"
+        ).one()
+    assert (row.status, row.attempts, row.applied_at) == ("pending", 1, None)
+    assert history_states(engine, payment_id) == ["created"]  # nothing of it applied
+    assert engine.take_webhook(early, "{}") == ("duplicate", None)
+
+
 def test_a_failing_webhook_goes_dead_then_a_retry_applies_it_exactly_once(
     engine: PaymentEngine, database: Database, psp: Any
 ) -> None:
