@@ -426,18 +426,17 @@ LINE_KEYS = ("line_no", "seller_id", "amount_minor", "captured_minor", "fee_mino
 
 def _payment_json(engine: PaymentEngine, payment_id: str, who: Principal) -> dict[str, Any]:
     """A payment with its history (and a split payment's lines): one trip to the step threads."""
-    body = engine.get_payment(payment_id, who.merchant_id).as_dict()
-    lines = engine.lines_of(payment_id)
-    if lines:
-        body["lines"] = [{key: line[key] for key in LINE_KEYS} for line in lines]
+    payment = engine.get_payment(payment_id, who.merchant_id, with_lines=True)
+    body = payment.as_dict()
+    if payment.lines:
+        body["lines"] = [{key: line[key] for key in LINE_KEYS} for line in payment.lines]
     return body
 
 
 def _ledger_of(
     engine: PaymentEngine, payment_id: str, who: Principal
 ) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
-    engine.get_payment(payment_id, who.merchant_id)  # 404 for another merchant
-    return engine.ledger_of(payment_id)
+    return engine.ledger_of(payment_id, who.merchant_id)  # 404 for another merchant
 
 
 def _journal_json(journal: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any]:

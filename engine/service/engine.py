@@ -1171,19 +1171,28 @@ class PaymentEngine:
         return "applied"
 
     # -- reads ------------------------------------------------------------------------------
-    def get_payment(self, payment_id: str, merchant_id: str | None = None) -> PaymentView:
+    def get_payment(
+        self, payment_id: str, merchant_id: str | None = None, *, with_lines: bool = False
+    ) -> PaymentView:
+        """A payment with its history and refunds (and, ``with_lines``, a split payment's
+        lines), read in one unit of work; another merchant's payment is not found."""
+
         def step(s: Store) -> PaymentView:
-            payment = s.payment(payment_id)
-            if payment is None or (
-                merchant_id is not None and payment["merchant_id"] != merchant_id
-            ):
-                raise NotFound("payment_not_found", f"no payment {payment_id}", field="payment_id")
+            payment = self._owned(s, payment_id, merchant_id)
             view = PaymentView.of(payment)
             history = tuple(history_item(row) for row in s.history(payment_id))
             refunds = tuple(refund_item(row) for row in s.refunds_of(payment_id))
-            return PaymentView(view.body, history, refunds)
+            lines = tuple(s.lines_of(payment_id)) if with_lines and payment["lines_count"] else ()
+            return PaymentView(view.body, history, refunds, lines)
 
         return self._run(step)
+
+    @staticmethod
+    def _owned(s: Store, payment_id: str, merchant_id: str | None) -> Row:
+        payment = s.payment(payment_id)
+        if payment is None or (merchant_id is not None and payment["merchant_id"] != merchant_id):
+            raise NotFound("payment_not_found", f"no payment {payment_id}", field="payment_id")
+        return payment
 
     def list_payments(
         self, merchant_id: str, order_id: str | None = None, limit: int = 20, offset: int = 0
@@ -1201,8 +1210,17 @@ class PaymentEngine:
 
         return self._run(step)
 
-    def ledger_of(self, payment_id: str) -> list[tuple[Row, list[Row]]]:
-        return self._run(lambda s: s.journals_of(payment_id))
+    def ledger_of(
+        self, payment_id: str, merchant_id: str | None = None
+    ) -> list[tuple[Row, list[Row]]]:
+        """A payment's journals with their entries; another merchant's is not found."""
+
+        def step(s: Store) -> list[tuple[Row, list[Row]]]:
+            if merchant_id is not None:
+                self._owned(s, payment_id, merchant_id)
+            return s.journals_of(payment_id)
+
+        return self._run(step)
 
     # -- settlement -------------------------------------------------------------------------
     def settle_payment(self, payment_id: str, reason: str = "settlement_matched") -> bool:

@@ -27,6 +27,7 @@ class PaymentView:
     body: dict[str, Any]
     history: tuple[dict[str, Any], ...] = ()
     refunds: tuple[dict[str, Any], ...] = ()
+    lines: tuple[dict[str, Any], ...] = ()  # a split payment's lines, when asked for
 
     @property
     def id(self) -> str:

@@ -57,12 +57,16 @@ ENGINE_OPTIONS = (
 )  # fmt: skip
 # Deliveries refused while the engine was down come back within seconds, not minutes.
 PSP_FAULTS: dict[str, Any] = {"webhook_retry": {"first_retry_s": 0.5, "retry_delay_max_s": 2.0}}
-# Just before the kill: authorizations done by the PSP but answered a minute later.
+# Just before the kill: authorizations done by the PSP but answered a minute later,
+# and their webhooks held back (each delivery attempt dropped, so retried later):
+# nothing but the kill may end the canary's wait, or the engine could learn of the
+# authorization by webhook before the kill lands.
 SLOW_CONFIRMS = {
     **PSP_FAULTS,
     "api_rules": [
         {"endpoints": ["payment_intents.create"], "latency": {"kind": "fixed", "fixed_ms": 60_000}}
     ],
+    "webhooks": {"drop_attempt_rate": 1.0},
 }
 
 
