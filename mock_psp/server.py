@@ -17,10 +17,9 @@ that decides anything lives in the core.
   client sees either its own read timeout or a broken connection: never an answer.
 - Webhooks: a background task polls ``core.due_deliveries()``, POSTs each delivery
   (bounded timeout and batch) and reports the endpoint's status, or ``None`` on a
-  timeout or connection error, with ``core.ack``. ``http://`` endpoints get a small
-  HTTP/1.1 client over keep-alive connections (``WebhookPoster``; httpx's pool cost
-  more CPU per delivery than the provider's whole answer to an API call); any other
-  URL goes through ``httpx.AsyncClient``.
+  timeout or connection error, with ``core.ack``. The client is aiohttp's, over
+  keep-alive connections (``WebhookPoster``; httpx's pool cost more CPU per delivery
+  than the provider's whole answer to an API call).
 - ``/_admin/...`` goes to ``core.admin`` with a JSON body (or query parameters).
 """
 
@@ -36,9 +35,9 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
-import httpx
+import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -54,7 +53,6 @@ from mock_psp.webhooks import Delivery
 from mock_psp.world import ProviderConfig
 
 BODY_BYTES_MAX = 1_000_000
-CHUNKS_MAX = 10_000
 GC_THRESHOLDS = (100_000, 50, 1_000)
 ALL_METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH"]
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
@@ -216,13 +214,10 @@ class PspServer:
 
     async def _deliver_forever(self) -> None:
         settings = self.settings
-        timeout = httpx.Timeout(settings.webhook_timeout_s)
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as fallback:
-            client = WebhookPoster(settings.webhook_timeout_s, fallback)
-            try:
-                await self._deliver_loop(client)
-            finally:
-                client.close()
+        async with WebhookPoster.opened(
+            settings.webhook_timeout_s, settings.webhook_batch_max
+        ) as client:
+            await self._deliver_loop(client)
 
     async def _deliver_loop(self, client: WebhookPoster) -> None:
         settings = self.settings
@@ -246,7 +241,7 @@ class PspServer:
         status: int | None
         try:
             status = await client.post(delivery.url, delivery.payload, delivery.headers)
-        except (httpx.HTTPError, httpx.InvalidURL, *WebhookPoster.FAILURES) as exc:
+        except WebhookPoster.FAILURES as exc:
             # The endpoint did not answer: the core retries it with backoff.
             log.debug("webhook %s to %s failed: %r", delivery.delivery_id, delivery.url, exc)
             self.webhook_errors += 1
@@ -256,104 +251,53 @@ class PspServer:
 
 
 class WebhookPoster:
-    """POSTs to webhook endpoints: the status, or one of ``FAILURES`` (no answer in time).
+    """POSTs to webhook endpoints with aiohttp: the status, or one of ``FAILURES``.
 
-    ``http://`` URLs use HTTP/1.1 over asyncio streams, keeping idle connections (at
-    most ``idle_max`` per endpoint) for the next delivery; a kept connection the
-    endpoint has closed meanwhile is retried once on a new one (the endpoint dedupes
-    by event id, as it must for the provider's own retries). Other URLs use httpx.
+    Connections are kept alive per endpoint, at most ``connections_max`` open at once;
+    each answer is read whole (up to ``BODY_BYTES_MAX``) so its connection can be
+    reused. A kept connection that the endpoint closed meanwhile fails as a
+    disconnection or a reset: that delivery is posted once more, on a new connection
+    (the endpoint dedupes by event id, as it must for the provider's own retries;
+    aiohttp itself retries only idempotent methods). Both tries fit in ``timeout_s``.
     """
 
-    FAILURES = (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError,
-                asyncio.LimitOverrunError)  # fmt: skip
+    FAILURES = (aiohttp.ClientError, TimeoutError, ValueError, OSError)
 
-    def __init__(self, timeout_s: float, fallback: httpx.AsyncClient, idle_max: int = 64) -> None:
+    def __init__(self, session: aiohttp.ClientSession, timeout_s: float) -> None:
+        self.session = session
         self.timeout_s = timeout_s
-        self.fallback = fallback
-        self.idle_max = idle_max
-        self._idle: dict[tuple[str, int], list[_Stream]] = {}
+
+    @classmethod
+    @asynccontextmanager
+    async def opened(cls, timeout_s: float, connections_max: int) -> AsyncIterator[WebhookPoster]:
+        connector = aiohttp.TCPConnector(limit=connections_max, limit_per_host=connections_max)
+        async with aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            cookie_jar=aiohttp.DummyCookieJar(),  # endpoints' cookies change nothing
+            auto_decompress=False,  # the body is only counted
+        ) as session:
+            yield cls(session, timeout_s)
 
     async def post(self, url: str, payload: bytes, headers: Mapping[str, str]) -> int:
-        parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            answer = await self.fallback.post(url, content=payload, headers=dict(headers))
-            return answer.status_code
-        where = (parts.hostname, parts.port or 80)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        head = f"POST {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-        head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-        request = f"{head}Content-Length: {len(payload)}\r\n\r\n".encode("latin-1") + payload
-        return await asyncio.wait_for(self._exchange(where, request), self.timeout_s)
-
-    async def _exchange(self, where: tuple[str, int], request: bytes) -> int:
-        idle = self._idle.get(where)
-        if idle:
-            stream = idle.pop()
+        async with asyncio.timeout(self.timeout_s):
             try:
-                return await self._over(stream, where, request)
-            except self.FAILURES:
-                pass  # closed while it was idle: once more on a new connection
-        reader, writer = await asyncio.open_connection(*where)
-        return await self._over(_Stream(reader, writer), where, request)
+                return await self._post_once(url, payload, headers)
+            except aiohttp.ClientConnectorError:
+                raise  # no connection was made: nothing stale to replace
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                return await self._post_once(url, payload, headers)
 
-    async def _over(self, stream: _Stream, where: tuple[str, int], request: bytes) -> int:
-        try:
-            status, keep = await stream.exchange(request)
-        except BaseException:
-            stream.close()
-            raise
-        idle = self._idle.setdefault(where, [])
-        if keep and len(idle) < self.idle_max:
-            idle.append(stream)
-        else:
-            stream.close()
-        return status
-
-    def close(self) -> None:
-        for streams in self._idle.values():
-            for stream in streams:
-                stream.close()
-        self._idle.clear()
-
-
-@dataclass(frozen=True, slots=True)
-class _Stream:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-
-    async def exchange(self, request: bytes) -> tuple[int, bool]:
-        """Send one request, read its whole answer: (status, whether to keep the stream)."""
-        self.writer.write(request)
-        head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-        version, status_text = head[0].split(" ", 2)[:2]
-        fields = {name.strip().lower(): value.strip() for name, _, value in
-                  (line.partition(":") for line in head[1:] if line)}  # fmt: skip
-        keep = version == "HTTP/1.1" and fields.get("connection", "").lower() != "close"
-        if "chunked" in fields.get("transfer-encoding", "").lower():
-            await self._skip_chunks()
-        elif "content-length" in fields:
-            length = int(fields["content-length"])
-            if not 0 <= length <= BODY_BYTES_MAX:
-                raise ValueError("an answer too large for a webhook")
-            await self.reader.readexactly(length)
-        else:
-            keep = False  # the body ends with the connection
-            await self.reader.read(BODY_BYTES_MAX)
-        return int(status_text), keep
-
-    async def _skip_chunks(self) -> None:
-        for _ in range(CHUNKS_MAX):
-            size = int((await self.reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
-            if size == 0:
-                break
-            await self.reader.readexactly(size + 2)
-        for _ in range(CHUNKS_MAX):  # trailers, then the blank line that ends them
-            if await self.reader.readuntil(b"\r\n") == b"\r\n":
-                return
-        raise ValueError("an answer with too many chunks")
-
-    def close(self) -> None:
-        self.writer.close()
+    async def _post_once(self, url: str, payload: bytes, headers: Mapping[str, str]) -> int:
+        async with self.session.post(
+            url, data=payload, headers=dict(headers), allow_redirects=False
+        ) as answer:
+            body_bytes = 0
+            async for chunk in answer.content.iter_any():
+                body_bytes += len(chunk)
+                if body_bytes > BODY_BYTES_MAX:
+                    raise ValueError("an answer too large for a webhook")
+            return answer.status
 
 
 def _report_worker_crash(worker: asyncio.Task[None]) -> None:

@@ -20,8 +20,8 @@ from fastapi import FastAPI
 
 from engine.adapters.api_keys import PREFIXES, KeyStore
 from engine.adapters.database import Database, check_schema
-from engine.adapters.http11 import KeepAliveTransport
 from engine.adapters.psp_http import CircuitBreaker, HttpProvider, RetryPolicy
+from engine.adapters.urllib3_transport import Urllib3Transport
 from engine.entrypoints import sqlite_turns
 from engine.entrypoints.api import Services, TokenBucket, create_app
 from engine.entrypoints.logs import configure as configure_logs
@@ -169,10 +169,10 @@ def build_services(settings: ServiceSettings) -> Services:
     )  # fmt: skip
 
 
-def transport_for(psp_url: str) -> KeepAliveTransport | None:
-    """The light HTTP/1.1 transport for a plain-HTTP provider (the mock PSP); httpx's own
+def transport_for(psp_url: str) -> Urllib3Transport | None:
+    """urllib3's keep-alive pools for a plain-HTTP provider (the mock PSP); httpx's own
     for anything else."""
-    return KeepAliveTransport() if psp_url.startswith("http://") else None
+    return Urllib3Transport() if psp_url.startswith("http://") else None
 
 
 def recon_problem(interval_s: float, delay_s: float) -> tuple[str, str] | None:
