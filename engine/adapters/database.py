@@ -11,7 +11,6 @@ error tree here and nowhere else.
 
 from __future__ import annotations
 
-import itertools
 import re
 import threading
 from collections.abc import Iterator
@@ -89,24 +88,6 @@ def _sqlite_begin(connection: Connection) -> None:
         ) from exc
 
 
-_memdb_names = itertools.count()
-
-
-def _memdb_url() -> str:
-    """A database of its own on SQLite's ``memdb`` VFS, for an in-memory URL.
-
-    The classic in-memory database keeps every page in the pager's cache, and
-    every commit truncates that cache by walking its hash table: a commit costs
-    in proportion to the whole database, so a long simulation slows down as it
-    grows. ``memdb`` keeps the database in one buffer read through an ordinary
-    bounded cache: a commit costs what it writes. Like ``:memory:`` it lives in
-    this process only and vanishes with its last connection; the name (unique
-    in the process; a leading "/" lets the static pool's one connection be
-    reopened onto it) never reaches a file.
-    """
-    return f"sqlite:///file:/paychaos-memory-{next(_memdb_names)}?vfs=memdb&uri=true"
-
-
 def create_sa_engine(url: str) -> sa.Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
@@ -119,7 +100,7 @@ def create_sa_engine(url: str) -> sa.Engine:
             else {"pool_reset_on_return": None, "pool_use_lifo": True}
         )  # fmt: skip
         engine = sa.create_engine(
-            _memdb_url() if in_memory else url,
+            url,
             connect_args={"check_same_thread": False},
             **pooling,
         )
