@@ -1,7 +1,7 @@
 """The simulated world: the real engine and the real mock PSP core in virtual time.
 
 One simpy environment holds everything. The engine runs unchanged on an
-in-memory SQLite database; the provider core runs unchanged; this module is
+in-memory SQLite database (``scenarios.memdb``); the provider core runs unchanged; this module is
 only the driver between them: it carries provider calls (with the fault plan's
 latencies, timeouts and errors), webhook deliveries (through the engine's own
 signature check), customers and their clients, the recovery worker, and the
@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 
 from engine.adapters import stripe_dialect as dialect
-from engine.adapters.database import Database, LedgerGuardRefused
+from engine.adapters.database import LedgerGuardRefused
 from engine.adapters.webhook_signature import WebhookRejected, verify
 from engine.domain.commands import CreatePayout
 from engine.domain.errors import (
@@ -44,6 +44,7 @@ from engine.service.views import OutboxEvent, StepResult
 from mock_psp.core import ApiRequest, ProviderCore
 from mock_psp.world import ProviderConfig
 from scenarios.marketplace import fee_plans
+from scenarios.memdb import MemDatabase
 from scenarios.schema import Scenario
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
@@ -180,7 +181,7 @@ class World:
             )
         }
         self.env = simpy.Environment()
-        self.db = Database("sqlite://", migrate=True)
+        self.db = MemDatabase(migrate=True)
         if scenario.engine_faults.commit_failure_rate > 0:
             sa_event.listen(self.db.engine, "commit", self._maybe_fail_commit)
         self.engine = PaymentEngine(self.db, SimClock(self.env), SeededIds(self.rng["engine"]))
