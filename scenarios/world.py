@@ -52,6 +52,7 @@ EPOCH_S = EPOCH.timestamp()
 API_KEY = "sk_test_paychaos_sim"
 SAMPLES_MAX = 200
 TRACE_EVENTS_MAX = 2_000_000
+EVENT_RETENTION_S = 300.0
 
 Step = Generator[simpy.Event, Any, Any]
 
@@ -221,13 +222,14 @@ class World:
     @staticmethod
     def _provider_config(scenario: Scenario) -> ProviderConfig:
         # Compact webhook bodies: the engine reads them the same, several times faster.
+        # Whole events for a few minutes only (the deliveries keep their own bytes, the
+        # traces read the provider's event log): memory follows the rate, not the run.
+        config = ProviderConfig(webhook_payload_indent=None, event_retention_s=EVENT_RETENTION_S)
         if scenario.workload.marketplace.payouts is None:
-            return ProviderConfig(webhook_payload_indent=None)
+            return config
         # With payouts, charges become available at once and payouts land at once (on
         # the provider's next tick): a run lasts minutes, a provider's days would not fit.
-        return ProviderConfig(
-            webhook_payload_indent=None, availability_delay_s=0, payout_arrival_delay_s=0
-        )
+        return config.model_copy(update={"availability_delay_s": 0, "payout_arrival_delay_s": 0})
 
     # -- bookkeeping ---------------------------------------------------------------
     def note(self, what: str, **detail: Any) -> None:
