@@ -36,7 +36,7 @@ class SavedResponse:
     Every key is kept a day, and a day of a busy provider is millions of keys: as
     compressed JSON a body takes a couple of hundred bytes, as objects several
     kilobytes. ``zdict`` is the store's preset dictionary (one shared bytes object:
-    an earlier body, whose keys and constants the later ones repeat). A replay
+    earlier bodies, whose keys and constants the later ones repeat). A replay
     reads the body back (rare); ``IdempotencyStore.saved`` is how one is made.
     """
 
@@ -107,7 +107,7 @@ def check_key_format(key: str) -> None:
 
 
 class IdempotencyStore:
-    __slots__ = ("_keys_max", "_records", "_ttl_s", "_zdict", "evicted_count")
+    __slots__ = ("_keys_max", "_records", "_ttl_s", "_zdict", "_zdict_kinds", "evicted_count")
 
     def __init__(self, ttl_s: float = KEY_TTL_S, keys_max: int = KEYS_MAX) -> None:
         assert ttl_s > 0 and keys_max > 0
@@ -115,15 +115,23 @@ class IdempotencyStore:
         self._keys_max = keys_max
         # Insertion order is creation order because provider time never runs backwards.
         self._records: OrderedDict[str, IdempotencyRecord] = OrderedDict()
-        self._zdict = b""  # the first successful body saved: the bodies' preset dictionary
+        self._zdict = b""  # the bodies' preset dictionary (see ``saved``)
+        self._zdict_kinds: set[str] = set()
         self.evicted_count = 0
 
     def saved(self, status: int, body: JsonDict) -> SavedResponse:
-        """A response to save, compressed against the store's dictionary."""
-        response = SavedResponse.of(status, body, self._zdict)
-        if not self._zdict and status == 200:
-            self._zdict = json.dumps(body, separators=(",", ":")).encode()[:ZDICT_BYTES_MAX]
-        return response
+        """A response to save, compressed against the store's dictionary.
+
+        The dictionary is the first successful body of each kind of object (a
+        PaymentIntent, a Refund, ...) seen so far: a new kind extends it (a new
+        bytes object; earlier records keep the one they were made with).
+        """
+        kind = body.get("object")
+        if status == 200 and isinstance(kind, str) and kind not in self._zdict_kinds:
+            self._zdict_kinds.add(kind)
+            sample = json.dumps(body, separators=(",", ":")).encode()
+            self._zdict = (self._zdict + sample)[-ZDICT_BYTES_MAX:]
+        return SavedResponse.of(status, body, self._zdict)
 
     def _expire(self, now_s: float) -> None:
         while self._records:
