@@ -110,9 +110,7 @@ def day_scenario(slice_s: float) -> Scenario:
     scenario = _library(DAY_SCENARIO)
     workload = scenario.workload
     arrivals = workload.arrivals.model_copy(update={"rate_per_s": DAY_PAYMENTS / DAY_S})
-    workload = workload.model_copy(
-        update={"arrivals": arrivals, "payments_max": 2 * DAY_PAYMENTS}
-    )
+    workload = workload.model_copy(update={"arrivals": arrivals, "payments_max": 2 * DAY_PAYMENTS})
     return scenario.model_copy(update={"duration_s": slice_s, "workload": workload})
 
 

@@ -43,7 +43,6 @@ from mock_psp.idempotency import (
     IdempotencyLookup,
     IdempotencyRecord,
     IdempotencyStore,
-    SavedResponse,
     check_key_format,
 )
 from mock_psp.ids import IdSource, substream
@@ -287,7 +286,7 @@ class ProviderCore:
                     request_id=request_id,
                     created_at_s=now_s,
                     completes_at_s=now_s + decision.latency_s,
-                    response=SavedResponse(response.status, response.body),
+                    response=self.idempotency.saved(response.status, response.body),
                 )
             )
         processed = error is None or saved

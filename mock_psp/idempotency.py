@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import json
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -21,14 +23,38 @@ from mock_psp.errors import IdempotencyKeyInUse, IdempotencyMismatch, InvalidReq
 KEY_TTL_S = 24 * 3_600.0
 KEY_LENGTH_MAX = 255
 KEYS_MAX = 1_000_000
+ZLIB_LEVEL = 1  # fast: bodies are saved for every request, read back rarely
+ZDICT_BYTES_MAX = 32_768  # zlib's window
 
 JsonDict = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class SavedResponse:
+    """A first response as saved for its key: the status and the body's JSON, compressed.
+
+    Every key is kept a day, and a day of a busy provider is millions of keys: as
+    compressed JSON a body takes a couple of hundred bytes, as objects several
+    kilobytes. ``zdict`` is the store's preset dictionary (one shared bytes object:
+    earlier bodies, whose keys and constants the later ones repeat). A replay
+    reads the body back (rare); ``IdempotencyStore.saved`` is how one is made.
+    """
+
     status: int
-    body: JsonDict
+    body_zjson: bytes
+    zdict: bytes = b""
+
+    @classmethod
+    def of(cls, status: int, body: JsonDict, zdict: bytes = b"") -> SavedResponse:
+        encoded = json.dumps(body, separators=(",", ":")).encode()
+        packer = zlib.compressobj(ZLIB_LEVEL, zdict=zdict)  # an empty zdict is none
+        return cls(status, packer.compress(encoded) + packer.flush(), zdict)
+
+    @property
+    def body(self) -> JsonDict:
+        unpacker = zlib.decompressobj(zdict=self.zdict)
+        body: JsonDict = json.loads(unpacker.decompress(self.body_zjson) + unpacker.flush())
+        return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +107,7 @@ def check_key_format(key: str) -> None:
 
 
 class IdempotencyStore:
-    __slots__ = ("_keys_max", "_records", "_ttl_s", "evicted_count")
+    __slots__ = ("_keys_max", "_records", "_ttl_s", "_zdict", "_zdict_kinds", "evicted_count")
 
     def __init__(self, ttl_s: float = KEY_TTL_S, keys_max: int = KEYS_MAX) -> None:
         assert ttl_s > 0 and keys_max > 0
@@ -89,7 +115,23 @@ class IdempotencyStore:
         self._keys_max = keys_max
         # Insertion order is creation order because provider time never runs backwards.
         self._records: OrderedDict[str, IdempotencyRecord] = OrderedDict()
+        self._zdict = b""  # the bodies' preset dictionary (see ``saved``)
+        self._zdict_kinds: set[str] = set()
         self.evicted_count = 0
+
+    def saved(self, status: int, body: JsonDict) -> SavedResponse:
+        """A response to save, compressed against the store's dictionary.
+
+        The dictionary is the first successful body of each kind of object (a
+        PaymentIntent, a Refund, ...) seen so far: a new kind extends it (a new
+        bytes object; earlier records keep the one they were made with).
+        """
+        kind = body.get("object")
+        if status == 200 and isinstance(kind, str) and kind not in self._zdict_kinds:
+            self._zdict_kinds.add(kind)
+            sample = json.dumps(body, separators=(",", ":")).encode()
+            self._zdict = (self._zdict + sample)[-ZDICT_BYTES_MAX:]
+        return SavedResponse.of(status, body, self._zdict)
 
     def _expire(self, now_s: float) -> None:
         while self._records:

@@ -10,10 +10,12 @@ import random
 import string
 
 _ALPHABET = string.ascii_letters + string.digits
-# A word's top byte -> the character its top 6 bits pick, or "" when choice redraws.
-_TOP_BYTE_CHAR = tuple(
-    _ALPHABET[byte >> 2] if byte >> 2 < len(_ALPHABET) else "" for byte in range(256)
+# A word's top byte -> the character its top 6 bits pick (a bytes.translate table),
+# and the top bytes that pick nothing (``choice`` redraws): deleted by translate.
+_TOP_BYTE_CHAR = bytes(
+    ord(_ALPHABET[byte >> 2]) if byte >> 2 < len(_ALPHABET) else 0 for byte in range(256)
 )
+_REDRAWN = bytes(byte for byte in range(256) if byte >> 2 >= len(_ALPHABET))
 ID_BODY_LENGTH = 24
 SECRET_BODY_LENGTH = 32
 
@@ -33,13 +35,13 @@ class IdSource:
         # in the least significant place; exactly as many words are drawn as the
         # one-by-one loop would draw, so the stream stays the same for what follows.
         draw = self._rng.getrandbits
-        chars: list[str] = []
+        chars = b""
         need = length
         while need:
             words = draw(32 * need).to_bytes(4 * need, "little")
-            chars.extend(char for char in map(_TOP_BYTE_CHAR.__getitem__, words[3::4]) if char)
+            chars += words[3::4].translate(_TOP_BYTE_CHAR, _REDRAWN)
             need = length - len(chars)
-        return "".join(chars)
+        return chars.decode("ascii")
 
     def new(self, prefix: str) -> str:
         assert prefix and prefix.isidentifier(), prefix

@@ -11,6 +11,7 @@ mutate anything: a handler parses its whole command first, then acts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -133,8 +134,12 @@ def decode_params(raw: Mapping[str, object] | Iterable[tuple[str, object]]) -> P
 
 
 def fingerprint(method: str, path: str, tree: ParamTree) -> str:
-    """A canonical text of a request, compared for idempotency-key reuse."""
-    return json.dumps([method.upper(), path, tree], sort_keys=True, separators=(",", ":"))
+    """A digest of a request's canonical text, compared for idempotency-key reuse.
+
+    Kept with every key for a day: a 128-bit BLAKE2b digest, not the text itself.
+    """
+    text = json.dumps([method.upper(), path, tree], sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def _luhn_ok(digits: str) -> bool:

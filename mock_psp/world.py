@@ -10,8 +10,9 @@ place: ``emit`` (event + webhook queue), ``post_balance`` (balance transaction) 
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,6 +55,19 @@ class ProviderConfig(BaseModel):
     api_keys: list[str] | None = None
     # Webhook bodies are indented JSON, as Stripe's; None sends them compact (faster).
     webhook_payload_indent: int | None = Field(default=2, ge=0, le=8)
+    # How long an event stays retrievable whole (Stripe: 30 days); None keeps every
+    # event forever. Older events leave only their ``EventStub`` in ``event_log``.
+    event_retention_s: float | None = Field(default=None, ge=0.0, le=30 * DAY_S)
+
+
+class EventStub(NamedTuple):
+    """What is kept of every event for good: what it was about, when, which one."""
+
+    created_s: int
+    type: str
+    id: str
+    object_id: str | None  # the event's object (a PaymentIntent, Charge, Refund, ...)
+    payment_intent_id: str | None  # the object's PaymentIntent, when it has one
 
 
 @dataclass(slots=True)
@@ -65,7 +79,10 @@ class ProviderState:
     disputes: dict[str, Dispute] = field(default_factory=dict)
     balance_transactions: dict[str, BalanceTransaction] = field(default_factory=dict)
     payouts: dict[str, Payout] = field(default_factory=dict)
-    events: dict[str, Event] = field(default_factory=dict)
+    events: dict[str, Event] = field(default_factory=dict)  # whole, within the retention
+    event_log: list[EventStub] = field(default_factory=list)  # every event, in order
+    # (expires_at_s, event id), in creation order: the events to forget whole.
+    event_expiry: deque[tuple[float, str]] = field(default_factory=deque)
     webhook_endpoints: dict[str, WebhookEndpoint] = field(default_factory=dict)
     # (due_at_s, seq, kind, object id): time-driven work run by ``ProviderCore.tick``.
     timers: list[tuple[float, int, str, str]] = field(default_factory=list)
@@ -84,6 +101,8 @@ class ProviderState:
             self.webhook_endpoints,
         ):
             mapping.clear()  # cleared in place: the webhook scheduler holds the endpoints
+        self.event_log.clear()
+        self.event_expiry.clear()
         self.timers.clear()
         self.timer_seq = 0
 
@@ -97,6 +116,14 @@ class ProviderState:
             + len(self.payouts)
             + len(self.events)
         )
+
+    def expire_events(self, now_s: float) -> int:
+        """Forget whole the events past their retention (their stubs stay); how many went."""
+        expiry, gone = self.event_expiry, 0
+        while expiry and expiry[0][0] <= now_s:
+            self.events.pop(expiry.popleft()[1], None)
+            gone += 1
+        return gone
 
 
 def day_start_s(at_s: float) -> int:
@@ -169,9 +196,21 @@ class World:
             pending_webhooks=wanted,
             previous_attributes=previous,
         )
-        self.state.events[event.id] = event
+        self._keep(event)
         self.scheduler.enqueue(event, self.now_s)
         return event
+
+    def _keep(self, event: Event) -> None:
+        state, retention_s = self.state, self.config.event_retention_s
+        obj = event.data_object
+        pi_id = obj.get("payment_intent") if obj.get("object") != "payment_intent" else obj["id"]
+        state.event_log.append(
+            EventStub(event.created_s, event.type, event.id, obj.get("id"), pi_id)
+        )
+        state.events[event.id] = event
+        if retention_s is not None:
+            state.event_expiry.append((self.now_s + retention_s, event.id))
+            state.expire_events(self.now_s)
 
     def add_timer(self, due_at_s: float, kind: str, object_id: str) -> None:
         self.state.timer_seq += 1

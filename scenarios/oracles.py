@@ -364,11 +364,11 @@ def payment_trace(world: World, payment_id: str) -> dict[str, Any]:
             )
         ]
     intents = {pi.id for pi in _intents_by_payment(world).get(payment_id, [])}
-    provider_events = []
-    for event in world.psp.state.events.values():
-        obj = event.data_object
-        if obj.get("id") in intents or obj.get("payment_intent") in intents:
-            provider_events.append({"t": event.created_s, "type": event.type, "id": event.id})
+    provider_events = [
+        {"t": stub.created_s, "type": stub.type, "id": stub.id}
+        for stub in world.psp.state.event_log
+        if stub.object_id in intents or stub.payment_intent_id in intents
+    ]
     return {"payment_id": payment_id, "engine": history, "provider": provider_events}
 
 

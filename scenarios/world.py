@@ -1,7 +1,7 @@
 """The simulated world: the real engine and the real mock PSP core in virtual time.
 
 One simpy environment holds everything. The engine runs unchanged on an
-in-memory SQLite database; the provider core runs unchanged; this module is
+in-memory SQLite database (``scenarios.memdb``); the provider core runs unchanged; this module is
 only the driver between them: it carries provider calls (with the fault plan's
 latencies, timeouts and errors), webhook deliveries (through the engine's own
 signature check), customers and their clients, the recovery worker, and the
@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 
 from engine.adapters import stripe_dialect as dialect
-from engine.adapters.database import Database, LedgerGuardRefused
+from engine.adapters.database import LedgerGuardRefused
 from engine.adapters.webhook_signature import WebhookRejected, verify
 from engine.domain.commands import CreatePayout
 from engine.domain.errors import (
@@ -44,6 +44,7 @@ from engine.service.views import OutboxEvent, StepResult
 from mock_psp.core import ApiRequest, ProviderCore
 from mock_psp.world import ProviderConfig
 from scenarios.marketplace import fee_plans
+from scenarios.memdb import MemDatabase
 from scenarios.schema import Scenario
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
@@ -51,6 +52,7 @@ EPOCH_S = EPOCH.timestamp()
 API_KEY = "sk_test_paychaos_sim"
 SAMPLES_MAX = 200
 TRACE_EVENTS_MAX = 2_000_000
+EVENT_RETENTION_S = 300.0
 
 Step = Generator[simpy.Event, Any, Any]
 
@@ -180,7 +182,7 @@ class World:
             )
         }
         self.env = simpy.Environment()
-        self.db = Database("sqlite://", migrate=True)
+        self.db = MemDatabase(migrate=True)
         if scenario.engine_faults.commit_failure_rate > 0:
             sa_event.listen(self.db.engine, "commit", self._maybe_fail_commit)
         self.engine = PaymentEngine(self.db, SimClock(self.env), SeededIds(self.rng["engine"]))
@@ -220,13 +222,14 @@ class World:
     @staticmethod
     def _provider_config(scenario: Scenario) -> ProviderConfig:
         # Compact webhook bodies: the engine reads them the same, several times faster.
+        # Whole events for a few minutes only (the deliveries keep their own bytes, the
+        # traces read the provider's event log): memory follows the rate, not the run.
+        config = ProviderConfig(webhook_payload_indent=None, event_retention_s=EVENT_RETENTION_S)
         if scenario.workload.marketplace.payouts is None:
-            return ProviderConfig(webhook_payload_indent=None)
+            return config
         # With payouts, charges become available at once and payouts land at once (on
         # the provider's next tick): a run lasts minutes, a provider's days would not fit.
-        return ProviderConfig(
-            webhook_payload_indent=None, availability_delay_s=0, payout_arrival_delay_s=0
-        )
+        return config.model_copy(update={"availability_delay_s": 0, "payout_arrival_delay_s": 0})
 
     # -- bookkeeping ---------------------------------------------------------------
     def note(self, what: str, **detail: Any) -> None:

@@ -141,6 +141,14 @@ payments = sa.Table(
     sa.UniqueConstraint("provider_payment_id"),
     sa.Index("ix_payments_merchant_order", "merchant_id", "order_id"),
     sa.Index("ix_payments_merchant_created", "merchant_id", "created_at"),
+    # The recovery worker's reads: payments awaiting 3DS, captures awaiting their fee.
+    sa.Index("ix_payments_state", "state"),
+    sa.Index(
+        "ix_payments_fee_pending",
+        "id",
+        sqlite_where=sa.text("fee_pending = 1"),
+        postgresql_where=sa.text("fee_pending"),
+    ),
 )
 
 payment_history = sa.Table(

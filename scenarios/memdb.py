@@ -1,0 +1,108 @@
+"""The simulated engine's database: in-memory SQLite that stays fast as it grows.
+
+SQLite's classic in-memory database (``sqlite://``, ``:memory:``) keeps every
+page in the pager's own cache, and its commits truncate that cache by walking
+its hash table (``pager_end_transaction`` -> ``sqlite3PcacheTruncate`` ->
+``pcache1TruncateUnsafe`` in SQLite 3.40): measured in a shard of the day, a
+commit cost 16 us at the start and 90-150 us half an hour later, growing with
+the database, so a day's run (millions of commits) was quadratic.
+
+The ``memdb`` VFS keeps the database in one memory buffer instead, read
+through an ordinary bounded page cache: a commit costs what it writes. Like
+``sqlite://`` it is the process's memory and vanishes with its last
+connection; each world gets its own name. Like ``sqlite://`` the engine gets
+one shared connection (a static pool) that each thread keeps between units of
+work (``Database``'s in-memory mode), and no WAL.
+
+A memdb database is capped at 1 GiB by default (``SQLITE_MEMDB_DEFAULT_MAXSIZE``)
+and a day's shard needs several: the cap is raised on the connection with
+``sqlite3_file_control(SQLITE_FCNTL_SIZE_LIMIT)``, which Python's ``sqlite3``
+does not expose, so through ``ctypes`` on the very library ``sqlite3`` uses.
+Where that cannot be done safely (another SQLite build, another layout of
+Python's connection object) the world falls back to ``sqlite://``: the same
+results, only slower on long runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import itertools
+import sqlite3
+import threading
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.pool import StaticPool
+
+from engine.adapters import database as adapters
+from engine.adapters.database import IN_MEMORY_URL, Database
+
+SQLITE_FCNTL_SIZE_LIMIT = 36
+SIZE_LIMIT_BYTES = 1 << 40  # a bound SQLite checks, not memory it takes
+_names = itertools.count()
+
+
+def memdb_url(name: str) -> str:
+    # A name starting with "/" is shared by the process's connections to it.
+    return f"sqlite:///file:/{name}?vfs=memdb&uri=true"
+
+
+def _library() -> Any | None:
+    """The SQLite library Python's ``sqlite3`` runs on, or None if it cannot be told."""
+    path = ctypes.util.find_library("sqlite3")
+    if path is None:
+        return None
+    lib = ctypes.CDLL(path)
+    lib.sqlite3_libversion.restype = ctypes.c_char_p
+    if lib.sqlite3_libversion().decode() != sqlite3.sqlite_version:
+        return None
+    lib.sqlite3_db_filename.restype = ctypes.c_char_p
+    lib.sqlite3_db_filename.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.sqlite3_file_control.argtypes = [
+        ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p,
+    ]  # fmt: skip
+    return lib
+
+
+def size_limit(dbapi_connection: sqlite3.Connection, limit: int) -> int | None:
+    """Set the memdb size limit of ``dbapi_connection`` (-1 only reads it); the limit
+    in force, or None when the connection's handle cannot be reached safely."""
+    lib = _library()
+    if lib is None:
+        return None
+    # CPython's sqlite3 Connection: the object header, then the ``sqlite3 *db``.
+    handle = ctypes.c_void_p.from_address(id(dbapi_connection) + object.__basicsize__).value
+    name = dbapi_connection.execute("PRAGMA database_list").fetchone()[2]
+    if not handle or lib.sqlite3_db_filename(handle, b"main") != name.encode():
+        return None
+    value = ctypes.c_int64(limit)
+    if lib.sqlite3_file_control(handle, b"main", SQLITE_FCNTL_SIZE_LIMIT, ctypes.byref(value)):
+        return None
+    return value.value
+
+
+class MemDatabase(Database):
+    """An in-memory engine database on SQLite's ``memdb`` VFS (see the module docstring)."""
+
+    def __init__(self, name: str | None = None, *, migrate: bool = False) -> None:
+        url = memdb_url(name or f"paychaos-world-{next(_names)}")
+        engine = sa.create_engine(
+            url, connect_args={"check_same_thread": False}, poolclass=StaticPool
+        )
+        sa.event.listen(engine, "connect", adapters._sqlite_pragmas)
+        sa.event.listen(engine, "begin", adapters._sqlite_begin)
+        with engine.connect() as connection:  # the static pool's one connection, kept
+            raw = connection.connection.driver_connection
+            assert isinstance(raw, sqlite3.Connection)
+            raised = size_limit(raw, SIZE_LIMIT_BYTES)
+        if raised is None or raised < SIZE_LIMIT_BYTES:
+            engine.dispose()
+            super().__init__(IN_MEMORY_URL, migrate=migrate)
+            return
+        self.url = url
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._kept = threading.local()
+        if migrate:
+            adapters.upgrade(engine)
