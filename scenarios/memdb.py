@@ -29,14 +29,9 @@ import ctypes
 import ctypes.util
 import itertools
 import sqlite3
-import threading
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.pool import StaticPool
-
-from engine.adapters import database as adapters
-from engine.adapters.database import IN_MEMORY_URL, Database
+from engine.adapters.database import IN_MEMORY_URL, Database, upgrade
 
 SQLITE_FCNTL_SIZE_LIMIT = 36
 SIZE_LIMIT_BYTES = 1 << 40  # a bound SQLite checks, not memory it takes
@@ -82,27 +77,19 @@ def size_limit(dbapi_connection: sqlite3.Connection, limit: int) -> int | None:
     return value.value
 
 
-class MemDatabase(Database):
-    """An in-memory engine database on SQLite's ``memdb`` VFS (see the module docstring)."""
-
-    def __init__(self, name: str | None = None, *, migrate: bool = False) -> None:
-        url = memdb_url(name or f"paychaos-world-{next(_names)}")
-        engine = sa.create_engine(
-            url, connect_args={"check_same_thread": False}, poolclass=StaticPool
-        )
-        sa.event.listen(engine, "connect", adapters._sqlite_pragmas)
-        sa.event.listen(engine, "begin", adapters._sqlite_begin)
-        with engine.connect() as connection:  # the static pool's one connection, kept
-            raw = connection.connection.driver_connection
-            assert isinstance(raw, sqlite3.Connection)
-            raised = size_limit(raw, SIZE_LIMIT_BYTES)
-        if raised is None or raised < SIZE_LIMIT_BYTES:
-            engine.dispose()
-            super().__init__(IN_MEMORY_URL, migrate=migrate)
-            return
-        self.url = url
-        self.engine = engine
-        self.dialect = engine.dialect.name
-        self._kept = threading.local()
-        if migrate:
-            adapters.upgrade(engine)
+def world_database(name: str | None = None, *, migrate: bool = False) -> Database:
+    """A world's engine database: on ``memdb`` with its size cap raised, else ``sqlite://``."""
+    database = Database(memdb_url(name or f"paychaos-world-{next(_names)}"))
+    raw = database.engine.raw_connection()  # the static pool's one connection
+    try:
+        connection = raw.driver_connection
+        assert isinstance(connection, sqlite3.Connection)
+        raised = size_limit(connection, SIZE_LIMIT_BYTES)
+    finally:
+        raw.close()
+    if raised is None or raised < SIZE_LIMIT_BYTES:
+        database.dispose()
+        return Database(IN_MEMORY_URL, migrate=migrate)
+    if migrate:
+        upgrade(database.engine)
+    return database

@@ -44,7 +44,7 @@ from engine.service.views import OutboxEvent, StepResult
 from mock_psp.core import ApiRequest, ProviderCore
 from mock_psp.world import ProviderConfig
 from scenarios.marketplace import fee_plans
-from scenarios.memdb import MemDatabase
+from scenarios.memdb import world_database
 from scenarios.schema import Scenario
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
@@ -182,7 +182,7 @@ class World:
             )
         }
         self.env = simpy.Environment()
-        self.db = MemDatabase(migrate=True)
+        self.db = world_database(migrate=True)
         if scenario.engine_faults.commit_failure_rate > 0:
             sa_event.listen(self.db.engine, "commit", self._maybe_fail_commit)
         self.engine = PaymentEngine(self.db, SimClock(self.env), SeededIds(self.rng["engine"]))

@@ -32,6 +32,13 @@ from engine.domain.errors import PaychaosError, StoreUnavailable
 DEFAULT_URL = "sqlite:///paychaos.db"
 IN_MEMORY_URL = "sqlite://"
 IN_MEMORY_URLS = frozenset({"sqlite://", "sqlite:///:memory:"})
+
+
+def is_in_memory(url: str) -> bool:
+    """SQLite in this process's memory: ``sqlite://`` (``:memory:``), or a database on
+    SQLite's ``memdb`` VFS (``sqlite:///file:/NAME?vfs=memdb&uri=true``), which a long
+    simulation uses (its commits do not slow down as it grows)."""
+    return url in IN_MEMORY_URLS or (url.startswith("sqlite:///file:") and "vfs=memdb" in url)
 SQLITE_BUSY_TIMEOUT_S = 30.0
 
 
@@ -91,7 +98,7 @@ def _sqlite_begin(connection: Connection) -> None:
 def create_sa_engine(url: str) -> sa.Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
-        in_memory = url in IN_MEMORY_URLS
+        in_memory = is_in_memory(url)
         # A unit of work always ends its own transaction, so the pool's rollback on
         # return is a second one for nothing; the most recently used file connection
         # (its page cache warm) is handed out first.
@@ -159,7 +166,7 @@ class Database:
         # In-memory SQLite has one DB-API connection for everyone (StaticPool):
         # each thread keeps its SQLAlchemy handle on it between units of work
         # instead of making one per unit, which cost as much as a short unit.
-        self._kept = threading.local() if self.url in IN_MEMORY_URLS else None
+        self._kept = threading.local() if is_in_memory(self.url) else None
         if migrate:
             upgrade(self.engine)
 

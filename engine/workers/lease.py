@@ -29,7 +29,7 @@ from typing import Protocol
 
 import sqlalchemy as sa
 
-from engine.adapters.database import IN_MEMORY_URLS, Database
+from engine.adapters.database import Database, is_in_memory
 
 log = logging.getLogger("paychaos.worker.lease")
 # A fixed 64-bit key in PostgreSQL's advisory lock space (per database).
@@ -132,7 +132,7 @@ class PostgresLease:
 
 def lease_for(database: Database) -> Lease:
     """The lease that fits the database: advisory lock, lock file, or none needed."""
-    if database.url in IN_MEMORY_URLS:
+    if is_in_memory(database.url):
         return AlwaysHeld()
     url = database.engine.url
     if database.dialect == "sqlite":
