@@ -114,9 +114,10 @@ class KeyCache:
         """Ask the store (a database read) and remember a key that was found."""
         found = self.store.authenticate(secret)
         if found is not None and self.ttl_s > 0:
+            digest = key_hash(secret)
             with self._lock:
-                self._found[key_hash(secret)] = (found, self.monotonic() + self.ttl_s)
-                self._found.move_to_end(key_hash(secret))
+                self._found[digest] = (found, self.monotonic() + self.ttl_s)
+                self._found.move_to_end(digest)
                 while len(self._found) > self.entries_max:
                     self._found.popitem(last=False)
         return found

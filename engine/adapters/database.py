@@ -32,6 +32,7 @@ from engine.domain.errors import PaychaosError, StoreUnavailable
 DEFAULT_URL = "sqlite:///paychaos.db"
 IN_MEMORY_URL = "sqlite://"
 IN_MEMORY_URLS = frozenset({"sqlite://", "sqlite:///:memory:"})
+SQLITE_BUSY_TIMEOUT_S = 30.0
 
 
 def is_in_memory(url: str) -> bool:
@@ -39,7 +40,6 @@ def is_in_memory(url: str) -> bool:
     SQLite's ``memdb`` VFS (``sqlite:///file:/NAME?vfs=memdb&uri=true``), which a long
     simulation uses (its commits do not slow down as it grows)."""
     return url in IN_MEMORY_URLS or (url.startswith("sqlite:///file:") and "vfs=memdb" in url)
-SQLITE_BUSY_TIMEOUT_S = 30.0
 
 
 class SchemaOutOfDate(PaychaosError):

@@ -162,7 +162,6 @@ class _Deferred:
         self.races = races
 
 
-_IDLE = 0  # libpq's PQTRANS_IDLE: no transaction open on the connection
 _UNIQUE_VIOLATION = "23505"
 
 

@@ -58,6 +58,7 @@ from engine.workers.background import BackgroundWorker, WorkerState
 
 log = logging.getLogger("paychaos.api")
 REQUEST_ID_HEADER = "Request-Id"
+WEBHOOK_PATH = "/v1/webhooks/psp"
 LATENCY_SERIES_MAX = 1_000  # routes x methods x statuses: a few dozen in practice
 T = TypeVar("T")
 
@@ -477,7 +478,7 @@ async def take_webhook(services: Services, payload: bytes, signature: str | None
 
 # -- webhooks, health, metrics --------------------------------------------------------------
 def _operational_routes(app: FastAPI, services: Services) -> None:
-    @app.post("/v1/webhooks/psp", tags=["webhooks"])
+    @app.post(WEBHOOK_PATH, tags=["webhooks"])
     async def psp_webhook(request: Request) -> Response:
         return await take_webhook(
             services, await request.body(), request.headers.get("Stripe-Signature")
@@ -615,7 +616,6 @@ class RequestContext:
             )  # fmt: skip
 
 
-WEBHOOK_PATH = "/v1/webhooks/psp"
 FAST_BODY_BYTES_MAX = 64 * 1024  # larger bodies (none of the API's) go the long way
 
 

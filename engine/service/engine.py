@@ -145,8 +145,14 @@ class PaymentEngine:
                 continue
         raise Conflict("contention", "too many concurrent writers; retry the request")
 
-    def _locked(self, s: Store, payment_id: str, merchant_id: str | None = None) -> Row:
-        payment = s.payment(payment_id, lock=True)
+    @staticmethod
+    def _locked(s: Store, payment_id: str, merchant_id: str | None = None) -> Row:
+        return PaymentEngine._owned(s, payment_id, merchant_id, lock=True)
+
+    @staticmethod
+    def _owned(s: Store, payment_id: str, merchant_id: str | None, *, lock: bool = False) -> Row:
+        """The payment, or not found (also when it is another merchant's)."""
+        payment = s.payment(payment_id, lock=lock)
         if payment is None or (merchant_id is not None and payment["merchant_id"] != merchant_id):
             raise NotFound("payment_not_found", f"no payment {payment_id}", field="payment_id")
         return payment
@@ -988,8 +994,8 @@ class PaymentEngine:
         now = self.clock.now()
         attempts = int(applied or error is not None)
         status = "applied" if applied else "pending"
-        if error is not None and attempts >= self.settings.webhook_attempts_max:
-            status = "dead"
+        if error is not None:
+            status = self._status_after_failure(attempts)
         s.insert_inbox(
             {
                 "provider_event_id": provider_event_id, "type": event_type,
@@ -1024,11 +1030,15 @@ class PaymentEngine:
             error = _error_text(exc)
         return self._run(lambda s: self._webhook_failed(s, inbox_id, error))
 
+    def _status_after_failure(self, attempts: int) -> str:
+        """A webhook whose ``attempts``-th application failed: tried again, or dead."""
+        return "dead" if attempts >= self.settings.webhook_attempts_max else "pending"
+
     def _webhook_failed(self, s: Store, inbox_id: int, error: str) -> InboxResult:
         row = s.inbox_row(inbox_id, lock=True)
         assert row is not None
         attempts = row["attempts"] + 1
-        status = "dead" if attempts >= self.settings.webhook_attempts_max else "pending"
+        status = self._status_after_failure(attempts)
         s.update_inbox(inbox_id, status=status, attempts=attempts, last_error=error)
         return InboxResult(inbox_id, row["provider_event_id"], status, error=error)
 
@@ -1186,13 +1196,6 @@ class PaymentEngine:
             return PaymentView(view.body, history, refunds, lines)
 
         return self._run(step)
-
-    @staticmethod
-    def _owned(s: Store, payment_id: str, merchant_id: str | None) -> Row:
-        payment = s.payment(payment_id)
-        if payment is None or (merchant_id is not None and payment["merchant_id"] != merchant_id):
-            raise NotFound("payment_not_found", f"no payment {payment_id}", field="payment_id")
-        return payment
 
     def list_payments(
         self, merchant_id: str, order_id: str | None = None, limit: int = 20, offset: int = 0

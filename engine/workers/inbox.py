@@ -59,10 +59,10 @@ class InboxProcessor:
 
 
 class SafetyNetInbox(InboxProcessor):
-    """The inbox pass of workers that share a process with the API, which applies each
-    delivery as it takes it: only what that missed (a failure, a crash between storing
-    and applying) is left, so a pass every ``every_s`` is enough, and passes on every
-    loop only raced the API for the same rows."""
+    """The inbox pass of workers that share a process with the API, which keeps and
+    applies each delivery in one transaction: only deliveries whose application failed
+    are left, so a pass every ``every_s`` is enough, and passes on every loop only
+    raced the API for the same rows."""
 
     def __init__(
         self,
