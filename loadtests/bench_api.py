@@ -62,7 +62,7 @@ from rich.table import Table
 from engine.adapters.database import Database, normalize_url
 from engine.entrypoints.serve import new_api_key
 from loadtests.bench_engine import describe, postgres_database
-from loadtests.load import check, cli, free_port, running, settle
+from loadtests.load import check, cli, free_port, register_webhooks, running, settle
 
 CALLS_PER_S_GOAL = 500.0
 OFFERED_PER_S = 300.0
@@ -448,12 +448,11 @@ def measure(name: str, db_url: str, mode: Mode, work: Path, console: Console) ->
             cli("serve", "psp", "--port", str(psp_port), "--seed", "1", "--faults", str(faults)),
             dict(os.environ), f"{psp_url}/v1/balance", work / f"psp-{label}.log",
         ))  # fmt: skip
-        endpoint = httpx.post(f"{psp_url}/_admin/webhook_endpoints", timeout=10.0,
-                              json={"url": f"{engine_url}/v1/webhooks/psp"}).json()  # fmt: skip
+        secret = register_webhooks(psp_url, engine_url)
         stack.enter_context(running(
             cli("serve", "engine", "--db", db_url, "--psp", psp_url, "--port", str(engine_port),
                 "--workers", str(mode.engine_workers)),
-            {**os.environ, "PAYCHAOS_WEBHOOK_SECRET": endpoint["secret"]},
+            {**os.environ, "PAYCHAOS_WEBHOOK_SECRET": secret},
             f"{engine_url}/readyz", work / f"engine-{label}.log",
         ))  # fmt: skip
         console.print(f"[dim]{name}: {mode.warmup_s:g} s warm-up, {mode.saturation_s:g} s "

@@ -32,6 +32,7 @@ from rich.table import Table
 from engine.adapters.api_keys import KeyStore
 from engine.adapters.database import Database, upgrade
 from engine.adapters.psp_http import HttpProvider, RetryPolicy
+from engine.adapters.stripe_dialect import ENABLED_EVENTS
 from engine.audit import audit
 from engine.entrypoints.render import audit_table
 from engine.entrypoints.system import RandomIds, SystemClock
@@ -54,6 +55,15 @@ class LoadResult:
     percentiles_ms: dict[str, float] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     missed: list[str] = field(default_factory=list)
+
+
+def register_webhooks(psp_url: str, engine_url: str) -> str:
+    """Register the engine's webhook endpoint on the mock PSP, for the event types
+    the engine acts on; returns the signing secret."""
+    body = {"url": f"{engine_url}/v1/webhooks/psp", "enabled_events": list(ENABLED_EVENTS)}
+    answer = httpx.post(f"{psp_url}/_admin/webhook_endpoints", json=body, timeout=10.0)
+    answer.raise_for_status()
+    return str(answer.json()["secret"])
 
 
 def free_port() -> int:
@@ -197,10 +207,8 @@ def run_load(
         psp_port = psp_url.rsplit(":", 1)[1]
         stack.enter_context(running(cli("serve", "psp", "--port", psp_port, "--seed", "1"),
                                     env, f"{psp_url}/v1/balance", out_dir / "psp.log"))  # fmt: skip
-        endpoint = httpx.post(
-            f"{psp_url}/_admin/webhook_endpoints", json={"url": f"{engine_url}/v1/webhooks/psp"}
-        ).json()
-        engine_env = {**env, "PAYCHAOS_WEBHOOK_SECRET": endpoint["secret"]}
+        secret = register_webhooks(psp_url, engine_url)
+        engine_env = {**env, "PAYCHAOS_WEBHOOK_SECRET": secret}
         engine_args = cli("serve", "engine", "--db", db_url, "--psp", psp_url, "--port",
                           engine_url.rsplit(":", 1)[1])  # fmt: skip
         stack.enter_context(running(engine_args, engine_env, f"{engine_url}/readyz",

@@ -12,11 +12,12 @@
 
 from __future__ import annotations
 
-import json
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from mock_psp.errors import IdempotencyKeyInUse, IdempotencyMismatch, InvalidRequestError
 
@@ -46,14 +47,14 @@ class SavedResponse:
 
     @classmethod
     def of(cls, status: int, body: JsonDict, zdict: bytes = b"") -> SavedResponse:
-        encoded = json.dumps(body, separators=(",", ":")).encode()
+        encoded = orjson.dumps(body)
         packer = zlib.compressobj(ZLIB_LEVEL, zdict=zdict)  # an empty zdict is none
         return cls(status, packer.compress(encoded) + packer.flush(), zdict)
 
     @property
     def body(self) -> JsonDict:
         unpacker = zlib.decompressobj(zdict=self.zdict)
-        body: JsonDict = json.loads(unpacker.decompress(self.body_zjson) + unpacker.flush())
+        body: JsonDict = orjson.loads(unpacker.decompress(self.body_zjson) + unpacker.flush())
         return body
 
 
@@ -129,7 +130,7 @@ class IdempotencyStore:
         kind = body.get("object")
         if status == 200 and isinstance(kind, str) and kind not in self._zdict_kinds:
             self._zdict_kinds.add(kind)
-            sample = json.dumps(body, separators=(",", ":")).encode()
+            sample = orjson.dumps(body)
             self._zdict = (self._zdict + sample)[-ZDICT_BYTES_MAX:]
         return SavedResponse.of(status, body, self._zdict)
 

@@ -9,6 +9,7 @@ object at the moment of a change, and Stripe never rewrites one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from mock_psp.states import PiStatus
@@ -159,14 +160,18 @@ class WebhookEndpoint:
     enabled: bool = True
 
     def wants(self, event_type: str) -> bool:
-        if not self.enabled:
-            return False
-        return any(
-            pattern == "*"
-            or pattern == event_type
-            or (pattern.endswith(".*") and event_type.startswith(pattern[:-1]))
-            for pattern in self.enabled_events
-        )
+        return self.enabled and _enabled(tuple(self.enabled_events), event_type)
+
+
+@lru_cache(maxsize=4_096)
+def _enabled(patterns: tuple[str, ...], event_type: str) -> bool:
+    """Whether one of an endpoint's ``enabled_events`` patterns covers ``event_type``."""
+    return any(
+        pattern == "*"
+        or pattern == event_type
+        or (pattern.endswith(".*") and event_type.startswith(pattern[:-1]))
+        for pattern in patterns
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import aiohttp
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -363,7 +364,7 @@ async def _admin_params(request: Request) -> dict[str, Any]:
 def _json_response(response: ApiResponse) -> Response:
     headers = {k: v for k, v in response.headers.items() if k.lower() != "content-type"}
     return Response(
-        json.dumps(response.body, separators=(",", ":")).encode("utf-8"),
+        orjson.dumps(response.body),
         status_code=response.status,
         headers=headers,
         media_type="application/json",

@@ -13,7 +13,6 @@ derived from the scenario's seed, so one seed gives one run, byte for byte.
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from collections.abc import Callable, Generator, Sequence
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import simpy
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
@@ -195,7 +195,9 @@ class World:
             config=self._provider_config(scenario),
             faults=scenario.fault_plan(),
         )
-        endpoint = self.psp.admin.register_webhook_endpoint("http://engine.sim/v1/webhooks/psp")
+        endpoint = self.psp.admin.register_webhook_endpoint(
+            "http://engine.sim/v1/webhooks/psp", dialect.ENABLED_EVENTS
+        )
         self.webhook_secret = str(endpoint["secret"])
         self.node = EngineNode(
             db_outages=[(w.start_s, w.end_s) for w in scenario.engine_faults.db_outages]
@@ -350,7 +352,7 @@ class World:
         except WebhookRejected as exc:
             self.hit(f"webhook refused: {exc.code}")
             return 400
-        event = dialect.event_from_stripe(json.loads(payload))
+        event = dialect.event_from_stripe(orjson.loads(payload))
         try:
             result = self.guarded("apply_provider_event", self.engine.apply_provider_event, event)
         except EventTooEarly:

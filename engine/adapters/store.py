@@ -318,9 +318,7 @@ class Store:
     def payment_of_attempt(self, attempt_id: str, *, lock: bool = False) -> Row | None:
         return self._one(*self._payment_of_attempt_read(attempt_id, lock))
 
-    def _payment_of_attempt_read(
-        self, attempt_id: str, lock: bool
-    ) -> tuple[sa.Select[Any], Row]:
+    def _payment_of_attempt_read(self, attempt_id: str, lock: bool) -> tuple[sa.Select[Any], Row]:
         query = _PAYMENT_OF_ATTEMPT_LOCKED if lock and self._lock else _PAYMENT_OF_ATTEMPT
         return query, {"b_attempt_id": attempt_id}
 

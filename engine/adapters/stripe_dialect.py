@@ -232,6 +232,17 @@ _INTENT_EVENTS = {
 }
 
 
+# The event types the engine acts on: what its webhook endpoint subscribes to
+# (``enabled_events``), as Stripe advises. Other types (``charge.succeeded``,
+# ``payment_intent.created``, ...) would be verified, kept and ignored: work for
+# nothing on both sides, and most of a payment's events. Disputes are taken
+# whole: they are rare, and their funds events are the money moving.
+ENABLED_EVENTS: tuple[str, ...] = (
+    *_INTENT_EVENTS, "refund.created", "refund.updated", "charge.dispute.*",
+    "payout.paid", "payout.failed",
+)  # fmt: skip
+
+
 def _dispute_fee_minor(kind: str, dispute: Mapping[str, Any]) -> int:
     """The dispute fee the provider took (on opening) or gave back (on a win)."""
     bts = dispute.get("balance_transactions") or []

@@ -28,6 +28,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
+import orjson
 from fastapi import FastAPI, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -457,7 +458,7 @@ async def take_webhook(services: Services, payload: bytes, signature: str | None
     now_s = services.clock.now().timestamp()
     try:
         verify(payload, signature, services.webhook_secret, now_s)
-        event = json.loads(payload)
+        event = orjson.loads(payload)
         translated = dialect.event_from_stripe(event)
     except WebhookRejected as exc:
         services.metrics.webhooks.labels(outcome=exc.code).inc()

@@ -158,13 +158,6 @@ def _now() -> Any:
     return SystemClock().now()
 
 
-def register_webhooks(psp_url: str, engine_url: str) -> str:
-    """Register the engine's webhook endpoint on the PSP; returns the signing secret."""
-    body = {"url": f"{engine_url}/v1/webhooks/psp"}
-    secret = httpx.post(f"{psp_url}/_admin/webhook_endpoints", json=body, timeout=10.0).json()
-    return str(secret["secret"])
-
-
 def set_faults(psp_url: str, faults: dict[str, Any]) -> None:
     response = httpx.post(f"{psp_url}/_admin/faults", json=faults, timeout=10.0)
     assert response.status_code == 200, response.text

@@ -33,7 +33,7 @@ from engine.adapters.api_keys import KeyStore
 from engine.adapters.database import Database
 from engine.entrypoints.cli import app
 from engine.entrypoints.system import SystemClock
-from loadtests.load import cli, free_port, running
+from loadtests.load import cli, free_port, register_webhooks, running
 from mock_psp.background import serve_in_thread
 
 # Scenario story seconds to wall seconds: a 15-minute scenario covers 8 s at 40x.
@@ -80,15 +80,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with ExitStack() as servers:
         psp = cli("serve", "psp", "--port", str(psp_port), "--seed", "1")
         servers.enter_context(running(psp, env, f"{psp_url}/_admin/faults", work / "psp.log"))
-        endpoint = httpx.post(
-            f"{psp_url}/_admin/webhook_endpoints", json={"url": f"{engine_url}/v1/webhooks/psp"}
-        ).json()
+        secret = register_webhooks(psp_url, engine_url)
         engine = cli(
             "serve", "engine", "--db", db_url, "--psp", psp_url, "--port", str(engine_port),
             "--provider-timeout-s", "1", "--worker-interval-s", "0.2",
             "--recovery-schedule-s", "1,2,5,10,30,60",
         )  # fmt: skip
-        engine_env = {**env, "PAYCHAOS_WEBHOOK_SECRET": endpoint["secret"]}
+        engine_env = {**env, "PAYCHAOS_WEBHOOK_SECRET": secret}
         servers.enter_context(running(engine, engine_env, f"{engine_url}/readyz",
                                       work / "engine.log"))  # fmt: skip
         yield Stack(db_url, psp_url, engine_url)

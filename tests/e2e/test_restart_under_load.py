@@ -26,7 +26,7 @@ import pytest
 import sqlalchemy as sa
 
 from engine.adapters.database import Database
-from loadtests.load import check, free_port
+from loadtests.load import check, free_port, register_webhooks
 from tests.conftest import fresh_postgres
 from tests.e2e.live_servers import (
     audit,
@@ -208,8 +208,7 @@ def run_killed_in_the_middle(tmp_path: Path, db_url: str) -> None:
     with running(psp):
         set_faults(psp.url, PSP_FAULTS)
         engine_port = free_port()
-        endpoint = {"url": f"http://127.0.0.1:{engine_port}/v1/webhooks/psp"}
-        secret = httpx.post(f"{psp.url}/_admin/webhook_endpoints", json=endpoint).json()["secret"]
+        secret = register_webhooks(psp.url, f"http://127.0.0.1:{engine_port}")
         engine = engine_server(tmp_path, db_url, psp.url, secret, *ENGINE_OPTIONS,
                                port=engine_port)  # fmt: skip
         with running(engine):
