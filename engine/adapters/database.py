@@ -86,10 +86,14 @@ def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_begin(connection: Connection) -> None:
     # On the driver's connection: through SQLAlchemy this one statement cost as
     # much as the rest of a short unit of work. Errors are wrapped as SQLAlchemy
-    # would wrap them ("database is locked" is an OperationalError).
+    # would wrap them ("database is locked" is an OperationalError). A unit begun
+    # on the driver already (``Database._driver_unit``) is joined, not begun again.
     dbapi_error = connection.dialect.loaded_dbapi.Error
+    driver: Any = connection.connection.driver_connection
+    if driver.in_transaction:
+        return
     try:
-        connection.connection.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+        driver.execute("BEGIN IMMEDIATE")
     except dbapi_error as exc:
         raise sa.exc.DBAPIError.instance(
             "BEGIN IMMEDIATE", (), exc, dbapi_error, dialect=connection.dialect
@@ -189,7 +193,30 @@ class Database:
         connection: Connection | None = getattr(self._kept, "connection", None)
         if connection is None or connection.closed or connection.invalidated:
             connection = self._kept.connection = self.engine.connect()
-        return None if connection.get_transaction() is not None else connection
+        busy = connection.get_transaction() is not None or _driver(connection).in_transaction
+        return None if busy else connection
+
+    def _on_driver(self, explicit_begin: bool) -> bool:
+        """Whether a SQLite unit runs on the driver: asked for, and nobody listening
+        for SQLAlchemy's transaction events (a simulation's failing commits do)."""
+        dispatch = self.engine.dispatch
+        return explicit_begin and not (dispatch.commit or dispatch.rollback)
+
+    @staticmethod
+    def _driver_unit(connection: Connection) -> Iterator[Connection]:
+        """A SQLite unit begun on the driver, without SQLAlchemy's transaction: its
+        bookkeeping and events cost as much as two of a step's statements. The
+        caller commits on the driver (``Direct.commit``); a statement it runs through
+        SQLAlchemy joins this transaction (``_sqlite_begin``) and is committed by
+        SQLAlchemy then. Anything left open is rolled back here."""
+        _sqlite_begin(connection)
+        try:
+            yield connection
+        finally:
+            if connection.get_transaction() is not None:
+                connection.rollback()
+            elif _driver(connection).in_transaction:
+                _driver(connection).rollback()
 
     @staticmethod
     def _unit(connection: Connection, explicit_begin: bool) -> Iterator[Connection]:
@@ -213,18 +240,26 @@ class Database:
     def transaction(self, *, explicit_begin: bool = False) -> Iterator[Connection]:
         """A unit of work: commit only by ``connection.commit()``; rollback otherwise.
 
-        ``explicit_begin`` (PostgreSQL): the driver is in autocommit for the unit and
-        the caller sends BEGIN and COMMIT itself (``engine.adapters.direct.Direct``),
-        before any other statement; the rollback on exit is the driver's as usual.
+        ``explicit_begin``: the caller ends the unit through ``engine.adapters.direct.
+        Direct``, whose ``commit`` it calls before ``connection.commit()``. On
+        PostgreSQL the driver is in autocommit for the unit and Direct sends BEGIN
+        and COMMIT itself, before any other statement; on SQLite the unit is begun
+        on the driver (``_driver_unit``) and Direct commits it there. The rollback
+        on exit is the driver's as usual.
         """
+        on_driver = self.dialect == "sqlite" and self._on_driver(explicit_begin)
         explicit_begin = explicit_begin and self.dialect == "postgresql"
         try:
             kept = self._kept_connection()
             if kept is not None:
-                yield from self._unit(kept, explicit_begin)
+                yield from self._driver_unit(kept) if on_driver else self._unit(
+                    kept, explicit_begin
+                )
             else:
                 with self.engine.connect() as connection:
-                    yield from self._unit(connection, explicit_begin)
+                    yield from self._driver_unit(connection) if on_driver else self._unit(
+                        connection, explicit_begin
+                    )
         except sa.exc.OperationalError as exc:
             raise StoreUnavailable(message=f"database unavailable: {exc.orig}") from exc
         except sa.exc.DBAPIError as exc:
@@ -239,6 +274,10 @@ class Database:
             connection.close()
             self._kept.connection = None  # type: ignore[union-attr]
         self.engine.dispose()
+
+
+def _driver(connection: Connection) -> Any:
+    return connection.connection.driver_connection
 
 
 def _leave_autocommit(connection: Connection, driver: Any) -> None:

@@ -175,11 +175,12 @@ class Direct:
     """
 
     __slots__ = (
-        "_begun", "_dbapi_error", "_dialect", "_explicit", "_pending", "_raw", "_sa_dialect",
-        "defers",
+        "_begun", "_connection", "_dbapi_error", "_dialect", "_explicit", "_pending", "_raw",
+        "_sa_dialect", "defers",
     )  # fmt: skip
 
     def __init__(self, connection: Connection, *, explicit_begin: bool = False) -> None:
+        self._connection = connection
         self._sa_dialect = connection.dialect
         self._dialect = _positional(connection.dialect)
         raw: Any = connection.connection.driver_connection
@@ -263,7 +264,16 @@ class Direct:
 
     def commit(self) -> None:
         """Send what is deferred and, when this class began the transaction, COMMIT, in
-        one trip; SQLAlchemy's own commit after it then finds nothing left to do."""
+        one trip; SQLAlchemy's own commit after it then finds nothing left to do.
+
+        On SQLite a unit begun on the driver (``Database.transaction``) is committed
+        on the driver here, unless a statement run through SQLAlchemy made it
+        SQLAlchemy's to commit.
+        """
+        if not self.defers:
+            if self._raw.in_transaction and self._connection.get_transaction() is None:
+                self._run("COMMIT", ())
+            return
         if not self._explicit:
             self.flush()  # the driver's COMMIT follows
         elif self._begun or self._pending:

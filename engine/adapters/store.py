@@ -695,6 +695,5 @@ class Store:
 
 @contextmanager
 def unit_of_work(database: Database) -> Iterator[Store]:
-    explicit_begin = database.dialect == "postgresql"
-    with database.transaction(explicit_begin=explicit_begin) as connection:
-        yield Store(connection, explicit_begin=explicit_begin)
+    with database.transaction(explicit_begin=True) as connection:
+        yield Store(connection, explicit_begin=database.dialect == "postgresql")
