@@ -62,9 +62,15 @@ class SimClock:
 
     def __init__(self, env: simpy.Environment):
         self._env = env
+        self._at: tuple[float, datetime] = (0.0, EPOCH)
 
     def now(self) -> datetime:
-        return EPOCH + timedelta(seconds=self._env.now)
+        """One datetime per virtual instant: a step asks several times, and the store
+        converts a moment it has just converted for free."""
+        at = self._at
+        if at[0] != self._env.now:
+            at = self._at = (self._env.now, EPOCH + timedelta(seconds=self._env.now))
+        return at[1]
 
 
 class SimPspClock:

@@ -206,7 +206,9 @@ class PaymentEngine:
             )
         return row
 
-    def _new_key(self, s: Store, command: Any, answer: tuple[int, Row] | None = None) -> str:
+    def _new_key(
+        self, s: Store, command: Any, answer: tuple[int, PaymentView] | None = None
+    ) -> str:
         """Store the key in flight, or with its ``(code, payment)`` answer when already known."""
         key_id = self.ids.new_id("idk")
         now = self.clock.now()
@@ -221,21 +223,21 @@ class PaymentEngine:
             "expires_at": now + self.settings.idempotency_retention,
         }
         if answer is not None:  # one INSERT instead of an INSERT and an UPDATE
-            code, payment = answer
+            code, view = answer
             row.update(status="completed", response_code=code,
-                       response_body=self._response_body(payment, None))  # fmt: skip
+                       response_body={"payment": view.body, "refund_id": None})  # fmt: skip
         s.insert_idempotency_key(row)
         return key_id
 
     @staticmethod
-    def _response_body(payment: Row, refund_id: str | None) -> dict[str, Any]:
-        return {"payment": PaymentView.of(payment).body, "refund_id": refund_id}
-
     def _finish_key(
-        self, s: Store, key_id: str | None, code: int, payment: Row, refund_id: str | None = None
-    ) -> None:
+        s: Store, key_id: str | None, code: int, payment: Row, refund_id: str | None = None
+    ) -> PaymentView:
+        """Save the answer under the key, if any; the payment's view, for the result."""
+        view = PaymentView.of(payment)
         if key_id is not None:
-            s.finish_idempotency_key(key_id, code, self._response_body(payment, refund_id))
+            s.finish_idempotency_key(key_id, code, {"payment": view.body, "refund_id": refund_id})
+        return view
 
     def _move(
         self,
@@ -383,8 +385,9 @@ class PaymentEngine:
                 splits.create_lines(s, payment["id"], command.splits,
                                     self.settings.default_fee_plan)  # fmt: skip
             self._record(s, payment, None, "created", None, None, command.amount_minor)
-            self._new_key(s, command, (201, payment))
-            return StepResult(PaymentView.of(payment), 201)
+            view = PaymentView.of(payment)
+            self._new_key(s, command, (201, view))
+            return StepResult(view, 201)
 
         return self._run(step)
 
@@ -445,8 +448,9 @@ class PaymentEngine:
                 # so the client's first answer and every replay are the same.
                 return self._saved_answer(s, payment, attempt)
             code = self._apply(s, payment, attempt, outcome, f"{kind.value}_{outcome.status}")
-            self._finish_key(s, attempt["idempotency_id"], code, payment, attempt["refund_id"])
-            return StepResult(PaymentView.of(payment), code, refund_id=attempt["refund_id"])
+            view = self._finish_key(s, attempt["idempotency_id"], code, payment,
+                                    attempt["refund_id"])  # fmt: skip
+            return StepResult(view, code, refund_id=attempt["refund_id"])
 
         return self._run(step)
 
@@ -679,8 +683,9 @@ class PaymentEngine:
             self._refuse_if_busy(s, payment, VOID_BUSY)
             if state is S.CREATED:  # the provider never heard of it: nothing to release
                 self._move(s, payment, S.CANCELED, "canceled_before_authorization")
-                self._new_key(s, command, (200, payment))
-                return StepResult(PaymentView.of(payment), 200)
+                view = PaymentView.of(payment)
+                self._new_key(s, command, (200, view))
+                return StepResult(view, 200)
             key_id = self._new_key(s, command)
             attempt = self._new_attempt(s, payment, CallKind.VOID, payment["authorized_minor"],
                                         key_id)  # fmt: skip
@@ -826,8 +831,9 @@ class PaymentEngine:
                 return StepResult(view, 202), self._call(payment, attempt)
             reason = f"{attempt['kind']}_{outcome.status}_by_lookup"
             code = self._apply(s, payment, attempt, outcome, reason)
-            self._finish_key(s, attempt["idempotency_id"], code, payment, attempt["refund_id"])
-            return StepResult(PaymentView.of(payment), code), None
+            view = self._finish_key(s, attempt["idempotency_id"], code, payment,
+                                    attempt["refund_id"])  # fmt: skip
+            return StepResult(view, code), None
 
         return self._run(step)
 

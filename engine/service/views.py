@@ -17,7 +17,18 @@ PAYMENT_FIELDS = (
 
 
 def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
+    """``2026-01-01T00:00:00Z``; the last moment's text is kept: a step's answer names
+    its one "now" (``updated_at``) again and again."""
+    global _last_iso
+    last = _last_iso
+    if last[0] is moment:
+        return last[1]
+    text = moment.isoformat().replace("+00:00", "Z")
+    _last_iso = (moment, text)
+    return text
+
+
+_last_iso: tuple[datetime | None, str] = (None, "")
 
 
 @dataclass(frozen=True, slots=True)
