@@ -46,7 +46,9 @@ class Packer:
         self._decompressor = zstandard.ZstdDecompressor(dict_data=data)
 
     def pack(self, raw: bytes) -> bytes:
-        return self._compressor.compress(raw)
+        # Copied: the compressor's bytes keep the allocation of the worst case (the
+        # input's size and more) however small the result, for as long as they live.
+        return bytes(memoryview(self._compressor.compress(raw)))
 
     def unpack(self, packed: bytes) -> bytes:
         return self._decompressor.decompress(packed)

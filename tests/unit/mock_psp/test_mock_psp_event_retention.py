@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from mock_psp.idempotency import SavedResponse
+import tracemalloc
+
+from mock_psp.idempotency import IdempotencyStore, SavedResponse
 
 
 def test_without_a_retention_every_event_stays_retrievable(make_psp):
@@ -42,3 +44,19 @@ def test_a_saved_response_reads_back_the_body_it_was_given():
     saved = SavedResponse.of(200, body)
     assert saved.body == body and saved.status == 200
     assert len(saved.body_zjson) < len(repr(body))
+
+
+def test_saved_responses_hold_little_more_memory_than_their_compressed_bytes():
+    store = IdempotencyStore()
+    body = {"id": "pi_1", "object": "payment_intent", "amount": 1500,
+            "description": "x" * 2_000, "metadata": {"order_id": "o1"}}  # fmt: skip
+    store.saved(200, body)  # the first of its kind makes the dictionary
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [store.saved(200, {**body, "id": f"pi_{n}"}) for n in range(200)]
+        per_response = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert kept[7].body["id"] == "pi_7"
+    assert per_response < 400, per_response  # the body is 2 KB as JSON
