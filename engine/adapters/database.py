@@ -197,10 +197,13 @@ class Database:
         return None if busy else connection
 
     def _on_driver(self, explicit_begin: bool) -> bool:
-        """Whether a SQLite unit runs on the driver: asked for, and nobody listening
-        for SQLAlchemy's transaction events (a simulation's failing commits do)."""
+        """Whether a unit runs on SQLite's driver: asked for, and nobody listening for
+        SQLAlchemy's transaction events (a simulation's failing commits do)."""
         dispatch = self.engine.dispatch
-        return explicit_begin and not (dispatch.commit or dispatch.rollback)
+        return (
+            explicit_begin and self.dialect == "sqlite"
+            and not (dispatch.commit or dispatch.rollback)
+        )  # fmt: skip
 
     @staticmethod
     def _driver_unit(connection: Connection) -> Iterator[Connection]:
@@ -215,8 +218,8 @@ class Database:
         finally:
             if connection.get_transaction() is not None:
                 connection.rollback()
-            elif _driver(connection).in_transaction:
-                _driver(connection).rollback()
+            elif (driver := _driver(connection)).in_transaction:
+                driver.rollback()
 
     @staticmethod
     def _unit(connection: Connection, explicit_begin: bool) -> Iterator[Connection]:
@@ -247,19 +250,21 @@ class Database:
         on the driver (``_driver_unit``) and Direct commits it there. The rollback
         on exit is the driver's as usual.
         """
-        on_driver = self.dialect == "sqlite" and self._on_driver(explicit_begin)
+        on_driver = self._on_driver(explicit_begin)
         explicit_begin = explicit_begin and self.dialect == "postgresql"
+
+        def unit(connection: Connection) -> Iterator[Connection]:
+            if on_driver:
+                return self._driver_unit(connection)
+            return self._unit(connection, explicit_begin)
+
         try:
             kept = self._kept_connection()
             if kept is not None:
-                yield from self._driver_unit(kept) if on_driver else self._unit(
-                    kept, explicit_begin
-                )
+                yield from unit(kept)
             else:
                 with self.engine.connect() as connection:
-                    yield from self._driver_unit(connection) if on_driver else self._unit(
-                        connection, explicit_begin
-                    )
+                    yield from unit(connection)
         except sa.exc.OperationalError as exc:
             raise StoreUnavailable(message=f"database unavailable: {exc.orig}") from exc
         except sa.exc.DBAPIError as exc:
