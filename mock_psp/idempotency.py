@@ -33,7 +33,8 @@ JsonDict = dict[str, Any]
 class Packer:
     """zstd with one preset dictionary (earlier bodies, whose keys and constants later
     ones repeat); its compressor is made once and reused. zlib took about 60 us a
-    body, most of it making a compressor, where zstd takes 3."""
+    body, most of it making a compressor, where zstd takes 3. Not for concurrent use
+    (zstd's compressors are not): each store has its own, used under its core's lock."""
 
     __slots__ = ("_compressor", "_decompressor")
 
@@ -54,9 +55,6 @@ class Packer:
         return self._decompressor.decompress(packed)
 
 
-_NO_DICTIONARY = Packer()
-
-
 @dataclass(frozen=True, slots=True)
 class SavedResponse:
     """A first response as saved for its key: the status and the body's JSON, compressed.
@@ -69,10 +67,10 @@ class SavedResponse:
 
     status: int
     body_zjson: bytes
-    packer: Packer = field(default=_NO_DICTIONARY, repr=False, compare=False)
+    packer: Packer = field(repr=False, compare=False)
 
     @classmethod
-    def of(cls, status: int, body: JsonDict, packer: Packer = _NO_DICTIONARY) -> SavedResponse:
+    def of(cls, status: int, body: JsonDict, packer: Packer) -> SavedResponse:
         return cls(status, packer.pack(orjson.dumps(body)), packer)
 
     @property
@@ -143,7 +141,7 @@ class IdempotencyStore:
         self._records: OrderedDict[str, IdempotencyRecord] = OrderedDict()
         self._zdict = b""  # the bodies' preset dictionary (see ``saved``)
         self._zdict_kinds: set[str] = set()
-        self._packer = _NO_DICTIONARY
+        self._packer = Packer()
         self.evicted_count = 0
 
     def saved(self, status: int, body: JsonDict) -> SavedResponse:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tracemalloc
 
-from mock_psp.idempotency import IdempotencyStore, SavedResponse
+from mock_psp.idempotency import IdempotencyStore, Packer, SavedResponse
 
 
 def test_without_a_retention_every_event_stays_retrievable(make_psp):
@@ -41,7 +41,7 @@ def test_events_within_their_retention_stay_whole(make_psp):
 def test_a_saved_response_reads_back_the_body_it_was_given():
     body = {"id": "pi_1", "amount": 1500, "metadata": {"order_id": "o1"}, "next_action": None,
             "payment_method_types": ["card"], "livemode": False}  # fmt: skip
-    saved = SavedResponse.of(200, body)
+    saved = SavedResponse.of(200, body, Packer())
     assert saved.body == body and saved.status == 200
     assert len(saved.body_zjson) < len(repr(body))
 
