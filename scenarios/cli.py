@@ -21,6 +21,7 @@ from scenarios.outputs import (
 )
 from scenarios.runner import RunResult, run_scenario
 from scenarios.schema import Scenario, ScenarioError, library_paths, load_scenario, parse_duration_s
+from scenarios.world import WorldTooBig
 
 SEEDS_MAX = 100_000
 
@@ -48,7 +49,7 @@ def run_command(
     quiet: bool = False,
     jobs: int = 1,
 ) -> int:
-    from scenarios.shards import check_jobs, run_sharded
+    from scenarios.shards import check_jobs
 
     try:
         loaded = _load(scenarios, duration)
@@ -70,19 +71,12 @@ def run_command(
         transient=True,
         disable=quiet,
     ) as progress:
-        for scenario in loaded:
-            if jobs > 1:  # the shards run in other processes: no simulated-time progress
-                task = progress.add_task(f"{scenario.name} ({jobs} shards)", total=None, sim="")
-                results.append(run_sharded(scenario, seed, jobs, trace=trace is not None))
-                progress.remove_task(task)
-                continue
-            task = progress.add_task(scenario.name, total=scenario.duration_s, sim="")
-
-            def tick(now_s: float, task_id: TaskID = task) -> None:
-                progress.update(task_id, completed=now_s, sim=f"sim {now_s:,.0f} s")
-
-            results.append(run_scenario(scenario, seed, on_progress=tick, trace=trace is not None))
-            progress.remove_task(task)
+        try:
+            for scenario in loaded:
+                results.append(_run_one(progress, scenario, seed, jobs, trace is not None))
+        except WorldTooBig as exc:
+            console.print(f"[red]error:[/] {exc}")
+            return 2
     wall_time_s = time.perf_counter() - started
     for result in results:
         console.print(summary_table(result))
@@ -98,6 +92,30 @@ def run_command(
         f"in {wall_time_s:.1f} s"
     )
     return 1 if failed else 0
+
+
+def _run_one(
+    progress: Progress, scenario: Scenario, seed: int | None, jobs: int, trace: bool
+) -> RunResult:
+    from scenarios.shards import run_sharded, shard_count
+
+    shards = shard_count(scenario, jobs)
+    if shards > 1:  # the shards run in other processes: no simulated-time progress
+        task = progress.add_task(
+            f"{scenario.name} ({shards} shards in {min(jobs, shards)} processes)",
+            total=None, sim="",
+        )  # fmt: skip
+        result = run_sharded(scenario, seed, jobs, trace=trace)
+        progress.remove_task(task)
+        return result
+    task = progress.add_task(scenario.name, total=scenario.duration_s, sim="")
+
+    def tick(now_s: float, task_id: TaskID = task) -> None:
+        progress.update(task_id, completed=now_s, sim=f"sim {now_s:,.0f} s")
+
+    result = run_scenario(scenario, seed, on_progress=tick, trace=trace)
+    progress.remove_task(task)
+    return result
 
 
 def _write_outputs(

@@ -10,6 +10,7 @@ engine must refuse as an illegal transition (I4).
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Callable
@@ -71,6 +72,19 @@ def rate_at(workload: Workload, t_s: float) -> float:
         if spike.start_s <= t_s < spike.end_s:
             rate *= spike.multiplier
     return rate
+
+
+def expected_payments(workload: Workload, duration_s: float) -> float:
+    """The mean number of arrivals in a run of ``duration_s``: the rate integrated over
+    the run, spikes included, at most the workload's cap."""
+    edges = sorted({0.0, duration_s, *(
+        edge for spike in workload.arrivals.spikes for edge in (spike.start_s, spike.end_s)
+        if 0.0 < edge < duration_s
+    )})  # fmt: skip
+    total = sum(
+        rate_at(workload, start) * (end - start) for start, end in itertools.pairwise(edges)
+    )
+    return min(total, float(workload.payments_max))
 
 
 def draw_order(

@@ -14,10 +14,16 @@ connection; each world gets its own name. Like ``sqlite://`` the engine gets
 one shared connection (a static pool) that each thread keeps between units of
 work (``Database``'s in-memory mode), and no WAL.
 
-A memdb database is capped at 1 GiB by default (``SQLITE_MEMDB_DEFAULT_MAXSIZE``)
-and a day's shard needs several: the cap is raised on the connection with
+A memdb database is capped at 1 GiB by default (``SQLITE_MEMDB_DEFAULT_MAXSIZE``):
+the cap is raised on the connection with
 ``sqlite3_file_control(SQLITE_FCNTL_SIZE_LIMIT)``, which Python's ``sqlite3``
 does not expose, so through ``ctypes`` on the very library ``sqlite3`` uses.
+It is raised to just under 2 GiB and no further: the buffer grows by
+``sqlite3_realloc``, which refuses any size from 2 GiB up, and a database that
+asked for more failed its commit with SQLITE_NOMEM (Python's ``MemoryError``).
+At the cap a write fails with SQLITE_FULL instead, which the world reports
+as a world too big for one database (``scenarios.world``); a sharded run keeps
+its worlds well under it (``scenarios.shards``).
 Where that cannot be done safely (another SQLite build, another layout of
 Python's connection object) the world falls back to ``sqlite://``: the same
 results, only slower on long runs.
@@ -34,7 +40,9 @@ from typing import Any
 from engine.adapters.database import IN_MEMORY_URL, Database, upgrade
 
 SQLITE_FCNTL_SIZE_LIMIT = 36
-SIZE_LIMIT_BYTES = 1 << 40  # a bound SQLite checks, not memory it takes
+# The largest buffer sqlite3_realloc makes is under 0x7fffff00 bytes; memdb asks
+# for twice what it needs, up to this cap.
+SIZE_LIMIT_BYTES = 0x7FFF0000
 _names = itertools.count()
 
 

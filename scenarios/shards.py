@@ -11,6 +11,15 @@ scenario's seed and ``k`` (a hash, stable across Python versions). The shards
 run in N processes; their reports and checks are merged in shard order, so one
 scenario, seed and N give one byte-identical merged report.
 
+A world holds at most about ``WORLD_PAYMENTS_MAX`` payments: its in-memory
+database lives in one buffer that SQLite cannot grow past 2 GiB
+(``scenarios.memdb``), and a payment takes about 9 KB of it. A scenario
+expected to make more runs as more shards than N (as a production platform
+adds shards as it grows, not servers to one shard), as many as it needs and its
+merchants allow, still in N processes, each running its shards one after the
+other; the shard count depends only on the scenario and N, so the report does
+too. Smaller worlds also run faster: a world's every index and cache is smaller.
+
 Merging: counts are summed (payments, states, faults, coverage, histogram
 buckets, invariants' ``checked``); violations are concatenated in shard order;
 latency percentiles are computed over every shard's raw latencies; samples are
@@ -31,6 +40,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
+from scenarios.clients import expected_payments
 from scenarios.oracles import Invariant
 from scenarios.runner import (
     TRACED_PAYMENTS_MAX,
@@ -44,6 +54,10 @@ from scenarios.runner import (
 from scenarios.schema import Scenario
 
 JOBS_MAX = 64
+# The most payments one world is made to hold (measured: about 9 KB of database a
+# payment in happy-path, more where faults multiply attempts and webhooks, against
+# a 2 GiB buffer).
+WORLD_PAYMENTS_MAX = 125_000
 FAULT_LOG_MAX = 5_000
 
 
@@ -103,6 +117,15 @@ def check_jobs(scenario: Scenario, jobs: int) -> str | None:
     return None
 
 
+def shard_count(scenario: Scenario, jobs: int) -> int:
+    """How many worlds ``scenario`` runs as with ``jobs`` processes: ``jobs``, or more
+    when a world would hold more than ``WORLD_PAYMENTS_MAX`` payments (at most one
+    world per merchant)."""
+    expected = expected_payments(scenario.workload, scenario.duration_s)
+    needed = math.ceil(expected / WORLD_PAYMENTS_MAX)
+    return max(jobs, min(needed, scenario.workload.merchants, JOBS_MAX))
+
+
 def _run_shard(args: tuple[Scenario, int, Shard, bool]) -> RunResult:
     scenario, seed, shard, trace = args
     return run_scenario(
@@ -112,12 +135,20 @@ def _run_shard(args: tuple[Scenario, int, Shard, bool]) -> RunResult:
 
 
 def run_sharded(
-    scenario: Scenario, seed: int | None, jobs: int, *, trace: bool = False
+    scenario: Scenario,
+    seed: int | None,
+    jobs: int,
+    *,
+    trace: bool = False,
+    shards: int | None = None,
 ) -> RunResult:
-    """Run ``scenario`` as ``jobs`` shards in as many processes and merge them."""
+    """Run ``scenario`` as ``shards`` shards (by default ``shard_count(scenario, jobs)``)
+    in ``jobs`` processes and merge them."""
     base_seed = scenario.seed if seed is None else seed
-    work = [(scenario, base_seed, Shard(index, jobs), trace) for index in range(jobs)]
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    count = shard_count(scenario, jobs) if shards is None else shards
+    work = [(scenario, base_seed, Shard(index, count), trace) for index in range(count)]
+    # One shard a task, handed out in order: a process holds one world at a time.
+    with ProcessPoolExecutor(max_workers=min(jobs, count)) as pool:
         shards = list(pool.map(_run_shard, work))
     return merge(scenario, base_seed, shards)
 

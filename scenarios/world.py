@@ -90,6 +90,18 @@ class EngineFault(PaychaosError):
     http_status = 500
 
 
+class WorldTooBig(Exception):
+    """The world's in-memory database is full: the scenario needs more shards."""
+
+
+SQLITE_FULL = 13
+
+
+def _database_full(exc: BaseException) -> bool:
+    cause = getattr(exc.__cause__, "orig", None)
+    return getattr(cause, "sqlite_errorcode", None) == SQLITE_FULL
+
+
 class EngineDown(Exception):
     """The engine process is not running: a crash, until its restart."""
 
@@ -292,6 +304,14 @@ class World:
         except LedgerGuardRefused as exc:
             self.engine_errors.append((what, f"{exc.code}: {exc.message}"[:300]))
             raise EngineFault(message=f"{what} failed") from None
+        except StoreUnavailable as exc:
+            if _database_full(exc):
+                raise WorldTooBig(
+                    f"{self.scenario.name}: this world's in-memory database is full after "
+                    f"{len(self.orders):,} payments; run the scenario with more merchants "
+                    "and --jobs, so that each shard holds fewer"
+                ) from None
+            raise
         except (PaychaosError, EngineDown):
             raise
         except Exception as exc:

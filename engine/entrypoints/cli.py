@@ -149,11 +149,19 @@ def bench_psp(
 @bench_app.command("sim")
 def bench_sim(
     small: Annotated[bool, typer.Option("--small", help="A quick run, for CI.")] = False,
+    day: Annotated[
+        bool,
+        typer.Option(
+            "--day",
+            help="Run the whole simulated day instead of projecting it from an hour "
+            "(about half an hour).",
+        ),
+    ] = False,
 ) -> None:
     """Simulated payments per wall second next to simpy and raw SQLite; the 1M/day goal."""
     from loadtests.bench_sim import run
 
-    run(small=small, console=console)
+    run(small=small, console=console, whole_day=day)
 
 
 @bench_app.command("api")
