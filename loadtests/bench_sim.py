@@ -11,14 +11,17 @@ COMMIT, as ``bench engine`` measures them). The ratios (``events / payment``,
 take the wall time that one simulated payment takes.
 
 Then the goal: one simulated day at 1,000,000 payments per day (11.6 a
-second) in under 30 minutes with ``paychaos run --jobs 2``. The benchmark
-runs a slice of that day (happy-path's workload at that rate, sharded in two
-processes, with quiescence and every check) and measures it; the full day is
-projected from the slice by its simulated length, and so is the memory the
-day would need (the peak of the shard processes per payment). With ``--day``
-the slice is the whole day: nothing is projected (it takes the half hour, and
-about 10 GB of memory per shard). The table says which numbers are measured
-and which are projected.
+second) in under 30 minutes with ``paychaos run --jobs 2``. The day is too big
+for one world a process (a world holds at most ``WORLD_PAYMENTS_MAX``
+payments, ``scenarios.shards``): it runs as 8 worlds in 2 processes. The
+benchmark runs a slice of that day (happy-path's workload at that rate,
+sharded as the day is, with quiescence and every check) and measures it; the
+full day is projected from the slice by its simulated length. The projection
+is optimistic: a world slows as its database grows (measured: a world's
+payments cost a quarter more at the end of its day than in its first hour).
+With ``--day`` the slice is the whole day and nothing is projected (it takes
+the half hour). The table says which numbers are measured and which are
+projected; memory is the peak of the processes.
 """
 
 from __future__ import annotations
@@ -123,15 +126,15 @@ class DaySlice:
     wall_s: float
     ok: bool
     peak_rss_mb: float  # the largest shard process
+    base_rss_mb: float  # what a shard process holds before its world (the parent's)
 
     @property
     def projected_wall_s(self) -> float:
         return self.wall_s * DAY_S / self.slice_s
 
-    base_rss_mb: float  # what a shard process holds before its world (the parent's)
-
     @property
     def projected_rss_mb(self) -> float:
+        """A process's peak for a world of the whole day (it runs its worlds in turn)."""
         grown_mb = max(self.peak_rss_mb - self.base_rss_mb, 0.0)
         return self.base_rss_mb + grown_mb * DAY_S / self.slice_s
 
@@ -173,7 +176,7 @@ def day_table(day: DaySlice) -> Table:
         f"({DAY_SCENARIO}'s workload at {DAY_PAYMENTS / DAY_S:.2f}/s)"
     )
     for column in ("what", "simulated s", "payments", "wall s", "payments / wall s",
-                   "peak RSS per shard", "how"):  # fmt: skip
+                   "peak RSS a process", "how"):  # fmt: skip
         out.add_column(column, justify="left" if column in {"what", "how"} else "right")
     out.add_row(
         "the whole day, all checks" if day.slice_s >= DAY_S else "a slice of the day, all checks",

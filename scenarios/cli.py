@@ -100,12 +100,16 @@ def _run_one(
     from scenarios.shards import run_sharded, shard_count
 
     shards = shard_count(scenario, jobs)
-    if shards > 1:  # the shards run in other processes: no simulated-time progress
+    if shards > 1:  # the shards run in other processes: progress in shards done
         task = progress.add_task(
             f"{scenario.name} ({shards} shards in {min(jobs, shards)} processes)",
-            total=None, sim="",
+            total=shards, sim="",
         )  # fmt: skip
-        result = run_sharded(scenario, seed, jobs, trace=trace)
+
+        def shard_done(done: int, count: int, task_id: TaskID = task) -> None:
+            progress.update(task_id, completed=done, sim=f"{done} of {count} shards")
+
+        result = run_sharded(scenario, seed, jobs, trace=trace, on_shard_done=shard_done)
         progress.remove_task(task)
         return result
     task = progress.add_task(scenario.name, total=scenario.duration_s, sim="")
@@ -155,8 +159,17 @@ def parse_seeds(text: str) -> list[int]:
 
 def _run_seed(args: tuple[str, int, str | None]) -> tuple[int, bool, list[str]]:
     path, seed, duration = args
+    from scenarios.shards import run_sharded, shard_count
+
     scenario = _load([Path(path)], duration)[0]
-    result = run_scenario(scenario, seed)
+    try:
+        # A seed's worlds run one after the other in its process: the seeds are the jobs.
+        result = (
+            run_sharded(scenario, seed, 1) if shard_count(scenario, 1) > 1
+            else run_scenario(scenario, seed)
+        )  # fmt: skip
+    except WorldTooBig as exc:
+        return seed, False, [str(exc)]
     reasons = [f"{inv.id} {inv.name}" for inv in result.violated] + result.problems
     return seed, result.ok, reasons
 

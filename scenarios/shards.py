@@ -34,7 +34,7 @@ import hashlib
 import heapq
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
@@ -141,16 +141,28 @@ def run_sharded(
     *,
     trace: bool = False,
     shards: int | None = None,
+    on_shard_done: Callable[[int, int], None] | None = None,
 ) -> RunResult:
     """Run ``scenario`` as ``shards`` shards (by default ``shard_count(scenario, jobs)``)
-    in ``jobs`` processes and merge them."""
+    in ``jobs`` processes and merge them; ``on_shard_done(done, count)`` as they end
+    (in shard order)."""
     base_seed = scenario.seed if seed is None else seed
     count = shard_count(scenario, jobs) if shards is None else shards
     work = [(scenario, base_seed, Shard(index, count), trace) for index in range(count)]
-    # One shard a task, handed out in order: a process holds one world at a time.
-    with ProcessPoolExecutor(max_workers=min(jobs, count)) as pool:
-        shards = list(pool.map(_run_shard, work))
-    return merge(scenario, base_seed, shards)
+    results: list[RunResult] = []
+    if min(jobs, count) == 1:  # one after the other, in this process
+        for one in work:
+            results.append(_run_shard(one))
+            if on_shard_done is not None:
+                on_shard_done(len(results), count)
+    else:
+        # One shard a task, handed out in order: a process holds one world at a time.
+        with ProcessPoolExecutor(max_workers=min(jobs, count)) as pool:
+            for result in pool.map(_run_shard, work):
+                results.append(result)
+                if on_shard_done is not None:
+                    on_shard_done(len(results), count)
+    return merge(scenario, base_seed, results, min(jobs, count))
 
 
 # -- merging ---------------------------------------------------------------------------
@@ -245,8 +257,8 @@ def _shard_summary(index: int, shard: RunResult) -> dict[str, Any]:
     }
 
 
-def merge(scenario: Scenario, seed: int, shards: list[RunResult]) -> RunResult:
-    """One report and one verdict for the whole sharded run."""
+def merge(scenario: Scenario, seed: int, shards: list[RunResult], jobs: int) -> RunResult:
+    """One report and one verdict for the whole sharded run (in ``jobs`` processes)."""
     reports = [shard.report for shard in shards]
     invariants = merge_invariants([shard.invariants for shard in shards])
     payments = sum(int(report["payments"]) for report in reports)
@@ -280,7 +292,7 @@ def merge(scenario: Scenario, seed: int, shards: list[RunResult]) -> RunResult:
         "samples": merge_samples([report["samples"] for report in reports]),
         "fault_log": _fault_log(reports),
         "traces": traces,
-        "jobs": len(shards),
+        "jobs": jobs,
         "shards": [_shard_summary(k, shard) for k, shard in enumerate(shards)],
     }
     trace = merge_traces([shard.trace for shard in shards])

@@ -6,9 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from engine.entrypoints.cli import app
+from scenarios import memdb
+from scenarios.clients import expected_payments
 from scenarios.runner import run_scenario
 from scenarios.schema import library_paths, load_scenario
 from scenarios.shards import (
@@ -16,6 +19,7 @@ from scenarios.shards import (
     check_jobs,
     merge_samples,
     run_sharded,
+    shard_count,
     shard_scenario,
     shard_seed,
 )
@@ -100,3 +104,57 @@ def test_a_merged_report_has_every_field_of_a_single_report() -> None:
     single = run_scenario(scenario).report
     merged = run_sharded(scenario, None, 2).report
     assert set(merged) == set(single) | {"jobs", "shards"}
+
+
+def test_the_expected_payments_integrate_the_rate_with_its_spikes_up_to_the_cap() -> None:
+    workload = load_scenario(LIBRARY["black-friday"]).workload
+    spikes = workload.arrivals.spikes
+    assert spikes, "black-friday has its spike"
+    plain = workload.model_copy(update={"arrivals": workload.arrivals.model_copy(
+        update={"spikes": []})})  # fmt: skip
+    assert expected_payments(plain, 600.0) == pytest.approx(workload.arrivals.rate_per_s * 600)
+    extra = (
+        sum((s.multiplier - 1) * (min(s.end_s, 10_000.0) - s.start_s) for s in spikes)
+        * workload.arrivals.rate_per_s
+    )
+    capped = workload.model_copy(update={"payments_max": 10**6})
+    assert expected_payments(capped, 10_000.0) == pytest.approx(
+        workload.arrivals.rate_per_s * 10_000.0 + extra
+    )
+    assert expected_payments(workload.model_copy(update={"payments_max": 7}), 10_000.0) == 7
+
+
+def test_a_scenario_too_big_for_one_world_runs_as_more_shards_than_jobs() -> None:
+    scenario = load_scenario(LIBRARY["happy-path"])
+    assert shard_count(scenario, 1) == 1 and shard_count(scenario, 2) == 2
+    arrivals = scenario.workload.arrivals.model_copy(update={"rate_per_s": 1_000_000 / 86_400})
+    day = scenario.model_copy(update={
+        "duration_s": 86_400.0,
+        "workload": scenario.workload.model_copy(
+            update={"arrivals": arrivals, "payments_max": 2_000_000}),
+    })  # fmt: skip
+    # A million payments: 125,000 a world at most, so 8 worlds, whatever the processes.
+    assert shard_count(day, 1) == shard_count(day, 2) == 8
+    assert shard_count(day, 12) == 12
+    # Never more worlds than merchants: each world owns at least one.
+    few = day.model_copy(update={"workload": day.workload.model_copy(update={"merchants": 3})})
+    assert shard_count(few, 2) == 3
+
+
+def test_a_world_whose_database_fills_up_stops_the_run_with_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full in-memory database is the harness's limit, not a database outage for the
+    engine to ride out: the run stops and says what to do (exit 2, no traceback)."""
+    monkeypatch.setattr(memdb, "SIZE_LIMIT_BYTES", 6 << 20)
+    scenario = tmp_path / "busy.yaml"
+    scenario.write_text(
+        LIBRARY["happy-path"].read_text()
+        .replace("arrivals: {rate_per_s: 0.5}", "arrivals: {rate_per_s: 20}")
+        .replace("name: happy-path", "name: busy")
+    )  # fmt: skip
+    result = runner.invoke(app, ["run", str(scenario), "--duration", "10m", "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert "busy: this world's in-memory database is full after" in result.output
+    assert "--jobs" in result.output
+    assert "Traceback" not in result.output
