@@ -14,7 +14,7 @@ Then the goal: one simulated day at 1,000,000 payments per day (11.6 a
 second) in under 30 minutes with ``paychaos run --jobs 2``. The day is too big
 for one world a process (a world holds at most ``WORLD_PAYMENTS_MAX``
 payments, ``scenarios.shards``): it runs as 8 worlds in 2 processes. The
-benchmark runs a slice of that day (happy-path's workload at that rate,
+benchmark runs a slice of that day (``loadtests/day.yaml``: happy-path's workload at that rate,
 sharded as the day is, with quiescence and every check) and measures it; the
 full day is projected from the slice by its simulated length. The projection
 is optimistic: a world slows as its database grows (measured: a world's
@@ -29,6 +29,7 @@ from __future__ import annotations
 import resource
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import simpy
 from rich.console import Console
@@ -49,7 +50,7 @@ DAY_PAYMENTS = 1_000_000
 DAY_JOBS = 2
 DAY_GOAL_WALL_S = 30 * 60.0
 DAY_SLICE_S = {True: 60.0, False: 3_600.0}  # simulated seconds of the day actually run
-DAY_SCENARIO = "happy-path"
+DAY_FILE = Path(__file__).with_name("day.yaml")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,12 +112,9 @@ def simulate(name: str, small: bool) -> SimRun:
 
 
 def day_scenario(slice_s: float) -> Scenario:
-    """happy-path's workload at a million payments a day, for ``slice_s`` of the day."""
-    scenario = _library(DAY_SCENARIO)
-    workload = scenario.workload
-    arrivals = workload.arrivals.model_copy(update={"rate_per_s": DAY_PAYMENTS / DAY_S})
-    workload = workload.model_copy(update={"arrivals": arrivals, "payments_max": 2 * DAY_PAYMENTS})
-    return scenario.model_copy(update={"duration_s": slice_s, "workload": workload})
+    """The shipped day (``loadtests/day.yaml``), for ``slice_s`` of it."""
+    scenario = load_scenario(DAY_FILE)
+    return scenario.model_copy(update={"duration_s": slice_s})
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +171,7 @@ def speed_table(runs: list[SimRun], simpy_rate: float, raw_rate: float) -> Table
 def day_table(day: DaySlice) -> Table:
     out = Table(
         title=f"one simulated day at {DAY_PAYMENTS:,} payments/day, --jobs {DAY_JOBS} "
-        f"({DAY_SCENARIO}'s workload at {DAY_PAYMENTS / DAY_S:.2f}/s)"
+        f"({DAY_FILE.name}: happy-path's workload at {DAY_PAYMENTS / DAY_S:.2f}/s)"
     )
     for column in ("what", "simulated s", "payments", "wall s", "payments / wall s",
                    "peak RSS a process", "how"):  # fmt: skip

@@ -6,11 +6,14 @@ table, never to a test's assertions.
 
 from __future__ import annotations
 
+import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
 from engine.entrypoints.cli import app
-from loadtests.bench_sim import DaySlice, day_table
+from loadtests.bench_sim import DaySlice, day_scenario, day_table
+from scenarios.clients import expected_payments
+from scenarios.shards import shard_count
 
 SPEED_COLUMNS = ("scenario", "payments / wall s", "sim s / wall s", "simpy events/s",
                  "sqlite tx/s", "events / payment", "tx / payment")  # fmt: skip
@@ -42,3 +45,11 @@ def test_the_day_table_projects_a_slice_and_measures_a_whole_day() -> None:
     assert "not met (measured)" in day
     failed = _rendered(DaySlice(86_400.0, 999_000, 1_500.0, False, 4_000.0, 100.0))
     assert "checks FAILED" in failed and "not met (measured)" in failed
+
+
+def test_the_shipped_day_is_a_million_payments_as_eight_worlds() -> None:
+    day = day_scenario(86_400.0)
+    assert day.duration_s == 86_400.0
+    assert day.workload.arrivals.rate_per_s * day.duration_s == pytest.approx(1_000_000)
+    assert expected_payments(day.workload, day.duration_s) == pytest.approx(1_000_000)
+    assert shard_count(day, 2) == 8
