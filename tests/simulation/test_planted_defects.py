@@ -5,25 +5,24 @@ engine code), then a *shipped* scenario runs, shortened, on fixed seeds, and
 must name the right invariant. A control runs the same scenarios, durations and
 seeds on the unpatched engine: they pass, so the catch is the defect's doing.
 
-Swept over seeds 1-20 with each scenario shortened to 120 s (a full-length
-run catches them too); "first" is the first seed that catches:
+Swept over seeds 1-20, each scenario run for the length its test uses;
+"first" is the first seed that catches (measured again after the engine
+subscribed to the events it acts on only):
 
-| defect                                   | scenario      | invariant | first | caught |
-|------------------------------------------|---------------|-----------|-------|--------|
-| idempotency keys ignored                 | double-click  | I6        | 1     | 20/20  |
-| ledger written outside the state change  | happy-path    | I3        | 1     | 19/20  |
-| provider timeout treated as a decline    | psp-timeouts  | I2, I7    | 1     | 20/20  |
-| capture allowed after void               | happy-path    | I4        | 1     | 17/20  |
-| refund posted twice on a duplicate hook  | webhook-storm | I7        | 1     | 16/20  |
-| webhook dedupe by event id skipped alone | webhook-storm | none      | -     | 0/20   |
-| platform fee rounded down, not half up   | marketplace-split | F     | 1     | 20/20  |
-| a refund's seller debit kept off a wallet | marketplace-split | I5   | 1     | 20/20  |
-| a settlement row silently ignored        | settlement-mismatch | R     | 1     | 20/20  |
-| a dispute debited twice (300 s runs)     | dispute-storm | I9        | 1     | 20/20  |
-| a payout beyond the available balance (1,200 s runs) | payout-failure | I5 | 1 | 10/10 |
-
-The last is no money bug in this engine: intake is idempotent a second time,
-by state and open attempt, so the harness shows it only in coverage (below).
+| defect                                     | scenario (run s)          | named  | first | caught |
+|--------------------------------------------|---------------------------|--------|-------|--------|
+| idempotency keys ignored                   | double-click (120)        | I6     | 1     | 20/20  |
+| ledger written outside the state change    | happy-path (120)          | I3     | 1     | 19/20  |
+| provider timeout treated as a decline      | psp-timeouts (120)        | I2, I7 | 1     | 20/20  |
+| capture allowed after void                 | happy-path (120)          | I4     | 1     | 17/20  |
+| refund posted twice on a duplicate webhook | webhook-storm (120)       | I7     | 1     | 18/20  |
+| webhook dedupe by event id skipped         | webhook-storm (120)       | I6     | 1     | 20/20  |
+| ledger written after the state change      | crash-recovery (600)      | I3     | 1     | 20/20  |
+| platform fee rounded down, not half up     | marketplace-split (120)   | F      | 1     | 20/20  |
+| a refund's seller debit kept off a wallet  | marketplace-split (120)   | I5     | 1     | 20/20  |
+| a settlement row silently ignored          | settlement-mismatch (120) | R      | 1     | 20/20  |
+| a dispute debited twice                    | dispute-storm (300)       | I9     | 1     | 20/20  |
+| a payout beyond the available balance      | payout-failure (1200)     | I5     | 1     | 20/20  |
 """
 
 from __future__ import annotations
