@@ -176,13 +176,13 @@ def day_table(day: DaySlice) -> Table:
     for column in ("what", "simulated s", "payments", "wall s", "payments / wall s",
                    "peak RSS a process", "how"):  # fmt: skip
         out.add_column(column, justify="left" if column in {"what", "how"} else "right")
+    whole = day.slice_s >= DAY_S
     out.add_row(
-        "the whole day, all checks" if day.slice_s >= DAY_S else "a slice of the day, all checks",
+        "the whole day, all checks" if whole else "a slice of the day, all checks",
         f"{day.slice_s:,.0f}", f"{day.payments:,}",
         f"{day.wall_s:,.1f}", f"{day.payments / day.wall_s:,.0f}", f"{day.peak_rss_mb:,.0f} MB",
         "measured" if day.ok else "[red]measured: checks FAILED[/]",
     )  # fmt: skip
-    whole = day.slice_s >= DAY_S
     if not whole:
         out.add_row(
             "the whole day", f"{DAY_S:,.0f}", f"~{DAY_PAYMENTS:,}",

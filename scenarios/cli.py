@@ -159,15 +159,12 @@ def parse_seeds(text: str) -> list[int]:
 
 def _run_seed(args: tuple[str, int, str | None]) -> tuple[int, bool, list[str]]:
     path, seed, duration = args
-    from scenarios.shards import run_sharded, shard_count
+    from scenarios.shards import run_sharded
 
     scenario = _load([Path(path)], duration)[0]
     try:
-        # A seed's worlds run one after the other in its process: the seeds are the jobs.
-        result = (
-            run_sharded(scenario, seed, 1) if shard_count(scenario, 1) > 1
-            else run_scenario(scenario, seed)
-        )  # fmt: skip
+        # A seed's worlds (one, unless it is too big) run in turn: the seeds are the jobs.
+        result = run_sharded(scenario, seed, 1)
     except WorldTooBig as exc:
         return seed, False, [str(exc)]
     reasons = [f"{inv.id} {inv.name}" for inv in result.violated] + result.problems

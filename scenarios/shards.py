@@ -36,6 +36,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -145,24 +146,26 @@ def run_sharded(
 ) -> RunResult:
     """Run ``scenario`` as ``shards`` shards (by default ``shard_count(scenario, jobs)``)
     in ``jobs`` processes and merge them; ``on_shard_done(done, count)`` as they end
-    (in shard order)."""
-    base_seed = scenario.seed if seed is None else seed
+    (in shard order). One shard is the unsharded run itself."""
     count = shard_count(scenario, jobs) if shards is None else shards
+    if count == 1:
+        return run_scenario(scenario, seed, trace=trace)
+    base_seed = scenario.seed if seed is None else seed
     work = [(scenario, base_seed, Shard(index, count), trace) for index in range(count)]
+    processes = min(jobs, count)
     results: list[RunResult] = []
-    if min(jobs, count) == 1:  # one after the other, in this process
-        for one in work:
-            results.append(_run_shard(one))
+    with ExitStack() as stack:
+        # One process runs its shards in turn here; more take one shard a task, in
+        # order: either way a process holds one world at a time.
+        run_each = (
+            map if processes == 1
+            else stack.enter_context(ProcessPoolExecutor(max_workers=processes)).map
+        )  # fmt: skip
+        for result in run_each(_run_shard, work):
+            results.append(result)
             if on_shard_done is not None:
                 on_shard_done(len(results), count)
-    else:
-        # One shard a task, handed out in order: a process holds one world at a time.
-        with ProcessPoolExecutor(max_workers=min(jobs, count)) as pool:
-            for result in pool.map(_run_shard, work):
-                results.append(result)
-                if on_shard_done is not None:
-                    on_shard_done(len(results), count)
-    return merge(scenario, base_seed, results, min(jobs, count))
+    return merge(scenario, base_seed, results, processes)
 
 
 # -- merging ---------------------------------------------------------------------------
