@@ -38,6 +38,7 @@ FLOW_METHODS = {
     "three_ds_abandon": ("manual", "pm_card_authenticationRequired"),
     "decline": ("manual", "pm_card_chargeDeclined"),
     "dispute": ("automatic", "pm_card_createDispute"),
+    "refund_dispute": ("automatic", "pm_card_visa"),
 }
 POLLS_MAX = 20
 LATE_CAPTURE_EVERY = 3  # every third voided order also gets a late capture (I4)
@@ -256,7 +257,9 @@ class Clients:
             provider_id = yield from self._provider_id(order, payment_id)
             state = yield from self._three_ds(order, payment_id, provider_id)
         if state != "authorized":
-            if state == "captured":
+            if state == "captured" and order.flow == "refund_dispute":
+                yield from self._refund_then_dispute(order, payment_id, key_prefix)
+            elif state == "captured":
                 yield from self._refunds(order, payment_id, key_prefix)
             return
         yield self.w.env.timeout(
@@ -363,6 +366,23 @@ class Clients:
             amount = max(1, int(left * self.rng.uniform(0.2, 1.0)))
             refund = Refund(order.merchant_id, f"{key_prefix}-refund-{index}", payment_id, amount)
             yield from self.request(self.w.engine.begin_refund, refund)
+
+    def _refund_then_dispute(self, order: Order, payment_id: str, key_prefix: str) -> Step:
+        """Refunded in full, then disputed by a cardholder the refund has not reached yet:
+        the provider withdraws the amount all the same."""
+        think_s = max(self.s.workload.think_time_s, 0.001)
+        yield self.w.env.timeout(self.rng.expovariate(1.0 / think_s))
+        refund = Refund(order.merchant_id, f"{key_prefix}-refund-all", payment_id, None)
+        result = yield from self.request(self.w.engine.begin_refund, refund)
+        if not isinstance(result, StepResult):
+            return
+        state = yield from self._wait_for(order, payment_id, {"refunded"})
+        provider_id = yield from self._provider_id(order, payment_id)
+        if state != "refunded" or provider_id is None:
+            return
+        yield self.w.env.timeout(self.w.rng["customers"].uniform(60.0, 600.0))
+        self.w.psp.admin.open_dispute(provider_id)
+        self.w.hit("cardholder disputed a refunded charge")
 
 
 def _code(exc: BaseException) -> str:

@@ -77,6 +77,7 @@ class Flows(_Strict):
     three_ds_abandon: Weight = 0.0
     decline: Weight = 0.5
     dispute: Weight = 0.0  # captured at once, then disputed by the cardholder
+    refund_dispute: Weight = 0.0  # captured, refunded in full, then disputed all the same
 
     @model_validator(mode="after")
     def _some(self) -> Flows:

@@ -234,7 +234,7 @@ provider_events = sa.Table(
     sa.Column("provider_event_id", sa.String(255), nullable=False),
     sa.Column("type", sa.String(64), nullable=False),
     sa.Column("payment_id", Id, nullable=True),
-    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("outcome", sa.String(32), nullable=False),
     sa.Column("received_at", UTCDateTime, nullable=False),
     sa.UniqueConstraint("provider_event_id"),
 )

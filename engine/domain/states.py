@@ -10,9 +10,12 @@ Rules:
   amount lands in ``partially_captured`` and releases the rest of the hold.
 - Refunds may be several; each partial one is a ``partially_refunded`` edge
   (a self-edge after the first).
-- ``canceled`` (voided), ``failed`` and ``refunded`` are terminal.
-- A dispute that is won returns the payment to ``settled``; a lost one stays
-  ``disputed``.
+- ``canceled`` (voided) and ``failed`` are terminal. ``refunded`` is too, but for
+  a dispute: a cardholder may dispute a charge already refunded in full (the
+  refund has not reached them yet), and the provider withdraws the disputed
+  amount all the same.
+- A dispute that is won returns the payment to ``settled``, or to ``refunded``
+  when it was refunded in full; a lost one stays ``disputed``.
 """
 
 from __future__ import annotations
@@ -52,8 +55,8 @@ TRANSITIONS: dict[PaymentState, frozenset[PaymentState]] = {
     S.CAPTURED: frozenset(_AFTER_CAPTURE),
     S.PARTIALLY_REFUNDED: frozenset(_AFTER_CAPTURE),
     S.SETTLED: frozenset({S.PARTIALLY_REFUNDED, S.REFUNDED, S.DISPUTED}),
-    S.DISPUTED: frozenset({S.SETTLED}),
-    S.REFUNDED: frozenset(),
+    S.DISPUTED: frozenset({S.SETTLED, S.REFUNDED}),
+    S.REFUNDED: frozenset({S.DISPUTED}),
     S.CANCELED: frozenset(),
     S.FAILED: frozenset(),
 }

@@ -620,10 +620,12 @@ class PaymentEngine:
         changes = {"refunded_minor": refunded, "refund_reserved_minor": reserved}
         to_state = S.REFUNDED if refunded == p["captured_minor"] else S.PARTIALLY_REFUNDED
         seq: int | None = None
-        if is_legal(S(p["state"]), to_state):
+        # A dispute is left only by its decision (which lands on refunded if the money
+        # came back in full meanwhile): refunded while disputed, money moves, state stays.
+        if S(p["state"]) is not S.DISPUTED and is_legal(S(p["state"]), to_state):
             seq = self._move(s, p, to_state, reason, attempt_id=attempt["id"], event_id=event_id,
                              amount_minor=amount, **changes)  # fmt: skip
-        else:  # e.g. refunded while disputed: money moves, the state stays
+        else:
             s.update_payment(p["id"], p["history_count"], updated_at=now, **changes)
             p.update(changes, updated_at=now)
         s.update_refund(attempt["refund_id"], status="succeeded", updated_at=now,
@@ -1174,7 +1176,8 @@ class PaymentEngine:
             return "stale"
         if event.type == EventType.DISPUTE_WON:
             disputed = p["disputed_minor"]
-            seq = self._move(s, p, S.SETTLED, "dispute_won_by_event", event_id=event.event_id,
+            won = S.REFUNDED if p["refunded_minor"] == p["captured_minor"] else S.SETTLED
+            seq = self._move(s, p, won, "dispute_won_by_event", event_id=event.event_id,
                              amount_minor=disputed, disputed_minor=0)  # fmt: skip
             money = self._money(p, disputed)
             if p["lines_count"]:

@@ -246,7 +246,7 @@ class WebhookProvider(FakeProvider):
         return [
             payment_id
             for payment_id, truth in self.truth.items()
-            if truth.captured_minor > truth.refunded_minor and payment_id not in self.disputes
+            if truth.captured_minor > 0 and payment_id not in self.disputes
         ]
 
     def open_disputes(self) -> list[str]:
@@ -480,7 +480,7 @@ class Model:
             p.refunded_minor += attempt.amount_minor
             full = p.refunded_minor == p.captured_minor
             to_state = S.REFUNDED if full else S.PARTIALLY_REFUNDED
-            if is_legal(p.state, to_state):
+            if p.state is not S.DISPUTED and is_legal(p.state, to_state):
                 self.move(p, to_state)
 
     # -- webhooks -----------------------------------------------------------------------
@@ -560,7 +560,7 @@ class Model:
         if p.state is not S.DISPUTED:
             return "stale"
         if event_type is EventType.DISPUTE_WON:
-            self.move(p, S.SETTLED)
+            self.move(p, S.REFUNDED if p.refunded_minor == p.captured_minor else S.SETTLED)
             p.disputed_minor = 0
         return "applied"
 
@@ -920,7 +920,11 @@ class EngineAgainstModel(RuleBasedStateMachine):
         charges = self.psp.disputable()
         payment_id = charges[pick % len(charges)]
         self.psp.disputes[payment_id] = "open"
-        self.psp.send(EventType.DISPUTE_CREATED, payment_id)
+        truth = self.psp.truth_of(payment_id)
+        # What the charge still holds; on a charge refunded in full, all of it (the
+        # cardholder disputes before the refund reaches them).
+        amount = truth.captured_minor - truth.refunded_minor or truth.captured_minor
+        self.psp.send(EventType.DISPUTE_CREATED, payment_id, amount_minor=amount)
 
     @precondition(lambda self: self.psp.open_disputes())
     @rule(pick=st.integers(0, 1_000), won=st.booleans())

@@ -150,6 +150,60 @@ def test_a_dispute_withdraws_and_a_won_dispute_reinstates(
     assert_audit_holds(database)
 
 
+def refunded_in_full(engine: PaymentEngine) -> str:
+    provider = FakeProvider()
+    payment_id = captured(engine, provider)
+    perform(engine, provider, engine.begin_refund(Refund(MERCHANT, "r", payment_id, 10_000)))
+    assert engine.get_payment(payment_id).state == "refunded"
+    return payment_id
+
+
+def test_a_dispute_on_a_charge_refunded_in_full_still_withdraws(
+    engine: PaymentEngine, database: Database
+) -> None:
+    """The cardholder's bank may not have seen the refund yet: the provider withdraws the
+    disputed amount all the same, so the engine books it, and gives it back on a win."""
+    payment_id = refunded_in_full(engine)
+    opened = event("evt_d1", EventType.DISPUTE_CREATED, payment_id, amount_minor=10_000,
+                   fee_minor=1_500)  # fmt: skip
+    assert engine.apply_provider_event(opened).outcome == "applied"
+    payment = engine.get_payment(payment_id)
+    assert (payment.state, payment["disputed_minor"]) == ("disputed", 10_000)
+    assert journal_kinds(engine, payment_id)[-1] == "dispute_withdrawal"
+    won = event("evt_d2", EventType.DISPUTE_WON, payment_id, fee_minor=1_500)
+    assert engine.apply_provider_event(won).outcome == "applied"
+    payment = engine.get_payment(payment_id)
+    assert (payment.state, payment["disputed_minor"]) == ("refunded", 0)
+    assert [h["to_state"] for h in payment.history][-2:] == ["disputed", "refunded"]
+    assert journal_kinds(engine, payment_id)[-1] == "dispute_reinstatement"
+    assert_audit_holds(database)
+
+
+def test_a_lost_dispute_on_a_refunded_charge_leaves_the_withdrawal_booked(
+    engine: PaymentEngine, database: Database
+) -> None:
+    payment_id = refunded_in_full(engine)
+    opened = event("evt_d1", EventType.DISPUTE_CREATED, payment_id, amount_minor=4_000)
+    assert engine.apply_provider_event(opened).outcome == "applied"
+    lost = event("evt_d2", EventType.DISPUTE_LOST, payment_id)
+    assert engine.apply_provider_event(lost).outcome == "applied_no_change"
+    payment = engine.get_payment(payment_id)
+    assert (payment.state, payment["disputed_minor"]) == ("disputed", 4_000)
+    withdrawn = [entries for journal, entries in engine.ledger_of(payment_id)
+                 if journal["kind"] == "dispute_withdrawal"]  # fmt: skip
+    assert len(withdrawn) == 1
+    assert sum(e["amount_minor"] for e in withdrawn[0] if e["side"] == "D") == 4_000
+    assert_audit_holds(database)
+
+
+def test_a_dispute_without_an_amount_on_a_refunded_charge_is_stale(engine: PaymentEngine) -> None:
+    """Nothing is left on the charge to default to: the engine does not guess an amount."""
+    payment_id = refunded_in_full(engine)
+    opened = event("evt_d1", EventType.DISPUTE_CREATED, payment_id)
+    assert engine.apply_provider_event(opened).outcome == "stale"
+    assert engine.get_payment(payment_id).state == "refunded"
+
+
 @pytest.mark.parametrize("kind", ["charge.updated", "customer.created"])
 def test_event_types_the_engine_does_not_use_are_ignored(engine: PaymentEngine, kind: str) -> None:
     payment_id = create(engine).payment.id
