@@ -163,6 +163,10 @@ _UPDATE_PAYOUT = t.payouts.update().where(t.payouts.c.id == sa.bindparam("b_id")
 _PAYOUT_BY_PROVIDER_ID = sa.select(t.payouts).where(
     t.payouts.c.provider_payout_id == sa.bindparam("b_provider_payout_id")
 )
+_INBOX_BY_EVENT = sa.select(t.webhook_inbox).where(
+    t.webhook_inbox.c.provider_event_id == sa.bindparam("b_provider_event_id")
+)
+_INBOX_BY_EVENT_LOCKED = _INBOX_BY_EVENT.with_for_update()
 _ATTEMPTS_OF_SHAPES: dict[tuple[int, int], sa.Select[Any]] = {}
 
 
@@ -197,13 +201,22 @@ _PREBUILT: set[int] = {
         *_INSERT.values(), _PAYMENT_BY_PROVIDER_ID, _HISTORY, _REFUND, _REFUNDS_OF,
         _KEY_RESPONSE, _PROVIDER_EVENT, _LINES_OF, _UPDATE_LINE, _FEE_PLAN,
         *_WALLET_UPSERT.values(), _WALLET, _WALLET_LOCKED, _PAYOUT, _PAYOUT_LOCKED, _UPDATE_PAYOUT,
-        _PAYOUT_BY_PROVIDER_ID,
+        _PAYOUT_BY_PROVIDER_ID, _INBOX_BY_EVENT, _INBOX_BY_EVENT_LOCKED,
     )
 }  # fmt: skip
 
 
 def _key_read(merchant_id: str, scope: str, key: str) -> tuple[sa.Select[Any], Row]:
     return _IDEMPOTENCY_KEY, {"b_merchant_id": merchant_id, "b_scope": scope, "b_key": key}
+
+
+def _inbox_read(provider_event_id: str, lock: bool) -> tuple[sa.Select[Any], Row]:
+    query = _INBOX_BY_EVENT_LOCKED if lock else _INBOX_BY_EVENT
+    return query, {"b_provider_event_id": provider_event_id}
+
+
+def _provider_event_read(provider_event_id: str) -> tuple[sa.Select[Any], Row]:
+    return _PROVIDER_EVENT, {"b_provider_event_id": provider_event_id}
 
 
 def _attempt_read(attempt_id: str) -> tuple[sa.Select[Any], Row]:
@@ -342,6 +355,19 @@ class Store:
         """An attempt's payment under its lock, then the attempt, in one trip."""
         self._read_ahead([self._payment_of_attempt_read(attempt_id, True),
                           _attempt_read(attempt_id)])  # fmt: skip
+
+    def read_ahead_event(
+        self, provider_event_id: str, payment_id: str | None, *, inbox: bool
+    ) -> None:
+        """What taking a provider event reads first, in one trip: the payment it names
+        under its lock, then (``inbox``) its inbox row and whether the event was taken.
+        The lock comes first, so a copy of the event taken meanwhile by another
+        transaction on the payment is seen as taken once that one commits."""
+        reads = [] if payment_id is None else [self._payment_read(payment_id, True)]
+        if inbox:
+            reads.append(_inbox_read(provider_event_id, False))
+        reads.append(_provider_event_read(provider_event_id))
+        self._read_ahead(reads)
 
     def payment_by_provider_id(self, provider_payment_id: str, *, lock: bool) -> Row | None:
         locked = lock and self._lock
@@ -567,7 +593,7 @@ class Store:
 
     # provider events --------------------------------------------------------
     def provider_event(self, provider_event_id: str) -> Row | None:
-        return self._one(_PROVIDER_EVENT, {"b_provider_event_id": provider_event_id})
+        return self._one(*_provider_event_read(provider_event_id))
 
     def event_seen(self, payment_id: str, event_type: str) -> bool:
         """Whether an event of this type about the payment was taken, whatever its outcome."""
@@ -584,9 +610,7 @@ class Store:
         return self._one(query.with_for_update() if lock and self._lock else query)
 
     def inbox_by_event(self, provider_event_id: str, *, lock: bool = False) -> Row | None:
-        w = t.webhook_inbox.c
-        query = sa.select(t.webhook_inbox).where(w.provider_event_id == provider_event_id)
-        return self._one(query.with_for_update() if lock and self._lock else query)
+        return self._one(*_inbox_read(provider_event_id, lock and self._lock))
 
     def insert_inbox(self, row: Row) -> None:
         self._insert_unique(t.webhook_inbox, row)

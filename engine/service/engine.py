@@ -866,7 +866,11 @@ class PaymentEngine:
 
     # -- provider events --------------------------------------------------------------
     def apply_provider_event(self, event: ProviderEvent) -> EventResult:
-        return self._run(lambda s: self._take_event(s, event))
+        def step(s: Store) -> EventResult:
+            s.read_ahead_event(event.event_id, event.payment_id, inbox=False)
+            return self._take_event(s, event)
+
+        return self._run(step)
 
     def _take_event(self, s: Store, event: ProviderEvent) -> EventResult:
         if event.type in (EventType.PAYOUT_PAID, EventType.PAYOUT_FAILED):
@@ -964,6 +968,7 @@ class PaymentEngine:
         self._check_webhook(event.event_id, event.type, payload)
 
         def step(s: Store) -> tuple[str, str | None]:
+            s.read_ahead_event(event.event_id, event.payment_id, inbox=True)
             if self._keep_webhook(s, event.event_id, event.type, payload, applied=True) != "stored":
                 return "duplicate", None
             return "applied", self._take_event(s, event).outcome

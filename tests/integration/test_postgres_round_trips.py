@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -22,11 +23,13 @@ from engine.adapters.store import RetryStep, unit_of_work
 from engine.domain.commands import Authorize, Capture, CreatePayment
 from engine.domain.errors import IllegalTransition
 from engine.domain.ports import FixedClock, SeededIds
+from engine.domain.provider import EventType, OutcomeStatus, ProviderEvent, ProviderOutcome
 from engine.service.driver import perform
 from engine.service.engine import PaymentEngine
 
 pytestmark = pytest.mark.postgres
 MERCHANT = "m_trips"
+AT = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -75,6 +78,27 @@ def test_a_completed_authorization_is_two_trips(
     trips = _syncs(postgres_database, lambda: engine.complete_authorize(call.attempt_id, outcome))
     # BEGIN + the payment locked + the attempt; the writes and COMMIT.
     assert trips == ["Sync", "Sync"]
+
+
+def test_a_webhook_is_three_trips_and_its_duplicate_two(
+    engine: PaymentEngine, postgres_database: Database
+) -> None:
+    created = engine.create_payment(
+        CreatePayment(MERCHANT, "k-c", "order-3", 1_000, "USD", "pm_card_visa")
+    )
+    payment_id = created.payment.id
+    call = engine.begin_authorize(Authorize(MERCHANT, "k-a", payment_id)).call
+    assert call is not None
+    engine.complete_authorize(call.attempt_id, ProviderOutcome(OutcomeStatus.UNKNOWN))
+    event = ProviderEvent("evt_trips", EventType.AUTHORIZED.value, AT, payment_id=payment_id,
+                          amount_minor=1_000)  # fmt: skip
+    trips = _syncs(postgres_database, lambda: engine.take_webhook(event, "{}"))
+    # BEGIN + the payment locked + the inbox row + the event taken; the payment's open
+    # attempts; the writes and COMMIT.
+    assert trips == ["Sync", "Sync", "Sync"]
+    assert engine.get_payment(payment_id).state == "authorized"
+    again = _syncs(postgres_database, lambda: engine.take_webhook(event, "{}"))
+    assert again == ["Sync", "Sync"]  # the same first reads find it kept; COMMIT
 
 
 def _autocommit_of_pooled(database: Database) -> bool:
