@@ -21,7 +21,7 @@ import random
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
 
-from engine.adapters.database import Database, normalize_url
+from engine.adapters.database import Database, normalize_url, scratch_database
 from engine.adapters.fake_provider import FakeProvider
 from engine.domain.commands import Authorize, Capture, CreatePayment, Refund
 from engine.domain.ports import FixedClock, SeededIds
@@ -154,27 +154,9 @@ def sqlite_file() -> Iterator[Database]:
             database.dispose()
 
 
-@contextmanager
-def postgres_database(url: str) -> Iterator[Database]:
+def postgres_database(url: str) -> AbstractContextManager[Database]:
     """A database of the run's own on the server at ``url``, dropped afterwards."""
-    server = sa.make_url(normalize_url(url))
-    name = f"paychaos_bench_{os.getpid()}"
-    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-    try:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            connection.exec_driver_sql(f"CREATE DATABASE {name}")
-        database = Database(
-            server.set(database=name).render_as_string(hide_password=False), migrate=True
-        )
-        try:
-            yield database
-        finally:
-            database.dispose()
-    finally:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.dispose()
+    return scratch_database(url, f"paychaos_bench_{os.getpid()}")
 
 
 def describe(url: str) -> str:

@@ -7,10 +7,12 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Annotated
 
+import sqlalchemy as sa
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
+from engine.adapters.database import normalize_url
 from scenarios.outputs import (
     coverage_table,
     report_document,
@@ -48,6 +50,7 @@ def run_command(
     trace: Path | None,
     quiet: bool = False,
     jobs: int = 1,
+    db_url: str | None = None,
 ) -> int:
     from scenarios.shards import check_jobs
 
@@ -55,6 +58,9 @@ def run_command(
         loaded = _load(scenarios, duration)
     except ScenarioError as exc:
         console.print(f"[red]error:[/] {exc}")
+        return 2
+    if db_url is not None and (problem := _postgres_problem(db_url)) is not None:
+        console.print(f"[red]error:[/] --db-url: {problem}")
         return 2
     refusals = [why for s in loaded if (why := check_jobs(s, jobs)) is not None]
     if refusals:
@@ -73,7 +79,7 @@ def run_command(
     ) as progress:
         try:
             for scenario in loaded:
-                results.append(_run_one(progress, scenario, seed, jobs, trace is not None))
+                results.append(_run_one(progress, scenario, seed, jobs, trace is not None, db_url))
         except WorldTooBig as exc:
             console.print(f"[red]error:[/] {exc}")
             return 2
@@ -94,8 +100,29 @@ def run_command(
     return 1 if failed else 0
 
 
+def _postgres_problem(db_url: str) -> str | None:
+    """Why a world cannot have a database of its own at ``db_url``; None if it can."""
+    url = normalize_url(db_url)
+    if not url.startswith("postgresql"):
+        return f"{db_url!r} is not a PostgreSQL URL (worlds are in memory without it)"
+    try:
+        server = sa.create_engine(url, poolclass=sa.NullPool)
+        with server.connect():
+            pass
+        server.dispose()
+    except sa.exc.SQLAlchemyError as exc:
+        detail = getattr(exc, "orig", None) or exc
+        return f"cannot reach the server: {type(detail).__name__}: {str(detail).strip()}"
+    return None
+
+
 def _run_one(
-    progress: Progress, scenario: Scenario, seed: int | None, jobs: int, trace: bool
+    progress: Progress,
+    scenario: Scenario,
+    seed: int | None,
+    jobs: int,
+    trace: bool,
+    db_url: str | None = None,
 ) -> RunResult:
     from scenarios.shards import run_sharded, shard_count
 
@@ -109,7 +136,9 @@ def _run_one(
         def shard_done(done: int, count: int, task_id: TaskID = task) -> None:
             progress.update(task_id, completed=done, sim=f"{done} of {count} shards")
 
-        result = run_sharded(scenario, seed, jobs, trace=trace, on_shard_done=shard_done)
+        result = run_sharded(
+            scenario, seed, jobs, trace=trace, on_shard_done=shard_done, database_url=db_url
+        )
         progress.remove_task(task)
         return result
     task = progress.add_task(scenario.name, total=scenario.duration_s, sim="")
@@ -117,7 +146,7 @@ def _run_one(
     def tick(now_s: float, task_id: TaskID = task) -> None:
         progress.update(task_id, completed=now_s, sim=f"sim {now_s:,.0f} s")
 
-    result = run_scenario(scenario, seed, on_progress=tick, trace=trace)
+    result = run_scenario(scenario, seed, on_progress=tick, trace=trace, database_url=db_url)
     progress.remove_task(task)
     return result
 
@@ -257,11 +286,18 @@ def register(app: typer.Typer, console: Console) -> None:
         jobs: Annotated[
             int, typer.Option(help="Shard each scenario by merchant into N worlds (processes).")
         ] = 1,
+        db_url: Annotated[
+            str | None,
+            typer.Option(
+                help="Run each world's engine on a PostgreSQL database of its own on this "
+                "server (created and dropped) instead of in memory."
+            ),
+        ] = None,
     ) -> None:
         """Run scenarios in the deterministic simulation and check the invariants."""
         code = run_command(
             console, scenarios or [], seed, duration, report_json, report_html, junit, trace,
-            quiet, jobs,
+            quiet, jobs, db_url,
         )  # fmt: skip
         raise typer.Exit(code)
 

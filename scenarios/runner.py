@@ -9,12 +9,15 @@ then are the invariants checked.
 
 from __future__ import annotations
 
+import itertools
+import os
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from engine.adapters.database import scratch_database
 from mock_psp.faults import FaultPlanConfig
 from scenarios.clients import Clients
 from scenarios.oracles import Invariant, payment_trace, run_oracles
@@ -139,12 +142,28 @@ def run_scenario(
     *,
     trace: bool = False,
     merchants: Sequence[int] | None = None,
+    database_url: str | None = None,
 ) -> RunResult:
     """One run; ``trace`` records every event with its virtual time (for ``--trace``).
 
     ``merchants`` limits the workload to those merchant numbers (a shard's own).
+    ``database_url``: the engine's database is one of the run's own on that
+    PostgreSQL server, created for the run and dropped after it (by default it is
+    in memory).
     """
-    world = World(scenario, seed, trace=trace, merchants=merchants)
+    if database_url is None:
+        return _run_world(World(scenario, seed, trace=trace, merchants=merchants), on_progress)
+    name = f"paychaos_world_{os.getpid()}_{next(_scratch_numbers)}"
+    with scratch_database(database_url, name) as database:
+        world = World(scenario, seed, trace=trace, merchants=merchants, database=database)
+        return _run_world(world, on_progress)
+
+
+_scratch_numbers = itertools.count(1)
+
+
+def _run_world(world: World, on_progress: Callable[[float], None] | None) -> RunResult:
+    scenario = world.scenario
     clients = Clients(world)
     env = world.env
     env.process(clients.arrivals())
@@ -154,7 +173,7 @@ def run_scenario(
     env.process(world.outbox_relay())
     if scenario.workload.marketplace.payouts is not None:
         env.process(world.payout_scheduler())
-    if scenario.workload.flows.dispute > 0:
+    if scenario.workload.flows.dispute > 0 or scenario.workload.flows.refund_dispute > 0:
         env.process(world.dispute_desk())
     start_reconciliation(world)
     env.process(world.sampler(max(scenario.duration_s / 100.0, 1.0)))

@@ -127,11 +127,11 @@ def shard_count(scenario: Scenario, jobs: int) -> int:
     return max(jobs, min(needed, scenario.workload.merchants, JOBS_MAX))
 
 
-def _run_shard(args: tuple[Scenario, int, Shard, bool]) -> RunResult:
-    scenario, seed, shard, trace = args
+def _run_shard(args: tuple[Scenario, int, Shard, bool, str | None]) -> RunResult:
+    scenario, seed, shard, trace, database_url = args
     return run_scenario(
         shard_scenario(scenario, shard), shard_seed(seed, shard), trace=trace,
-        merchants=shard.merchant_numbers(scenario.workload.merchants),
+        merchants=shard.merchant_numbers(scenario.workload.merchants), database_url=database_url,
     )  # fmt: skip
 
 
@@ -143,15 +143,18 @@ def run_sharded(
     trace: bool = False,
     shards: int | None = None,
     on_shard_done: Callable[[int, int], None] | None = None,
+    database_url: str | None = None,
 ) -> RunResult:
     """Run ``scenario`` as ``shards`` shards (by default ``shard_count(scenario, jobs)``)
     in ``jobs`` processes and merge them; ``on_shard_done(done, count)`` as they end
-    (in shard order). One shard is the unsharded run itself."""
+    (in shard order). One shard is the unsharded run itself. ``database_url``: each
+    world on a PostgreSQL database of its own there (``run_scenario``)."""
     count = shard_count(scenario, jobs) if shards is None else shards
     if count == 1:
-        return run_scenario(scenario, seed, trace=trace)
+        return run_scenario(scenario, seed, trace=trace, database_url=database_url)
     base_seed = scenario.seed if seed is None else seed
-    work = [(scenario, base_seed, Shard(index, count), trace) for index in range(count)]
+    work = [(scenario, base_seed, Shard(index, count), trace, database_url)
+            for index in range(count)]  # fmt: skip
     processes = min(jobs, count)
     results: list[RunResult] = []
     with ExitStack() as stack:

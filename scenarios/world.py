@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 
 from engine.adapters import stripe_dialect as dialect
-from engine.adapters.database import LedgerGuardRefused
+from engine.adapters.database import Database, LedgerGuardRefused
 from engine.adapters.webhook_signature import WebhookRejected, verify
 from engine.domain.commands import CreatePayout
 from engine.domain.errors import (
@@ -180,7 +180,9 @@ class World:
         *,
         trace: bool = False,
         merchants: Sequence[int] | None = None,
+        database: Database | None = None,
     ):
+        """``database``: the engine's, migrated and empty (default: a new in-memory one)."""
         self.scenario = scenario
         self.seed = scenario.seed if seed is None else seed
         root = random.Random(self.seed)
@@ -200,7 +202,7 @@ class World:
             )
         }
         self.env = simpy.Environment()
-        self.db = world_database(migrate=True)
+        self.db = world_database(migrate=True) if database is None else database
         if scenario.engine_faults.commit_failure_rate > 0:
             sa_event.listen(self.db.engine, "commit", self._maybe_fail_commit)
         self.engine = PaymentEngine(self.db, SimClock(self.env), SeededIds(self.rng["engine"]))

@@ -196,14 +196,21 @@ class Database:
         busy = connection.get_transaction() is not None or _driver(connection).in_transaction
         return None if busy else connection
 
-    def _on_driver(self, explicit_begin: bool) -> bool:
-        """Whether a unit runs on SQLite's driver: asked for, and nobody listening for
-        SQLAlchemy's transaction events (a simulation's failing commits do)."""
+    def _listened(self) -> bool:
+        """Whether anyone listens for SQLAlchemy's transaction events (a simulation's
+        failing commits do): then every unit is SQLAlchemy's own, so they fire."""
         dispatch = self.engine.dispatch
-        return (
-            explicit_begin and self.dialect == "sqlite"
-            and not (dispatch.commit or dispatch.rollback)
-        )  # fmt: skip
+        return bool(dispatch.commit or dispatch.rollback)
+
+    @property
+    def sends_begin(self) -> bool:
+        """Whether a unit of ``transaction(explicit_begin=True)`` leaves BEGIN and COMMIT
+        to the caller: on PostgreSQL, unless its transaction events are listened for."""
+        return self.dialect == "postgresql" and not self._listened()
+
+    def _on_driver(self, explicit_begin: bool) -> bool:
+        """Whether a unit runs on SQLite's driver: asked for, and not listened for."""
+        return explicit_begin and self.dialect == "sqlite" and not self._listened()
 
     @staticmethod
     def _driver_unit(connection: Connection) -> Iterator[Connection]:
@@ -251,7 +258,7 @@ class Database:
         on exit is the driver's as usual.
         """
         on_driver = self._on_driver(explicit_begin)
-        explicit_begin = explicit_begin and self.dialect == "postgresql"
+        explicit_begin = explicit_begin and self.sends_begin
 
         def unit(connection: Connection) -> Iterator[Connection]:
             if on_driver:
@@ -279,6 +286,29 @@ class Database:
             connection.close()
             self._kept.connection = None  # type: ignore[union-attr]
         self.engine.dispose()
+
+
+@contextmanager
+def scratch_database(url: str, name: str) -> Iterator[Database]:
+    """A migrated database ``name`` of its own on the PostgreSQL server at ``url``,
+    created for the caller and dropped after it (an older one of that name first)."""
+    server = sa.make_url(normalize_url(url))
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            connection.exec_driver_sql(f"CREATE DATABASE {name}")
+        database = Database(
+            server.set(database=name).render_as_string(hide_password=False), migrate=True
+        )
+        try:
+            yield database
+        finally:
+            database.dispose()
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
 
 
 def _driver(connection: Connection) -> Any:

@@ -720,4 +720,4 @@ class Store:
 @contextmanager
 def unit_of_work(database: Database) -> Iterator[Store]:
     with database.transaction(explicit_begin=True) as connection:
-        yield Store(connection, explicit_begin=database.dialect == "postgresql")
+        yield Store(connection, explicit_begin=database.sends_begin)
