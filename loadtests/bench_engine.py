@@ -9,6 +9,11 @@ transactions as the engine ran steps, each BEGIN, INSERT one row into a tiny
 table, COMMIT. The ratio compares per step: engine steps/s over raw tx/s.
 Goal: >= 0.5, i.e. an engine step costs at most two minimal transactions.
 
+A second table does the same for webhooks taken as the API takes them
+(``take_webhook``: the inbox row and the event applied in one transaction), each
+applied and then delivered again as a duplicate, next to as many raw transactions
+(no goal is set for it: it shows what intake costs).
+
 Every database is the benchmark's own: in-memory SQLite, a SQLite file in a
 temporary directory, and on each extra PostgreSQL server a database created
 for the run and dropped after it.
@@ -23,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -33,6 +39,7 @@ from engine.adapters.database import Database, normalize_url, scratch_database
 from engine.adapters.fake_provider import FakeProvider
 from engine.domain.commands import Authorize, Capture, CreatePayment, Refund
 from engine.domain.ports import FixedClock, SeededIds
+from engine.domain.provider import EventType, OutcomeStatus, ProviderEvent, ProviderOutcome
 from engine.service.driver import perform
 from engine.service.engine import PaymentEngine
 
@@ -62,6 +69,10 @@ class Measurement:
     lifecycles: int
     engine_s: float
     raw_s: float
+    webhooks: int = 0
+    applied_s: float = 0.0
+    duplicate_s: float = 0.0
+    webhook_raw_s: float = 0.0
 
     @property
     def lifecycles_per_s(self) -> float:
@@ -107,6 +118,35 @@ class Lifecycles:
         assert result.payment.state == "partially_refunded", result.payment.state
 
 
+class Webhooks:
+    """Deliveries taken as the API takes them (``take_webhook``: the inbox row and the
+    event applied in one transaction). Each confirms an authorization whose answer was
+    lost (the payment waits in ``processing``); then each arrives again, a duplicate.
+    The payments are made beforehand, untimed."""
+
+    def __init__(self, database: Database, count: int, seed: int = 11):
+        engine = PaymentEngine(database, FixedClock(), SeededIds(random.Random(seed)))
+        self.engine = engine
+        self.deliveries: list[tuple[ProviderEvent, str]] = []
+        for n in range(count):
+            created = engine.create_payment(CreatePayment(
+                MERCHANT, f"w-c-{n}", f"w-order-{n}", AMOUNT_MINOR, "USD", "pm_card_visa"
+            ))  # fmt: skip
+            payment_id = created.payment.id
+            call = engine.begin_authorize(Authorize(MERCHANT, f"w-a-{n}", payment_id)).call
+            assert call is not None
+            engine.complete_authorize(call.attempt_id, ProviderOutcome(OutcomeStatus.UNKNOWN))
+            event = ProviderEvent(f"evt_bench_{n}", EventType.AUTHORIZED.value,
+                                  FixedClock().now(), payment_id=payment_id,
+                                  amount_minor=AMOUNT_MINOR)  # fmt: skip
+            self.deliveries.append((event, f'{{"id": "{event.event_id}"}}'))
+
+    def take(self, deliveries: list[tuple[ProviderEvent, str]], expected: str) -> None:
+        for event, payload in deliveries:
+            taken = self.engine.take_webhook(event, payload)
+            assert taken[0] == expected, taken
+
+
 class RawTransactions:
     """Minimal one-row SQLAlchemy Core transactions on the same engine."""
 
@@ -141,7 +181,17 @@ def measure(name: str, database: Database, lifecycles: int) -> Measurement:
         raw_s += _timed(raw_work.one, share * STEPS_PER_LIFECYCLE)
         engine_s += _timed(engine_work.one, share)
     assert engine_work.done == WARMUP_LIFECYCLES + lifecycles
-    return Measurement(name, lifecycles, engine_s, raw_s)
+    webhooks = Webhooks(database, WARMUP_LIFECYCLES + lifecycles)
+    warm, timed = webhooks.deliveries[:WARMUP_LIFECYCLES], webhooks.deliveries[WARMUP_LIFECYCLES:]
+    webhooks.take(warm, "applied")
+    webhook_raw_s = applied_s = duplicate_s = 0.0
+    for round_ in range(ROUNDS):
+        part = timed[round_::ROUNDS]
+        webhook_raw_s += _timed(raw_work.one, len(part))
+        applied_s += _timed(partial(webhooks.take, part, "applied"), 1)
+        duplicate_s += _timed(partial(webhooks.take, part, "duplicate"), 1)
+    return Measurement(name, lifecycles, engine_s, raw_s, len(timed), applied_s, duplicate_s,
+                       webhook_raw_s)  # fmt: skip
 
 
 @contextmanager
@@ -181,6 +231,22 @@ def table(measurements: list[Measurement]) -> Table:
     return out
 
 
+def webhook_table(measurements: list[Measurement]) -> Table:
+    out = Table(title="webhooks taken (inbox row and event applied in one transaction) vs "
+                "minimal transactions")  # fmt: skip
+    for column in ("database", "webhooks", "applied/s", "duplicates/s", "raw tx/s",
+                   "ratio applied/raw"):  # fmt: skip
+        out.add_column(column, justify="left" if column == "database" else "right")
+    for m in measurements:
+        raw_per_s = m.webhooks / m.webhook_raw_s
+        out.add_row(
+            m.database, f"{m.webhooks}", f"{m.webhooks / m.applied_s:,.0f}",
+            f"{m.webhooks / m.duplicate_s:,.0f}", f"{raw_per_s:,.0f}",
+            f"{m.webhooks / m.applied_s / raw_per_s:.2f}",
+        )  # fmt: skip
+    return out
+
+
 def run(small: bool, extra_urls: list[str], console: Console) -> None:
     for url in extra_urls:
         if not normalize_url(url).startswith("postgresql"):
@@ -208,3 +274,4 @@ def run(small: bool, extra_urls: list[str], console: Console) -> None:
             console.print(f"[red]error:[/] --db-url: cannot reach {describe(url)}: {exc.orig}")
             raise SystemExit(2) from exc
     console.print(table(measurements))
+    console.print(webhook_table(measurements))

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from engine.entrypoints.cli import app
 
 COLUMNS = ("database", "lifecycles", "engine lifecycles/s", "engine steps/s", "raw tx/s",
-           "ratio engine/raw", "goal", "met")  # fmt: skip
+           "ratio engine/raw", "goal", "met",
+           "webhooks taken", "applied/s", "duplicates/s", "ratio applied/raw")  # fmt: skip
 
 
 def bench(*args: str) -> str:
