@@ -561,9 +561,12 @@ class RequestContext:
         self.services = services
         self.fast = FastPath(services)
         # Request ids: unique, not secret. A random prefix per process and a counter
-        # cost nothing per request (a fresh random id was a system call each).
+        # cost nothing per request (a fresh random id was a system call each). The
+        # underscore between them keeps any run of digits under 13: an all-digit
+        # prefix and counter would otherwise pass for a card number, and the logs
+        # would mask the id.
         self._ids = itertools.count(1)
-        self._id_prefix = f"req_{secrets.token_hex(4)}"
+        self._id_prefix = f"req_{secrets.token_hex(4)}_"
         self._latency: dict[tuple[str, str, int], Any] = {}  # histogram children by labels
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

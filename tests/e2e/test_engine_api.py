@@ -19,7 +19,7 @@ from engine.adapters.database import Database
 from engine.adapters.psp_http import HttpProvider, RetryPolicy
 from engine.adapters.webhook_signature import sign
 from engine.domain.ports import FixedClock, SeededIds
-from engine.entrypoints.api import Services, TokenBucket, create_app
+from engine.entrypoints.api import REQUEST_ID_HEADER, Services, TokenBucket, create_app
 from engine.entrypoints.metrics import Metrics
 from engine.service.engine import PaymentEngine
 from mock_psp.clock import ManualClock
@@ -309,6 +309,22 @@ def test_logs_are_json_with_correlation_ids_and_never_a_secret(
     assert requests[0]["merchant_id"] == "m_one"
     text = json.dumps(lines)
     assert "4242424242424242" not in text and SECRET not in text
+
+
+def test_a_request_id_never_passes_for_a_card_number(client: TestClient) -> None:
+    """A random prefix that came out all decimal digits, run together with the counter,
+    could (and the logs then masked the id); the underscore between them keeps every
+    run of digits short."""
+    from engine.domain.validation import contains_pan
+    from engine.entrypoints.logs import mask
+
+    request_id = get(client, "/v1/balance").headers[REQUEST_ID_HEADER]
+    prefix, counter = request_id.removeprefix("req_").split("_")
+    digits = "4" * len(prefix)
+    counters = (f"{n:0{len(counter)}x}" for n in range(1, 100))
+    luhn_valid = next(c for c in counters if contains_pan(digits + c))
+    assert mask(f"req_{digits}{luhn_valid}") != f"req_{digits}{luhn_valid}"  # run together
+    assert mask(f"req_{digits}_{luhn_valid}") == f"req_{digits}_{luhn_valid}"
 
 
 def test_a_split_payment_shows_its_sellers_lines(client: TestClient) -> None:
