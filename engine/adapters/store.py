@@ -85,9 +85,13 @@ _FINISH_KEY = t.idempotency_keys.update().where(
     # A saved response never changes: only a key still in flight is finished.
     t.idempotency_keys.c.status == "in_flight",
 )
-_ORDER_HOLDER = sa.select(t.payments.c.id, t.payments.c.state).where(
+# The payment holding the order a payment is for: readable before that payment is.
+_ORDER_HOLDER_OF_PAYMENT = sa.select(t.payments.c.id, t.payments.c.state).where(
     t.payments.c.merchant_id == sa.bindparam("b_merchant_id"),
-    t.payments.c.active_order_id == sa.bindparam("b_order_id"),
+    t.payments.c.active_order_id
+    == sa.select(t.payments.c.order_id)
+    .where(t.payments.c.id == sa.bindparam("b_id"))
+    .scalar_subquery(),
 )
 _INSERT = {
     table: table.insert()
@@ -197,7 +201,7 @@ _PREBUILT: set[int] = {
     for statement in (
         _PAYMENT, _PAYMENT_LOCKED, _ATTEMPT, _PAYMENT_OF_ATTEMPT, _PAYMENT_OF_ATTEMPT_LOCKED,
         _PAYMENT_BY_PROVIDER_ID_LOCKED, _UPDATE_PAYMENT, _UPDATE_ATTEMPT,
-        _UPDATE_REFUND, _CLAIM_ORDER, _IDEMPOTENCY_KEY, _FINISH_KEY, _ORDER_HOLDER,
+        _UPDATE_REFUND, _CLAIM_ORDER, _IDEMPOTENCY_KEY, _FINISH_KEY, _ORDER_HOLDER_OF_PAYMENT,
         *_INSERT.values(), _PAYMENT_BY_PROVIDER_ID, _HISTORY, _REFUND, _REFUNDS_OF,
         _KEY_RESPONSE, _PROVIDER_EVENT, _LINES_OF, _UPDATE_LINE, _FEE_PLAN,
         *_WALLET_UPSERT.values(), _WALLET, _WALLET_LOCKED, _PAYOUT, _PAYOUT_LOCKED, _UPDATE_PAYOUT,
@@ -217,6 +221,10 @@ def _inbox_read(provider_event_id: str, lock: bool) -> tuple[sa.Select[Any], Row
 
 def _provider_event_read(provider_event_id: str) -> tuple[sa.Select[Any], Row]:
     return _PROVIDER_EVENT, {"b_provider_event_id": provider_event_id}
+
+
+def _order_holder_read(merchant_id: str, payment_id: str) -> tuple[sa.Select[Any], Row]:
+    return _ORDER_HOLDER_OF_PAYMENT, {"b_merchant_id": merchant_id, "b_id": payment_id}
 
 
 def _attempt_read(attempt_id: str) -> tuple[sa.Select[Any], Row]:
@@ -343,12 +351,17 @@ class Store:
         payment_id: str,
         busy_kinds: Sequence[str] = (),
         busy_statuses: Sequence[str] = (),
+        *,
+        order_holder: bool = False,
     ) -> None:
         """What a write on a payment reads first, in one trip: its idempotency key, the
-        payment under its lock, and (``busy_kinds``) the payment's attempts in flight."""
+        payment under its lock, (``busy_kinds``) the payment's attempts in flight and
+        (``order_holder``) the payment holding its order."""
         reads = [_key_read(merchant_id, scope, key), self._payment_read(payment_id, True)]
         if busy_kinds:
             reads.append(_attempts_read(payment_id, busy_kinds, busy_statuses))
+        if order_holder:
+            reads.append(_order_holder_read(merchant_id, payment_id))
         self._read_ahead(reads)
 
     def read_ahead_attempt(self, attempt_id: str) -> None:
@@ -374,8 +387,9 @@ class Store:
         query = _PAYMENT_BY_PROVIDER_ID_LOCKED if locked else _PAYMENT_BY_PROVIDER_ID
         return self._one(query, {"b_provider_payment_id": provider_payment_id})
 
-    def order_holder(self, merchant_id: str, order_id: str) -> Row | None:
-        return self._one(_ORDER_HOLDER, {"b_merchant_id": merchant_id, "b_order_id": order_id})
+    def order_holder_of(self, merchant_id: str, payment_id: str) -> Row | None:
+        """The merchant's payment holding the order that ``payment_id`` is for."""
+        return self._one(*_order_holder_read(merchant_id, payment_id))
 
     def insert_payment(self, row: Row) -> None:
         self._insert(t.payments, row)

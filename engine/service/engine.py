@@ -158,12 +158,16 @@ class PaymentEngine:
         return payment
 
     @staticmethod
-    def _read_ahead(s: Store, command: Any, busy: tuple[CallKind, ...] = ()) -> None:
+    def _read_ahead(
+        s: Store, command: Any, busy: tuple[CallKind, ...] = (), *, order_holder: bool = False
+    ) -> None:
         """The first reads of a write on a payment (its key, the payment locked, its
-        ``busy`` attempts in flight), sent in one trip: the step asks for them next."""
+        ``busy`` attempts in flight, the holder of its order), sent in one trip: the
+        step asks for them next."""
         s.read_ahead_command(
             command.merchant_id, command.operation.value, command.idempotency_key,
             command.payment_id, [kind.value for kind in busy], OPEN_ATTEMPT if busy else (),
+            order_holder=order_holder,
         )  # fmt: skip
 
     @staticmethod
@@ -394,7 +398,7 @@ class PaymentEngine:
     # -- authorize ----------------------------------------------------------------
     def begin_authorize(self, command: Authorize) -> StepResult:
         def step(s: Store) -> StepResult:
-            self._read_ahead(s, command, AUTHORIZE_BUSY)
+            self._read_ahead(s, command, AUTHORIZE_BUSY, order_holder=True)
             replay = self._replay(s, command)
             if replay is not None:
                 return replay
@@ -414,7 +418,7 @@ class PaymentEngine:
         return self._run(step)
 
     def _claim_order(self, s: Store, payment: Row) -> None:
-        holder = s.order_holder(payment["merchant_id"], payment["order_id"])
+        holder = s.order_holder_of(payment["merchant_id"], payment["id"])
         if holder is not None and holder["id"] != payment["id"]:
             raise OrderAlreadyActive(
                 message=f"order {payment['order_id']} is already paid or being paid by "

@@ -66,6 +66,19 @@ def test_a_create_is_one_trip_to_read_its_key_and_one_to_write_and_commit(
     assert trips == ["Sync", "Sync"]
 
 
+def test_an_authorization_begun_is_two_trips(
+    engine: PaymentEngine, postgres_database: Database
+) -> None:
+    created = engine.create_payment(
+        CreatePayment(MERCHANT, "k-c", "order-4", 1_000, "USD", "pm_card_visa")
+    )
+    command = Authorize(MERCHANT, "k-a", created.payment.id)
+    trips = _syncs(postgres_database, lambda: engine.begin_authorize(command))
+    # BEGIN + the key + the payment locked + its attempts in flight + the holder of its
+    # order; the key, attempt and order claim written with the COMMIT.
+    assert trips == ["Sync", "Sync"]
+
+
 def test_a_completed_authorization_is_two_trips(
     engine: PaymentEngine, postgres_database: Database
 ) -> None:
