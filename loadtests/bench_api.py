@@ -59,7 +59,7 @@ import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
 
-from engine.adapters.database import Database, normalize_url
+from engine.adapters.database import Database, normalize_url, postgres_url_problem
 from engine.entrypoints.serve import new_api_key
 from loadtests.bench_engine import describe, postgres_database
 from loadtests.load import check, cli, free_port, register_webhooks, running, settle
@@ -566,22 +566,8 @@ def report(console: Console, results: list[DatabaseResult], mode: Mode) -> int:
     return 0
 
 
-def refuse_db_url(db_url: str) -> str | None:
-    """Why ``--db-url`` cannot be used, or None: checked before anything runs."""
-    if not normalize_url(db_url).startswith("postgresql"):
-        return f"{db_url!r} is not a PostgreSQL URL (postgresql://user@host:port/db)"
-    try:
-        server = sa.create_engine(normalize_url(db_url), poolclass=sa.NullPool)
-        with server.connect():
-            pass
-        server.dispose()
-    except (sa.exc.SQLAlchemyError, ValueError) as exc:
-        return f"cannot reach {db_url!r}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
-    return None
-
-
 def run(small: bool, db_url: str | None, console: Console) -> int:
-    if db_url is not None and (problem := refuse_db_url(db_url)) is not None:
+    if db_url is not None and (problem := postgres_url_problem(db_url)) is not None:
         console.print(f"[red]error:[/] --db-url: {problem}")
         return 2
     mode = SMALL if small else FULL

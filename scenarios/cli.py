@@ -7,12 +7,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Annotated
 
-import sqlalchemy as sa
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
-from engine.adapters.database import normalize_url
+from engine.adapters.database import postgres_url_problem
 from scenarios.outputs import (
     coverage_table,
     report_document,
@@ -59,7 +58,7 @@ def run_command(
     except ScenarioError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
-    if db_url is not None and (problem := _postgres_problem(db_url)) is not None:
+    if db_url is not None and (problem := postgres_url_problem(db_url)) is not None:
         console.print(f"[red]error:[/] --db-url: {problem}")
         return 2
     refusals = [why for s in loaded if (why := check_jobs(s, jobs)) is not None]
@@ -98,22 +97,6 @@ def run_command(
         f"in {wall_time_s:.1f} s"
     )
     return 1 if failed else 0
-
-
-def _postgres_problem(db_url: str) -> str | None:
-    """Why a world cannot have a database of its own at ``db_url``; None if it can."""
-    url = normalize_url(db_url)
-    if not url.startswith("postgresql"):
-        return f"{db_url!r} is not a PostgreSQL URL (worlds are in memory without it)"
-    try:
-        server = sa.create_engine(url, poolclass=sa.NullPool)
-        with server.connect():
-            pass
-        server.dispose()
-    except sa.exc.SQLAlchemyError as exc:
-        detail = getattr(exc, "orig", None) or exc
-        return f"cannot reach the server: {type(detail).__name__}: {str(detail).strip()}"
-    return None
 
 
 def _run_one(

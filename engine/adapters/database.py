@@ -288,6 +288,23 @@ class Database:
         self.engine.dispose()
 
 
+def postgres_url_problem(db_url: str) -> str | None:
+    """Why ``db_url`` is no PostgreSQL server one can connect to, or None: for an
+    option to refuse before anything runs."""
+    url = normalize_url(db_url)
+    if not url.startswith("postgresql"):
+        return f"{db_url!r} is not a PostgreSQL URL (postgresql://user@host:port/db)"
+    try:
+        server = sa.create_engine(url, poolclass=sa.NullPool)
+        with server.connect():
+            pass
+        server.dispose()
+    except (sa.exc.SQLAlchemyError, ValueError) as exc:
+        first_line = str(exc).splitlines()[0]
+        return f"cannot reach the server at {db_url!r}: {type(exc).__name__}: {first_line}"
+    return None
+
+
 @contextmanager
 def scratch_database(url: str, name: str) -> Iterator[Database]:
     """A migrated database ``name`` of its own on the PostgreSQL server at ``url``,
