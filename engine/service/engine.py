@@ -626,7 +626,8 @@ class PaymentEngine:
         seq: int | None = None
         # A dispute is left only by its decision (which lands on refunded if the money
         # came back in full meanwhile): refunded while disputed, money moves, state stays.
-        if S(p["state"]) is not S.DISPUTED and is_legal(S(p["state"]), to_state):
+        state = S(p["state"])
+        if state is not S.DISPUTED and is_legal(state, to_state):
             seq = self._move(s, p, to_state, reason, attempt_id=attempt["id"], event_id=event_id,
                              amount_minor=amount, **changes)  # fmt: skip
         else:
