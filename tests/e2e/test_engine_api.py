@@ -295,13 +295,14 @@ def test_serving_a_stale_schema_is_a_clear_error(tmp_path: Any) -> None:
 def test_logs_are_json_with_correlation_ids_and_never_a_secret(
     client: TestClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from engine.entrypoints.logs import configure
+    from engine.entrypoints.logs import configure, stop
 
     configure()
     try:
         create(client)
         post(client, "/v1/payments", {**PAYMENT, "payment_method": "4242424242424242"}, key="x")
     finally:
+        stop()  # the writer thread writes what it holds
         logging.getLogger("paychaos").handlers.clear()
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.strip()]
     requests = [line for line in lines if line.get("message") == "request"]
