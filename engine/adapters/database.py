@@ -126,9 +126,13 @@ def create_sa_engine(url: str) -> sa.Engine:
     # No ping on checkout (a round trip before every unit of work): a connection the
     # server dropped fails its unit with ``StoreUnavailable``, which callers retry, and
     # SQLAlchemy then discards the pool's other connections of that age.
+    # The engine's own statements are prepared by ``pg_pipeline``, under names of its
+    # own. psycopg's automatic preparing stays off: whenever its cache holds a statement
+    # and it sees a ROLLBACK, ALTER or DROP go by, it sends DEALLOCATE ALL, which would
+    # take the engine's prepared statements with its own.
     return sa.create_engine(
         url, pool_size=20, max_overflow=40, json_serializer=json_text,
-        json_deserializer=orjson.loads,
+        json_deserializer=orjson.loads, connect_args={"prepare_threshold": None},
     )  # fmt: skip
 
 

@@ -11,11 +11,13 @@ class, so callers and ``Database.transaction`` translate it exactly as before.
 
 On PostgreSQL the cost that matters is the network round trip, and most of a
 step's statements are writes whose results nobody reads. Those are held back
-(``defer``) and sent together in one psycopg pipeline when the step next
-needs an answer: a read, a write whose failure it handles, or its commit. A
-step is then BEGIN, its reads, and one trip for all its writes, instead of a
-trip per statement; a deferred write that fails raises where the batch is
-sent, inside the same transaction, so nothing of the step is kept.
+(``defer``) and sent together in one pipeline when the step next needs an
+answer: a read, a write whose failure it handles, or its commit. A step is then
+BEGIN, its reads, and one trip for all its writes, instead of a trip per
+statement; a deferred write that fails raises where the batch is sent, inside
+the same transaction, so nothing of the step is kept. Every trip goes through
+``pg_pipeline`` (libpq's pipeline with the engine's prepared statements), not
+psycopg's cursor, which cost as much CPU per statement as the server spent.
 """
 
 from __future__ import annotations
@@ -163,6 +165,7 @@ class _Deferred:
 
 
 _UNIQUE_VIOLATION = "23505"
+_IDLE = 0  # libpq's PQTRANS_IDLE: no transaction open on the connection
 
 
 class Direct:
@@ -175,8 +178,8 @@ class Direct:
     """
 
     __slots__ = (
-        "_begun", "_connection", "_dbapi_error", "_dialect", "_explicit", "_pending", "_raw",
-        "_sa_dialect", "defers",
+        "_begun", "_connection", "_dbapi_error", "_dialect", "_explicit", "_pending", "_pipeline",
+        "_raw", "_sa_dialect", "defers",
     )  # fmt: skip
 
     def __init__(self, connection: Connection, *, explicit_begin: bool = False) -> None:
@@ -192,6 +195,12 @@ class Direct:
         assert not explicit_begin or (self.defers and raw.autocommit)
         self._explicit = explicit_begin
         self._begun = not explicit_begin
+        self._pipeline: Any = None
+        if self.defers:
+            # psycopg comes with the postgres extra: imported only when it is used.
+            from engine.adapters import pg_pipeline
+
+            self._pipeline = pg_pipeline
 
     def _wrap(self, sql: str, args: Any, exc: Exception) -> sa.exc.StatementError:
         return sa.exc.DBAPIError.instance(
@@ -199,7 +208,7 @@ class Direct:
         )
 
     def _run(self, sql: str, args: Any, many: bool = False) -> Any:
-        if self._pending or not self._begun:
+        if self.defers:
             return self._send([_Deferred(sql, args, many, None)])[0]
         try:
             if many:
@@ -281,39 +290,36 @@ class Direct:
         # else the step sent nothing: there is no transaction to commit
 
     def _send(self, last: list[_Deferred], *, commit: bool = False) -> list[Any]:
-        """BEGIN if not yet sent, the deferred writes, ``last`` (whose cursors are
+        """BEGIN if not yet sent, the deferred writes, ``last`` (whose results are
         returned) and COMMIT if asked, in one pipeline: one round trip."""
         batch, self._pending = self._pending, []
         if not self._begun:
             batch.insert(0, _Deferred("BEGIN", None, False, None))
             self._begun = True
+        elif not self._explicit and self._raw.pgconn.transaction_status == _IDLE:
+            # The driver's own transaction, which it would begin with its first statement.
+            batch.insert(0, _Deferred("BEGIN", None, False, None))
         batch.extend(last)
         if commit:
             batch.append(_Deferred("COMMIT", None, False, None))
-        cursors = []
-        current = batch[0]
+        pipeline = self._pipeline
         try:
-            with self._raw.pipeline():
-                for current in batch:
-                    cursor = self._raw.cursor()
-                    if current.many:
-                        # Row by row: executemany nests a pipeline, which costs a trip.
-                        for args in current.args:
-                            cursor.execute(current.sql, args)
-                    else:
-                        cursor.execute(current.sql, current.args)
-                    cursors.append(cursor)
-        except self._dbapi_error as exc:
-            if _lost_race(exc, batch):
-                raise RaceLost from exc
-            raise self._wrap(current.sql, current.args, exc) from exc
-        for cursor, write in zip(cursors, batch, strict=True):
+            session = pipeline.session(self._connection.connection.info, self._raw)
+            results: list[Any] = session.run(
+                [pipeline.Statement(write.sql, write.args, write.many) for write in batch]
+            )
+        except pipeline.Failed as failed:
+            if _lost_race(failed.error, batch):
+                raise RaceLost from failed.error
+            current = batch[failed.index]
+            raise self._wrap(current.sql, current.args, failed.error) from failed.error
+        for result, write in zip(results, batch, strict=True):
             expected = write.rowcount_expected
-            assert expected is None or cursor.rowcount == expected, (
-                f"{write.sql.split(' WHERE')[0]}: {cursor.rowcount} rows, expected {expected}"
+            assert expected is None or result.rowcount == expected, (
+                f"{write.sql.split(' WHERE')[0]}: {result.rowcount} rows, expected {expected}"
             )
         first = len(batch) - len(last) - commit
-        return cursors[first : first + len(last)]
+        return results[first : first + len(last)]
 
 
 def _lost_race(exc: Exception, batch: Sequence[_Deferred]) -> bool:
