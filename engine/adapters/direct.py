@@ -17,7 +17,8 @@ BEGIN, its reads, and one trip for all its writes, instead of a trip per
 statement; a deferred write that fails raises where the batch is sent, inside
 the same transaction, so nothing of the step is kept. Every trip goes through
 ``pg_pipeline`` (libpq's pipeline with the engine's prepared statements), not
-psycopg's cursor, which cost as much CPU per statement as the server spent.
+psycopg's cursor, which cost the client half as much CPU per statement as the
+statement cost the server.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 psycopg's cursor, in pipeline mode, polls the socket and flushes once per
 statement it is given, and wraps each answer in a cursor: about 20 µs of this
-machine's CPU a statement, as much as the statement costs the server. A step
-sends each of its round trips as one batch, so this module queues the batch on
-psycopg's libpq wrapper (``psycopg.pq``, its public low-level layer), sends it
-with one flush and reads the answers back. What the cursor gave is kept:
+machine's CPU a statement (a batch of ten inserts with BEGIN and COMMIT: 228 µs
+through cursors, 31 µs here), half of what the statement costs the server. A
+step sends each of its round trips as one batch, so this module queues the batch
+on psycopg's libpq wrapper (``psycopg.pq``, its public low-level layer), sends
+it with one flush and reads the answers back. What the cursor gave is kept:
 
 - values go to and from the database through the connection's own adapters
   (``psycopg.adapt.Transformer``, what the cursor uses), so every type, and
