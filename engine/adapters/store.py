@@ -370,13 +370,21 @@ class Store:
                           _attempt_read(attempt_id)])  # fmt: skip
 
     def read_ahead_event(
-        self, provider_event_id: str, payment_id: str | None, *, inbox: bool
+        self,
+        provider_event_id: str,
+        payment_id: str | None,
+        *,
+        inbox: bool,
+        attempts: tuple[Sequence[str], Sequence[str]] | None = None,
     ) -> None:
         """What taking a provider event reads first, in one trip: the payment it names
-        under its lock, then (``inbox``) its inbox row and whether the event was taken.
-        The lock comes first, so a copy of the event taken meanwhile by another
-        transaction on the payment is seen as taken once that one commits."""
+        under its lock and (``attempts``: kinds and statuses) its attempts the event may
+        answer, then (``inbox``) its inbox row and whether the event was taken. The lock
+        comes first, so a copy of the event taken meanwhile by another transaction on
+        the payment is seen as taken once that one commits."""
         reads = [] if payment_id is None else [self._payment_read(payment_id, True)]
+        if payment_id is not None and attempts is not None:
+            reads.append(_attempts_read(payment_id, *attempts))
         if inbox:
             reads.append(_inbox_read(provider_event_id, False))
         reads.append(_provider_event_read(provider_event_id))

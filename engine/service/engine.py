@@ -91,6 +91,12 @@ BEFORE_CAPTURE = frozenset({S.CREATED, S.REQUIRES_ACTION, S.PROCESSING, S.AUTHOR
 AUTHORIZE_BUSY = (CallKind.AUTHORIZE, CallKind.VOID)
 CAPTURE_BUSY = (CallKind.CAPTURE, CallKind.VOID)
 VOID_BUSY = (CallKind.AUTHORIZE, CallKind.CAPTURE, CallKind.VOID)
+# The attempts a provider event may answer: of any kind, open or awaiting the customer
+# (read with the event's first reads, and sorted out by kind in Python).
+EVENT_ATTEMPT_KINDS = tuple(k.value for k in (CallKind.AUTHORIZE, CallKind.CAPTURE,
+                                              CallKind.VOID, CallKind.REFUND))  # fmt: skip
+EVENT_ATTEMPT_STATUSES = (*OPEN_ATTEMPT, "requires_action")
+EVENT_ATTEMPTS = (EVENT_ATTEMPT_KINDS, EVENT_ATTEMPT_STATUSES)
 RESPONSE_CODE = {O.SUCCEEDED: 200, O.DECLINED: 402, O.REQUIRES_ACTION: 200, O.UNKNOWN: 202}
 # When recovery asks the provider about an open attempt: the first lookup one step
 # after the attempt began, each further one a step after the last "unknown"; after
@@ -872,7 +878,9 @@ class PaymentEngine:
     # -- provider events --------------------------------------------------------------
     def apply_provider_event(self, event: ProviderEvent) -> EventResult:
         def step(s: Store) -> EventResult:
-            s.read_ahead_event(event.event_id, event.payment_id, inbox=False)
+            s.read_ahead_event(
+                event.event_id, event.payment_id, inbox=False, attempts=EVENT_ATTEMPTS
+            )
             return self._take_event(s, event)
 
         return self._run(step)
@@ -973,7 +981,9 @@ class PaymentEngine:
         self._check_webhook(event.event_id, event.type, payload)
 
         def step(s: Store) -> tuple[str, str | None]:
-            s.read_ahead_event(event.event_id, event.payment_id, inbox=True)
+            s.read_ahead_event(
+                event.event_id, event.payment_id, inbox=True, attempts=EVENT_ATTEMPTS
+            )
             if self._keep_webhook(s, event.event_id, event.type, payload, applied=True) != "stored":
                 return "duplicate", None
             return "applied", self._take_event(s, event).outcome
@@ -1150,7 +1160,10 @@ class PaymentEngine:
         statuses: tuple[str, ...] = OPEN_ATTEMPT
         if kind is CallKind.AUTHORIZE:
             statuses = (*OPEN_ATTEMPT, "requires_action")
-        candidates = s.attempts_of(p["id"], [kind.value], statuses)
+        candidates = [
+            a for a in s.attempts_of(p["id"], *EVENT_ATTEMPTS)
+            if a["kind"] == kind.value and a["status"] in statuses
+        ]  # fmt: skip
         if kind is CallKind.REFUND:
             candidates = [a for a in candidates if a["refund_id"] == event.refund_id]
         return candidates[0] if candidates else None
