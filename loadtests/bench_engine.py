@@ -35,7 +35,12 @@ import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
 
-from engine.adapters.database import Database, normalize_url, scratch_database
+from engine.adapters.database import (
+    Database,
+    normalize_url,
+    postgres_url_problem,
+    scratch_database,
+)
 from engine.adapters.fake_provider import FakeProvider
 from engine.domain.commands import Authorize, Capture, CreatePayment, Refund
 from engine.domain.ports import FixedClock, SeededIds
@@ -249,8 +254,8 @@ def webhook_table(measurements: list[Measurement]) -> Table:
 
 def run(small: bool, extra_urls: list[str], console: Console) -> None:
     for url in extra_urls:
-        if not normalize_url(url).startswith("postgresql"):
-            console.print(f"[red]error:[/] --db-url: {url!r} is not a PostgreSQL URL "
+        if (problem := postgres_url_problem(url)) is not None:
+            console.print(f"[red]error:[/] --db-url: {problem} "
                           "(SQLite in memory and in a file are always measured)")  # fmt: skip
             raise SystemExit(2)
     lifecycles = LIFECYCLES_SMALL if small else LIFECYCLES_FULL

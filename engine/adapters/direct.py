@@ -166,7 +166,6 @@ class _Deferred:
 
 
 _UNIQUE_VIOLATION = "23505"
-_IDLE = 0  # libpq's PQTRANS_IDLE: no transaction open on the connection
 
 
 class Direct:
@@ -297,7 +296,7 @@ class Direct:
         if not self._begun:
             batch.insert(0, _Deferred("BEGIN", None, False, None))
             self._begun = True
-        elif not self._explicit and self._raw.pgconn.transaction_status == _IDLE:
+        elif not self._explicit and self._raw.pgconn.transaction_status == self._pipeline.IDLE:
             # The driver's own transaction, which it would begin with its first statement.
             batch.insert(0, _Deferred("BEGIN", None, False, None))
         batch.extend(last)

@@ -23,6 +23,7 @@ it with one flush and reads the answers back. What the cursor gave is kept:
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import re
 import select
@@ -38,6 +39,7 @@ _PLACEHOLDER = re.compile(r"%%|%s")
 _AUTO = PyFormat.AUTO
 _OK = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK)
 _NO_SUCH_STATEMENT = "26000"  # invalid_sql_statement_name
+IDLE = pq.TransactionStatus.IDLE  # no transaction open on the connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,7 @@ class Result:
         return self._rows
 
 
+@functools.lru_cache(maxsize=4_096)
 def _numbered(sql: str) -> bytes:
     """``%s`` placeholders as ``$1, $2, ...`` (and ``%%`` as ``%``)."""
     numbers = iter(range(1, 10_000))
@@ -99,7 +102,6 @@ class Session:
         self._encoding = connection.info.encoding
         self._names: dict[_Key, bytes] = {}
         self._named = itertools.count()
-        self._numbered: dict[str, bytes] = {}
         # poll, not select: a server's sockets can be numbered past select's 1024.
         self._readable, self._writable = select.poll(), select.poll()
         self._readable.register(self._pg.socket, select.POLLIN)
@@ -152,17 +154,11 @@ class Session:
                 if prepare:
                     name = fresh[key] = f"paychaos_{next(self._named)}".encode()
                 queries.append(
-                    (index, prepare, name or b"", self._sql(statement.sql), values, tx.types,
+                    (index, prepare, name or b"", _numbered(statement.sql), values, tx.types,
                      tx.formats)
                 )  # fmt: skip
         self._names.update(fresh)
         return queries
-
-    def _sql(self, sql: str) -> bytes:
-        numbered = self._numbered.get(sql)
-        if numbered is None:
-            numbered = self._numbered[sql] = _numbered(sql)
-        return numbered
 
     def _flush(self) -> None:
         pg = self._pg

@@ -1157,9 +1157,7 @@ class PaymentEngine:
         return True  # refunds are matched by refund id below
 
     def _event_attempt(self, s: Store, p: Row, event: ProviderEvent, kind: CallKind) -> Row | None:
-        statuses: tuple[str, ...] = OPEN_ATTEMPT
-        if kind is CallKind.AUTHORIZE:
-            statuses = (*OPEN_ATTEMPT, "requires_action")
+        statuses = EVENT_ATTEMPT_STATUSES if kind is CallKind.AUTHORIZE else OPEN_ATTEMPT
         candidates = [
             a for a in s.attempts_of(p["id"], *EVENT_ATTEMPTS)
             if a["kind"] == kind.value and a["status"] in statuses
