@@ -13,6 +13,7 @@ Expected outcomes (bad input, declines, idempotency conflicts, injected faults) 
     |   |   +-- ParameterInvalid      400 parameter_invalid_* (integer, boolean, enum, ...)
     |   |   +-- RawCardDataRefused    400 raw_card_data_refused (never echoes the number)
     |   |   +-- UnexpectedState       400 payment_intent_unexpected_state and friends
+    |   |   +-- RequestTooLarge       413 request_too_large (a body past the driver's bound)
     |   +-- UnknownRoute              404 (no code, as Stripe's "Unrecognized request URL")
     |   +-- ResourceMissing           404 resource_missing
     |   +-- AuthenticationFailed      401
@@ -20,7 +21,7 @@ Expected outcomes (bad input, declines, idempotency conflicts, injected faults) 
     |   +-- IdempotencyMismatch       400 idempotency_error
     |   +-- IdempotencyKeyInUse       409 idempotency_key_in_use
     |   +-- RateLimited               429 rate_limit
-    |   +-- ProviderServerError       500 / 503 api_error (injected faults)
+    |   +-- ProviderServerError       500 / 503 api_error (injected faults; a contained bug)
     +-- FaultConfigError              bad fault-plan or provider config (field named)
     +-- IllegalTransition             a transition missing from the state table: a bug
 """
@@ -136,6 +137,17 @@ class UnexpectedState(InvalidRequestError):
         body = super().to_body()
         body["error"]["payment_intent"] = self.payment_intent
         return body
+
+
+class RequestTooLarge(InvalidRequestError):
+    """A request body past the HTTP driver's bound: refused before the core sees it."""
+
+    code = "request_too_large"
+    http_status = 413
+    saves_idempotent_result = False
+
+    def __init__(self, body_bytes_max: int) -> None:
+        super().__init__(f"The request body is larger than {body_bytes_max} bytes.")
 
 
 class UnknownRoute(ApiError):

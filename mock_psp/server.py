@@ -21,17 +21,24 @@ that decides anything lives in the core.
   keep-alive connections (``WebhookPoster``; httpx's pool cost more CPU per delivery
   than the provider's whole answer to an API call).
 - ``/_admin/...`` goes to ``core.admin`` with a JSON body (or query parameters).
+- Bounds: a body is refused (413) past ``BODY_BYTES_MAX``, by its ``Content-Length``
+  before a byte is read, else while it streams; an admin body nests at most
+  ``JSON_DEPTH_MAX`` deep. Bad input of any kind answers 4xx in Stripe's shape, and a
+  bug in the mock answers a 500 in that shape too, on a connection that stays open
+  (left to Starlette and uvicorn it would be plain text and a closed connection: a
+  network fault that no fault plan injected).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 import logging
 import random
+import re
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -41,23 +48,39 @@ import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from mock_psp.clock import OffsetClock
 from mock_psp.core import ApiRequest, ApiResponse, ProviderCore
-from mock_psp.errors import ApiError, InvalidRequestError, UnknownRoute
+from mock_psp.errors import (
+    ApiError,
+    InvalidRequestError,
+    ParameterInvalid,
+    ProviderServerError,
+    RequestTooLarge,
+    UnknownRoute,
+)
 from mock_psp.faults import FaultPlanConfig
+from mock_psp.params import PARAM_COUNT_MAX
 from mock_psp.webhooks import Delivery
 from mock_psp.world import ProviderConfig
 
 BODY_BYTES_MAX = 1_000_000
+# Fault plans and admin calls nest a few levels; deeper is an attack or a mistake.
+# Checked by a loop before parsing: Python's json recurses per level (100,000 levels
+# answered a 500), and orjson's own limit of 1024 would make the bound an accident.
+JSON_DEPTH_MAX = 32
 GC_THRESHOLDS = (100_000, 50, 1_000)
 ALL_METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH"]
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 _ABORTED_MESSAGE = "ASGI callable returned without completing response."
+# A JSON string, escapes included: removed before brackets are counted.
+_JSON_STRING_RE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[]{}")
+Endpoint = Callable[[Request], Awaitable[Response]]
 log = logging.getLogger("mock_psp.server")
 
 
@@ -101,6 +124,10 @@ class _AbortedResponseFilter(logging.Filter):
         return record.getMessage() != _ABORTED_MESSAGE
 
 
+# One instance: adding it again (one more server) is then a no-op, not one more filter.
+_ABORTED_RESPONSE_FILTER = _AbortedResponseFilter()
+
+
 class LostResponse(Response):
     """A response the client never gets: hold, then drop the connection mid-response."""
 
@@ -139,17 +166,17 @@ class PspServer:
             routes=[
                 Route(
                     "/v1/{rest:path}",
-                    self._api,
+                    _contained(self._api),
                     # The core answers methods it has no route for, in Stripe's shape.
                     methods=["GET", "POST", "DELETE", "PUT", "PATCH"],
                 ),
-                Route("/_admin/{rest:path}", self._admin, methods=ALL_METHODS),
+                Route("/_admin/{rest:path}", _contained(self._admin), methods=ALL_METHODS),
                 # Anything else still answers in Stripe's shape, never plain text.
-                Route("/{rest:path}", self._unknown, methods=ALL_METHODS),
+                Route("/{rest:path}", _contained(self._unknown), methods=ALL_METHODS),
             ],
             lifespan=self._lifespan,
         )
-        logging.getLogger("uvicorn.error").addFilter(_AbortedResponseFilter())
+        logging.getLogger("uvicorn.error").addFilter(_ABORTED_RESPONSE_FILTER)
 
     @contextmanager
     def locked(self) -> Iterator[ProviderCore]:
@@ -162,8 +189,8 @@ class PspServer:
         try:
             pairs = await _form_pairs(request)
         except ApiError as error:
-            return _json_response(ApiResponse(error.http_status, error.to_body(), {}))
-        api_request = ApiRequest(request.method, request.url.path, pairs, request.headers)
+            return _refusal(error)
+        api_request = ApiRequest(request.method, _path(request), pairs, request.headers)
         with self._lock:
             result = self.core.handle(api_request)
             self._wake_worker_if_due()
@@ -178,17 +205,17 @@ class PspServer:
 
     async def _unknown(self, request: Request) -> Response:
         error = UnknownRoute(
-            f"Unrecognized request URL ({request.method}: {request.url.path[:200]})."
+            f"Unrecognized request URL ({request.method}: {_path(request)[:200]})."
         )
-        return _json_response(ApiResponse(error.http_status, error.to_body(), {}))
+        return _refusal(error)
 
     async def _admin(self, request: Request) -> Response:
         try:
             params = await _admin_params(request)
         except ApiError as error:
-            return _json_response(ApiResponse(error.http_status, error.to_body(), {}))
+            return _refusal(error)
         with self._lock:
-            response = self.core.admin.handle(request.method, request.url.path, params)
+            response = self.core.admin.handle(request.method, _path(request), params)
             self._wake_worker_if_due()
         return _json_response(response)
 
@@ -307,20 +334,94 @@ def _report_worker_crash(worker: asyncio.Task[None]) -> None:
         log.critical("the webhook worker stopped", exc_info=worker.exception())
 
 
+def _contained(endpoint: Endpoint) -> Endpoint:
+    """An exception escaping ``endpoint`` (a bug in the mock) answers a 500 in Stripe's shape.
+
+    Starlette would answer plain text and uvicorn then close the connection; here the
+    bug is logged with its traceback and the connection stays usable.
+    """
+
+    @functools.wraps(endpoint)
+    async def contained(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, _path(request)[:200])
+            # Stripe's own answer to a failure on its side, which this is.
+            return _refusal(ProviderServerError(500))
+
+    return contained
+
+
+def _path(request: Request) -> str:
+    # Not request.url: building it decodes the query string, which may not be UTF-8.
+    path: str = request.scope["path"]
+    return path
+
+
 async def _read_body(request: Request) -> bytes:
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > BODY_BYTES_MAX:
-            raise InvalidRequestError(
-                f"The request body is larger than {BODY_BYTES_MAX} bytes.", code="body_too_large"
-            )
-    return body
+    """The body, refused past ``BODY_BYTES_MAX`` without ever holding more than that.
+
+    A declared ``Content-Length`` is refused before a byte is read; a body without one
+    (chunked) is counted as it streams and refused at the first chunk past the bound.
+    """
+    if _declared_length_bytes(request) > BODY_BYTES_MAX:
+        raise RequestTooLarge(BODY_BYTES_MAX)
+    chunks: list[bytes] = []
+    size_bytes = 0
+    try:
+        async for chunk in request.stream():
+            size_bytes += len(chunk)
+            if size_bytes > BODY_BYTES_MAX:
+                raise RequestTooLarge(BODY_BYTES_MAX)
+            chunks.append(chunk)
+    except ClientDisconnect as exc:
+        # Nobody reads the answer; this only keeps the departure out of the error log.
+        raise InvalidRequestError(
+            "The client left before sending the whole body.", code="body_incomplete"
+        ) from exc
+    return b"".join(chunks)
+
+
+def _declared_length_bytes(request: Request) -> int:
+    """The ``Content-Length`` header, or 0 (absent, or malformed: the stream decides)."""
+    declared = request.headers.get("content-length", "").strip()
+    if not (declared.isascii() and declared.isdigit()):
+        return 0
+    # More digits than any bound needs: too large, without converting a huge number.
+    return BODY_BYTES_MAX + 1 if len(declared) > 18 else int(declared)
+
+
+def _query_text(request: Request) -> str:
+    try:
+        return bytes(request.scope["query_string"]).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequestError(
+            "The query string is not valid UTF-8.", code="query_invalid"
+        ) from exc
+
+
+def _fields(text: str, where: str, code: str) -> list[tuple[str, str]]:
+    """Form-encoded pairs; at most ``PARAM_COUNT_MAX``, counted before any is decoded."""
+    try:
+        return parse_qsl(
+            text, keep_blank_values=True, errors="strict", max_num_fields=PARAM_COUNT_MAX
+        )
+    except UnicodeDecodeError as exc:
+        raise InvalidRequestError(
+            f"The {where} is not valid UTF-8 once percent-decoded.", code=code
+        ) from exc
+    except ValueError as exc:  # parse_qsl's "Max number of fields exceeded"
+        raise ParameterInvalid(
+            "params", "Too many parameters.", code="parameters_too_many"
+        ) from exc
 
 
 async def _form_pairs(request: Request) -> list[tuple[str, object]]:
     """Stripe's dialect: query string pairs, then form-encoded body pairs, in order."""
-    pairs: list[tuple[str, object]] = list(parse_qsl(request.url.query, keep_blank_values=True))
+    pairs: list[tuple[str, object]] = list(
+        _fields(_query_text(request), "query string", "query_invalid")
+    )
     body = await _read_body(request)
     if not body:
         return pairs
@@ -337,19 +438,34 @@ async def _form_pairs(request: Request) -> list[tuple[str, object]]:
         raise InvalidRequestError(
             "The request body is not valid UTF-8.", code="body_invalid"
         ) from exc
-    pairs.extend(parse_qsl(text, keep_blank_values=True))
+    pairs.extend(_fields(text, "request body", "body_invalid"))
     return pairs
 
 
 async def _admin_params(request: Request) -> dict[str, Any]:
     """Admin calls take a JSON object body; query parameters are merged under it."""
-    params: dict[str, Any] = dict(parse_qsl(request.url.query, keep_blank_values=True))
+    params: dict[str, Any] = dict(_fields(_query_text(request), "query string", "query_invalid"))
     body = await _read_body(request)
-    if not body.strip():
-        return params
+    if body.strip():
+        params.update(_json_object(body))
+    return params
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    """An admin body: a JSON object, at most ``JSON_DEPTH_MAX`` deep.
+
+    orjson, unlike ``json``, refuses NaN, infinities, numbers past a double and lone
+    surrogates ("\\ud800"), any of which would otherwise be stored and then fail to
+    serialize in every later answer that shows it.
+    """
+    if _json_depth_exceeds(body, JSON_DEPTH_MAX):
+        raise InvalidRequestError(
+            f"The admin request body nests deeper than {JSON_DEPTH_MAX} levels.",
+            code="json_too_deep",
+        )
     try:
-        decoded = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        decoded = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
         raise InvalidRequestError(
             f"The admin request body is not valid JSON: {exc}.", code="body_invalid"
         ) from exc
@@ -357,8 +473,28 @@ async def _admin_params(request: Request) -> dict[str, Any]:
         raise InvalidRequestError(
             "The admin request body must be a JSON object.", code="body_invalid"
         )
-    params.update(decoded)
-    return params
+    return decoded
+
+
+def _json_depth_exceeds(body: bytes, depth_max: int) -> bool:
+    """Whether brackets outside strings nest deeper than ``depth_max``: a loop, no recursion.
+
+    Exact for valid JSON; invalid JSON that passes is refused by the parser anyway.
+    """
+    depth = 0
+    for byte in _JSON_STRING_RE.sub(b"", body).translate(None, _NOT_BRACKETS):
+        depth += 1 if byte in b"[{" else -1
+        if depth > depth_max:
+            return True
+    return False
+
+
+def _refusal(error: ApiError) -> Response:
+    headers = {}
+    if isinstance(error, RequestTooLarge):
+        # The rest of the body stays unread: close, or uvicorn would drain it unbounded.
+        headers["Connection"] = "close"
+    return _json_response(ApiResponse(error.http_status, error.to_body(), headers))
 
 
 def _json_response(response: ApiResponse) -> Response:
