@@ -7,11 +7,15 @@ short prefix for display. ``sk_`` keys (secret) may write; ``rk_`` keys
 
 ``KeyCache`` keeps what a key was found to be for ``ttl_s`` (bounded in entries), so
 a busy key costs no database read per request; a revoked key stops working within
-``ttl_s``. Unknown keys are never cached: each one is looked up.
+``ttl_s`` in every process (``KeyStore.revoke`` only writes ``revoked_at``: nothing
+tells the other processes, their caches simply forget). ``CACHE_TTL_S`` stays under a
+second for that reason; a busy key still costs at most one read per process in it.
+Unknown keys are never cached: each one is looked up.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 import threading
@@ -27,8 +31,10 @@ from engine.adapters.database import Database
 
 PREFIXES = {"secret": "sk_", "restricted": "rk_"}
 KEY_LENGTH_MAX = 200
-CACHE_TTL_S = 30.0
+CACHE_TTL_S = 0.5
+REVOCATION_S_MAX = 1.0  # the promise: a revoked key is refused everywhere within this
 CACHE_ENTRIES_MAX = 10_000
+LIST_ROWS_MAX = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +46,24 @@ class Principal:
     @property
     def can_write(self) -> bool:
         return self.kind == "secret"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """What may be shown of a key: never the key, never its hash."""
+
+    id: str
+    merchant_id: str
+    kind: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class Revoked(enum.Enum):
+    NOW = "revoked"
+    ALREADY = "already_revoked"
+    UNKNOWN = "unknown"
 
 
 def key_hash(secret: str) -> str:
@@ -60,6 +84,34 @@ class KeyStore:
                 )
             )  # fmt: skip
             c.commit()
+
+    def revoke(self, key_id: str, at: datetime) -> Revoked:
+        """Mark the key revoked at ``at``; a key already revoked keeps its first time."""
+        k = t.api_keys.c
+        with self.db.transaction() as c:
+            changed = c.execute(
+                t.api_keys.update()
+                .where(k.id == key_id, k.revoked_at.is_(None))
+                .values(revoked_at=at)
+            ).rowcount
+            if changed:
+                c.commit()
+                return Revoked.NOW
+            found = c.execute(sa.select(k.id).where(k.id == key_id)).first()
+        return Revoked.UNKNOWN if found is None else Revoked.ALREADY
+
+    def list_keys(self, merchant_id: str | None = None) -> list[KeyInfo]:
+        """Keys oldest first (at most ``LIST_ROWS_MAX``), one merchant's or everyone's."""
+        k = t.api_keys.c
+        query = (
+            sa.select(k.id, k.merchant_id, k.kind, k.prefix, k.created_at, k.revoked_at)
+            .order_by(k.created_at, k.id)
+            .limit(LIST_ROWS_MAX)
+        )
+        if merchant_id is not None:
+            query = query.where(k.merchant_id == merchant_id)
+        with self.db.engine.connect() as c:
+            return [KeyInfo(*row) for row in c.execute(query)]
 
     def authenticate(self, secret: str) -> Principal | None:
         if not secret or len(secret) > KEY_LENGTH_MAX:
@@ -87,7 +139,7 @@ class KeyCache:
         ttl_s: float = CACHE_TTL_S,
         entries_max: int = CACHE_ENTRIES_MAX,
     ) -> None:
-        assert ttl_s >= 0 and entries_max > 0
+        assert 0 <= ttl_s <= REVOCATION_S_MAX and entries_max > 0
         self.store = store
         self.monotonic = monotonic
         self.ttl_s = ttl_s

@@ -246,56 +246,98 @@ ENABLED_EVENTS: tuple[str, ...] = (
 def _dispute_fee_minor(kind: str, dispute: Mapping[str, Any]) -> int:
     """The dispute fee the provider took (on opening) or gave back (on a win)."""
     bts = dispute.get("balance_transactions") or []
+    if not isinstance(bts, list) or not all(isinstance(bt, Mapping) for bt in bts):
+        raise ValueError("balance_transactions is a list of objects")
     if kind == EventType.DISPUTE_CREATED:
-        return sum(int(bt.get("fee") or 0) for bt in bts if int(bt.get("amount") or 0) < 0)
+        return sum(_int(bt, "fee") or 0 for bt in bts if (_int(bt, "amount") or 0) < 0)
     if kind == EventType.DISPUTE_WON:
-        return sum(-int(bt.get("fee") or 0) for bt in bts if int(bt.get("amount") or 0) > 0)
+        return sum(-(_int(bt, "fee") or 0) for bt in bts if (_int(bt, "amount") or 0) > 0)
     return 0
 
 
+# An event's unix time: from 1970 to the year 9999, as a datetime can hold it.
+CREATED_S_MAX = 253_402_300_799
+TEXT_LENGTH_MAX = 255  # the engine's columns for provider ids
+EVENT_TYPE_LENGTH_MAX = 64
+
+
+def _int(obj: Mapping[str, Any], key: str) -> int | None:
+    """An integer field of a provider object, or None; ValueError for anything else (a
+    signed event is the provider's word, but its shape is still checked)."""
+    value = obj.get(key)
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise ValueError(f"{key} is not an integer")
+
+
+def _text(obj: Mapping[str, Any], key: str) -> str | None:
+    """A short string field (ids, codes, statuses: what the engine stores or looks up)."""
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str) and len(value) <= TEXT_LENGTH_MAX and "\x00" not in value:
+        return value
+    raise ValueError(f"{key} is not a string of at most {TEXT_LENGTH_MAX} characters")
+
+
+def _object(value: Any, name: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{name} is not an object")
+    return value
+
+
 def event_from_stripe(event: Mapping[str, Any]) -> ProviderEvent:
-    """A verified Stripe event as the engine's neutral ``ProviderEvent``."""
-    kind = str(event["type"])
-    obj: Mapping[str, Any] = event["data"]["object"]
-    metadata = obj.get("metadata") or {}
-    created_at = datetime.fromtimestamp(int(event["created"]), UTC)
+    """A verified Stripe event as the engine's neutral ``ProviderEvent``; ValueError if it
+    is not shaped as one."""
+    event = _object(event, "the event")
+    kind, event_id, created_s = _text(event, "type"), _text(event, "id"), _int(event, "created")
+    if kind is None or event_id is None or created_s is None:
+        raise ValueError("an event has an id, a type and a created time")
+    if not 0 <= created_s <= CREATED_S_MAX:
+        raise ValueError("created is not a time")
+    if len(kind) > EVENT_TYPE_LENGTH_MAX:
+        raise ValueError("type is not an event type")
+    obj = _object(_object(event.get("data"), "data").get("object"), "data.object")
+    metadata = _object(obj.get("metadata") or {}, "metadata")
+    created_at = datetime.fromtimestamp(created_s, UTC)
     common: dict[str, Any] = {
-        "event_id": str(event["id"]),
+        "event_id": event_id,
         "created_at": created_at,
-        "payment_id": metadata.get("payment_id"),
+        "payment_id": _text(metadata, "payment_id"),
     }
     if kind in _INTENT_EVENTS:
         mapped = _INTENT_EVENTS[kind]
-        amount = obj.get("amount_capturable") if mapped is EventType.AUTHORIZED else None
+        amount = _int(obj, "amount_capturable") if mapped is EventType.AUTHORIZED else None
         if mapped is EventType.SUCCEEDED:
-            amount = obj.get("amount_received")
-        error = obj.get("last_payment_error") or {}
+            amount = _int(obj, "amount_received")
+        error = _object(obj.get("last_payment_error") or {}, "last_payment_error")
         return ProviderEvent(
-            type=mapped.value, provider_payment_id=obj.get("id"), amount_minor=amount,
-            decline_code=error.get("decline_code") or error.get("code"), **common,
+            type=mapped.value, provider_payment_id=_text(obj, "id"), amount_minor=amount,
+            decline_code=_text(error, "decline_code") or _text(error, "code"), **common,
         )  # fmt: skip
     if kind in {"refund.created", "refund.updated"}:
-        status = obj.get("status")
+        status = _text(obj, "status")
         mapped_refund = {"succeeded": EventType.REFUND_SUCCEEDED, "failed": EventType.REFUND_FAILED}
         return ProviderEvent(
             type=mapped_refund[status].value if status in mapped_refund else kind,
-            provider_payment_id=obj.get("payment_intent"), refund_id=metadata.get("refund_id"),
-            provider_refund_id=obj.get("id"), amount_minor=obj.get("amount"), **common,
+            provider_payment_id=_text(obj, "payment_intent"),
+            refund_id=_text(metadata, "refund_id"), provider_refund_id=_text(obj, "id"),
+            amount_minor=_int(obj, "amount"), **common,
         )  # fmt: skip
     if kind in {"payout.paid", "payout.failed"}:
         return ProviderEvent(
-            type=kind, payout_id=metadata.get("payout_id"), provider_payout_id=obj.get("id"),
-            amount_minor=obj.get("amount"), decline_code=obj.get("failure_code"),
+            type=kind, payout_id=_text(metadata, "payout_id"), provider_payout_id=_text(obj, "id"),
+            amount_minor=_int(obj, "amount"), decline_code=_text(obj, "failure_code"),
             event_id=common["event_id"], created_at=created_at,
         )  # fmt: skip
     if kind.startswith("charge.dispute."):
         mapped_kind = kind
         if kind == "charge.dispute.closed":
-            won = obj.get("status") == "won"
+            won = _text(obj, "status") == "won"
             mapped_kind = (EventType.DISPUTE_WON if won else EventType.DISPUTE_LOST).value
         return ProviderEvent(
-            type=mapped_kind, provider_payment_id=obj.get("payment_intent"),
-            amount_minor=obj.get("amount"), fee_minor=_dispute_fee_minor(mapped_kind, obj),
+            type=mapped_kind, provider_payment_id=_text(obj, "payment_intent"),
+            amount_minor=_int(obj, "amount"), fee_minor=_dispute_fee_minor(mapped_kind, obj),
             **common,
         )  # fmt: skip
-    return ProviderEvent(type=kind, provider_payment_id=obj.get("payment_intent"), **common)
+    return ProviderEvent(type=kind, provider_payment_id=_text(obj, "payment_intent"), **common)

@@ -4,6 +4,11 @@ The signed payload is ``f"{t}.{body}"`` under HMAC-SHA256 with the endpoint's
 secret. A delivery is accepted only if one ``v1`` signature matches (compared
 in constant time) and its timestamp is within the tolerance of ``now``, so a
 genuine event replayed later is refused too.
+
+An empty secret verifies nothing: HMAC under an empty key is something anybody
+can compute, so ``verify`` refuses to run without a secret
+(``WebhookSecretMissing``, a 503: a server set up wrong, and the provider
+retries later) rather than accept forgeries.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from engine.domain.errors import InvalidRequest
+from engine.domain.errors import InvalidRequest, PaychaosError
 
 TOLERANCE_S = 300
 HEADER_LENGTH_MAX = 4_096
@@ -19,6 +24,14 @@ HEADER_LENGTH_MAX = 4_096
 
 class WebhookRejected(InvalidRequest):
     pass
+
+
+class WebhookSecretMissing(PaychaosError):
+    code = "webhook_secret_missing"
+    http_status = 503
+
+    def __init__(self) -> None:
+        super().__init__(message="no webhook signing secret is configured: nothing can be verified")
 
 
 def sign(payload: bytes, secret: str, timestamp_s: int) -> str:
@@ -30,7 +43,10 @@ def sign(payload: bytes, secret: str, timestamp_s: int) -> str:
 def verify(
     payload: bytes, header: str | None, secret: str, now_s: float, tolerance_s: int = TOLERANCE_S
 ) -> None:
-    """Raise ``WebhookRejected`` unless the header signs ``payload`` recently."""
+    """Raise ``WebhookRejected`` unless the header signs ``payload`` recently;
+    ``WebhookSecretMissing`` whatever the header when ``secret`` is empty."""
+    if not secret:
+        raise WebhookSecretMissing()
     if not header or len(header) > HEADER_LENGTH_MAX:
         raise WebhookRejected("webhook_signature_missing", "no signature", "Stripe-Signature")
     timestamp: int | None = None

@@ -8,6 +8,8 @@ an HTTP status hint; broken invariants are ``assert``s. Lower-layer exceptions
     ├── Unauthorized                      unauthorized      401
     ├── Forbidden                         forbidden         403
     ├── RateLimited                       rate_limited      429
+    ├── PayloadTooLarge                   request_too_large 413
+    ├── UnsupportedMediaType              content_type_unsupported  415
     ├── InvalidRequest                    (field-specific)  400
     │   ├── CurrencyMismatch              currency_mismatch 400
     │   ├── AmountExceeded                amount_exceeds_*  400
@@ -58,9 +60,21 @@ class RateLimited(PaychaosError):
     code = "rate_limited"
     http_status = 429
 
-    def __init__(self, retry_after_s: float):
+    def __init__(
+        self, retry_after_s: float, message: str = "too many requests for this API key; slow down"
+    ):
         self.retry_after_s = retry_after_s
-        super().__init__(message="too many requests for this API key; slow down")
+        super().__init__(message=message)
+
+
+class PayloadTooLarge(PaychaosError):
+    code = "request_too_large"
+    http_status = 413
+
+
+class UnsupportedMediaType(PaychaosError):
+    code = "content_type_unsupported"
+    http_status = 415
 
 
 class InvalidRequest(PaychaosError):

@@ -20,8 +20,15 @@ ID_LENGTH_MAX = 255
 REQUEST_STRINGS_MAX = 200
 
 _PAN_CANDIDATE = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
-_TOKEN = re.compile(r"^(pm|tok|src|card)_[A-Za-z0-9_]{1,100}$")
-_PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
+# Matched whole (``fullmatch``): ``$`` would also match before a trailing newline,
+# and "pm_card_visa\n" passed for a token.
+_TOKEN = re.compile(r"(pm|tok|src|card)_[A-Za-z0-9_]{1,100}")
+_PRINTABLE = re.compile(r"[\x21-\x7e]+")
+# What no metadata key may hold: control characters (NUL among them) and lone
+# surrogates, which no database or JSON encoder can store as text. Values may hold
+# tabs and line breaks (a note), nothing else of the kind.
+_UNSTORABLE_KEY = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+_UNSTORABLE_VALUE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 def luhn_valid(digits: str) -> bool:
@@ -98,7 +105,7 @@ def parse_idempotency_key(value: object) -> str:
         raise InvalidRequest(
             "idempotency_key_missing", "every write needs an idempotency key", "idempotency_key"
         )
-    if not isinstance(value, str) or not _PRINTABLE.match(value):
+    if not isinstance(value, str) or not _PRINTABLE.fullmatch(value):
         raise InvalidRequest(
             "idempotency_key_invalid",
             "idempotency key must be printable ASCII without spaces",
@@ -114,7 +121,7 @@ def parse_idempotency_key(value: object) -> str:
 
 
 def parse_identifier(value: object, field: str) -> str:
-    if not isinstance(value, str) or not value or not _PRINTABLE.match(value):
+    if not isinstance(value, str) or not value or not _PRINTABLE.fullmatch(value):
         raise InvalidRequest(f"{field}_invalid", f"{field} must be a non-empty string", field)
     if len(value) > ID_LENGTH_MAX:
         raise InvalidRequest(
@@ -124,7 +131,7 @@ def parse_identifier(value: object, field: str) -> str:
 
 
 def parse_payment_method(value: object) -> str:
-    if not isinstance(value, str) or not _TOKEN.match(value):
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
         raise InvalidRequest(
             "payment_method_invalid",
             "payment_method must be a token such as pm_card_visa",
@@ -145,16 +152,26 @@ def parse_metadata(value: object) -> dict[str, str]:
     parsed: dict[str, str] = {}
     for key, item in value.items():
         field = f"metadata.{key}"
-        if not isinstance(key, str) or not 0 < len(key) <= METADATA_KEY_LENGTH_MAX:
+        if (
+            not isinstance(key, str)
+            or not 0 < len(key) <= METADATA_KEY_LENGTH_MAX
+            or _UNSTORABLE_KEY.search(key)
+        ):
             raise InvalidRequest(
                 "metadata_key_invalid",
-                f"metadata keys are 1 to {METADATA_KEY_LENGTH_MAX} characters",
+                f"metadata keys are 1 to {METADATA_KEY_LENGTH_MAX} characters, without "
+                "control characters",
                 field,
             )
-        if not isinstance(item, str) or len(item) > METADATA_VALUE_LENGTH_MAX:
+        if (
+            not isinstance(item, str)
+            or len(item) > METADATA_VALUE_LENGTH_MAX
+            or _UNSTORABLE_VALUE.search(item)
+        ):
             raise InvalidRequest(
                 "metadata_value_invalid",
-                f"metadata values are strings of at most {METADATA_VALUE_LENGTH_MAX} characters",
+                f"metadata values are strings of at most {METADATA_VALUE_LENGTH_MAX} characters, "
+                "without control characters or lone surrogates",
                 field,
             )
         parsed[key] = item

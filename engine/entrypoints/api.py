@@ -9,30 +9,37 @@ A slow or unreachable provider never holds a checkout: the provider call is
 made once, within ``provider_timeout_s``; when it gives no answer the payment
 is answered ``processing`` (202) and the recovery worker finishes the job.
 
+Before any route, ``RequestContext`` runs the gate of ``engine.entrypoints.
+http_guard``: a body over its bound is 413 before it is read, a caller without a
+valid key is 401 before its body is read or validated, an address that keeps
+failing is 429, a query parameter the route does not take is 400. Bodies are
+JSON, parsed by orjson and validated strictly. An exception that escapes a route
+is a 500 of the same error shape, and the connection stays usable.
+
 When ``Services.background`` holds the engine's workers, the app's lifespan
-starts them with the server and stops them (bounded) when it shuts down.
+starts them with the server and stops them (bounded) when it shuts down, with
+the metrics listener (``--metrics-port``), when there is one: ``/metrics`` is not
+served on the API's port.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import secrets
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from fastapi import FastAPI, Header, Request, Response
+from fastapi import FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -45,15 +52,38 @@ from engine.domain.errors import (
     Forbidden,
     InvalidRequest,
     PaychaosError,
+    PayloadTooLarge,
     RateLimited,
-    Unauthorized,
 )
 from engine.domain.marketplace import LINES_MAX, Split
+from engine.domain.money import AMOUNT_MINOR_MAX, CURRENCY_EXPONENTS
 from engine.domain.ports import Clock
 from engine.domain.provider import ProviderCall, ProviderOutcome
-from engine.entrypoints.metrics import Metrics
+from engine.domain.validation import (
+    ID_LENGTH_MAX,
+    METADATA_KEY_LENGTH_MAX,
+    METADATA_KEYS_MAX,
+    METADATA_VALUE_LENGTH_MAX,
+)
+from engine.entrypoints import api_schema as doc
+from engine.entrypoints.http_guard import (
+    API_BODY_BYTES_MAX,
+    AUTH_FAILURES_BURST,
+    AUTH_FAILURES_PER_S,
+    WEBHOOK_BODY_BYTES_MAX,
+    TokenBucket,
+    bearer_secret,
+    bounded,
+    declared_length,
+    invalid_field,
+    parse_json_body,
+    refuse_if_locked_out,
+    refuse_unauthenticated,
+    refuse_unknown_query,
+)
+from engine.entrypoints.metrics import Metrics, MetricsListener
 from engine.service.driver import Provider, perform
-from engine.service.engine import PaymentEngine
+from engine.service.engine import EngineSettings, PaymentEngine
 from engine.service.views import StepResult
 from engine.workers.background import BackgroundWorker, WorkerState
 
@@ -62,27 +92,7 @@ REQUEST_ID_HEADER = "Request-Id"
 WEBHOOK_PATH = "/v1/webhooks/psp"
 LATENCY_SERIES_MAX = 1_000  # routes x methods x statuses: a few dozen in practice
 T = TypeVar("T")
-
-
-@dataclass(slots=True)
-class TokenBucket:
-    """Per-key rate limiting: ``burst`` requests at once, refilled at ``rate_per_s``."""
-
-    rate_per_s: float
-    burst: float
-    tokens: dict[str, tuple[float, float]] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def take(self, key: str, now_s: float) -> float:
-        """0 when allowed, else the seconds until a token is back."""
-        with self.lock:
-            tokens, last_s = self.tokens.get(key, (self.burst, now_s))
-            tokens = min(self.burst, tokens + (now_s - last_s) * self.rate_per_s)
-            if tokens >= 1.0:
-                self.tokens[key] = (tokens - 1.0, now_s)
-                return 0.0
-            self.tokens[key] = (tokens, now_s)
-            return (1.0 - tokens) / self.rate_per_s
+RESTRICTED_WRITE_MESSAGE = "this write needs a secret key (sk_...), not a restricted one"
 
 
 @dataclass(slots=True)
@@ -96,6 +106,10 @@ class Services:
     webhook_secret: str
     metrics: Metrics
     rate_limit: TokenBucket = field(default_factory=lambda: TokenBucket(100.0, 200.0))
+    # Failed authentications per client address.
+    auth_failures: TokenBucket = field(
+        default_factory=lambda: TokenBucket(AUTH_FAILURES_PER_S, AUTH_FAILURES_BURST)
+    )
     monotonic: Callable[[], float] = time.monotonic
     background: BackgroundWorker | None = None  # the workers, when they run in this process
     # Threads for the engine's steps (one is enough on SQLite: it has one writer) and
@@ -103,10 +117,15 @@ class Services:
     step_threads: int = 1
     provider_threads: int = 32
     key_cache: KeyCache | None = None
+    # Unsigned webhooks taken as genuine (serve engine --insecure-skip-webhook-verification):
+    # anybody who reaches the intake can then move money. Off unless asked for by name.
+    skip_webhook_verification: bool = False
+    metrics_listener: MetricsListener | None = None  # /metrics apart from the API's port
     _pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
 
     def __post_init__(self) -> None:
         assert 1 <= self.step_threads <= 64 and 1 <= self.provider_threads <= 256
+        assert self.webhook_secret or self.skip_webhook_verification, "no webhook secret"
         if self.key_cache is None:
             self.key_cache = KeyCache(self.keys, self.monotonic)
 
@@ -131,20 +150,27 @@ class Services:
         outcome = await loop.run_in_executor(self.pools()[1], self.provider.call, call)
         return _respond(await self.step(perform, self.engine, Answered(outcome), begun))
 
-    async def principal(self, authorization: str | None, write: bool) -> Principal:
-        """The caller's key (401 without one), within its rate (429), allowed to write (403)."""
-        secret = (authorization or "").removeprefix("Bearer ").strip()
+    async def principal(
+        self, authorization: str | None, write: bool, address: str = ""
+    ) -> Principal:
+        """The caller's key (401 without one; 429 for an address that keeps failing), within
+        its rate (429), allowed to write (403)."""
+        secret = bearer_secret(authorization)
         assert self.key_cache is not None
         found = self.key_cache.cached(secret)
         if found is None:
-            found = await self.step(self.key_cache.authenticate, secret)
-        if found is None:
-            raise Unauthorized(message="a valid API key is required: Authorization: Bearer sk_...")
+            now_s = self.monotonic()
+            refuse_if_locked_out(self.auth_failures, address, now_s)
+            if secret:
+                found = await self.step(self.key_cache.authenticate, secret)
+            if found is None:
+                refuse_unauthenticated(self.auth_failures, address, now_s)
+        assert found is not None
         wait_s = self.rate_limit.take(found.key_id, self.monotonic())
         if wait_s > 0:
             raise RateLimited(wait_s)
         if write and not found.can_write:
-            raise Forbidden(message="this write needs a secret key (sk_...), not a restricted one")
+            raise Forbidden(message=RESTRICTED_WRITE_MESSAGE)
         return found
 
     def close(self) -> None:
@@ -169,32 +195,64 @@ class Answered:
 
 # -- request bodies ------------------------------------------------------------------
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: an amount is a JSON integer (never "100", true or 1000.0), a string a string.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# The domain's rules (engine.domain.validation, .money), stated in the OpenAPI document.
+# The domain checks them, whatever the entrypoint, and answers each with its own code
+# (a card number in any field is raw_card_number_refused, never echoed): the models
+# here check only the JSON types, strictly.
+AmountMinor = Annotated[
+    int,
+    Field(strict=True),
+    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": AMOUNT_MINOR_MAX}),
+]
+IDENTIFIER_SCHEMA = {"type": "string", "minLength": 1, "maxLength": ID_LENGTH_MAX,
+                     "pattern": r"^[\x21-\x7e]+$"}  # fmt: skip
+Identifier = Annotated[str, WithJsonSchema(IDENTIFIER_SCHEMA)]
+Token = Annotated[
+    str,
+    WithJsonSchema({"type": "string", "pattern": r"^(pm|tok|src|card)_[A-Za-z0-9_]{1,100}$"}),
+]
+CURRENCIES = sorted(CURRENCY_EXPONENTS)  # in either case, as the domain takes them
+Currency = Annotated[
+    str, WithJsonSchema({"type": "string", "enum": CURRENCIES + [c.lower() for c in CURRENCIES]})
+]
+METADATA_SCHEMA = {
+    "type": "object",
+    "maxProperties": METADATA_KEYS_MAX,
+    "propertyNames": {"minLength": 1, "maxLength": METADATA_KEY_LENGTH_MAX,
+                      "pattern": r"^[^\x00-\x1f\x7f]+$"},
+    "additionalProperties": {"type": "string", "maxLength": METADATA_VALUE_LENGTH_MAX,
+                             "pattern": r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"},
+}  # fmt: skip
+Metadata = Annotated[dict[str, str], WithJsonSchema(METADATA_SCHEMA)]
 
 
 class SplitBody(_Body):
-    seller_id: str = Field(max_length=255)
-    amount_minor: int
+    seller_id: Identifier
+    amount_minor: AmountMinor
 
 
 class CreatePaymentBody(_Body):
-    amount_minor: int
-    currency: str = Field(max_length=3)
-    order_id: str = Field(max_length=255)
-    payment_method: str = Field(max_length=128)
-    capture_method: str = "manual"
-    metadata: dict[str, str] = Field(default_factory=dict)
+    amount_minor: AmountMinor
+    currency: Currency
+    order_id: Identifier
+    payment_method: Token
+    capture_method: Literal["manual", "automatic"] = "manual"
+    metadata: Metadata = Field(default_factory=dict)
     # A marketplace payment: one line per seller, adding up to amount_minor.
     splits: list[SplitBody] = Field(default_factory=list, max_length=LINES_MAX)
 
 
 class AmountBody(_Body):
-    amount_minor: int | None = None
+    amount_minor: AmountMinor | None = None
 
 
 class RefundBody(_Body):
-    amount_minor: int | None = None
-    reason: str | None = Field(default=None, max_length=255)
+    amount_minor: AmountMinor | None = None
+    reason: Identifier | None = None
 
 
 def payment_body(result: StepResult) -> dict[str, Any]:
@@ -216,13 +274,16 @@ def create_app(services: Services) -> FastAPI:
     app.add_middleware(RequestContext, services=services)
     _payment_routes(app, services)
     _operational_routes(app, services)
+    doc.install_openapi(app)
     return app
 
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     services: Services = app.state.services
-    background = services.background
+    background, listener = services.background, services.metrics_listener
+    if listener is not None:
+        listener.start()  # first: a port in use (not by a sibling) stops startup early
     if background is not None:
         background.start()
     try:
@@ -230,6 +291,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         if background is not None:
             await asyncio.to_thread(background.stop)
+        if listener is not None:
+            await asyncio.to_thread(listener.stop)
         services.close()
 
 
@@ -238,6 +301,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 # tree of dependencies per request cost as much as the engine's step on a read.
 Authorization = Annotated[str | None, Header()]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+# A list's query, bounded as the engine's default settings bound it.
+OrderQuery = Annotated[
+    str | None, Query(min_length=1, max_length=ID_LENGTH_MAX, pattern=r"^[\x21-\x7e]+$")
+]
+LimitQuery = Annotated[int, Query(ge=1, le=EngineSettings().page_size_max)]
+OffsetQuery = Annotated[int, Query(ge=0, le=EngineSettings().page_offset_max)]
 
 
 def _respond(result: StepResult) -> JSONResponse:
@@ -335,40 +404,45 @@ OPERATIONS = (CREATE, GET, CONFIRM, CAPTURE, CANCEL, REFUND, REFUNDS, LEDGER)
 def _payment_routes(app: FastAPI, services: Services) -> None:
     engine = services.engine
 
-    @app.post(CREATE.path, status_code=201, tags=["payments"])
+    @app.post(CREATE.path, status_code=201, tags=["payments"], operation_id="createPayment",
+              response_model=doc.Payment, responses=doc.CREATE)  # fmt: skip
     async def create_payment(
         request: Request, body: CreatePaymentBody, authorization: Authorization = None,
         key: IdempotencyKey = None,
     ) -> Response:  # fmt: skip
         return await CREATE(request, services, authorization, key, body=body)
 
-    @app.get(GET.path, tags=["payments"])
+    @app.get(GET.path, tags=["payments"], operation_id="getPayment",
+             response_model=doc.Payment, responses=doc.READ)  # fmt: skip
     async def get_payment(
         request: Request, payment_id: str, authorization: Authorization = None
     ) -> Response:
         return await GET(request, services, authorization, payment_id=payment_id)
 
-    @app.get("/v1/payments", tags=["payments"])
+    @app.get("/v1/payments", tags=["payments"], operation_id="listPayments",
+             response_model=doc.PaymentList, responses=doc.LIST)  # fmt: skip
     async def list_payments(
         request: Request,
         authorization: Authorization = None,
-        order_id: str | None = None,
-        limit: int = 20,
-        offset: int = 0,
+        order_id: OrderQuery = None,
+        limit: LimitQuery = 20,
+        offset: OffsetQuery = 0,
     ) -> Response:
         who = await _caller(request, services, authorization)
         views = await services.step(engine.list_payments, who.merchant_id, order_id, limit, offset)
         body = {"data": [view.as_dict() for view in views], "limit": limit, "offset": offset}
         return JSONResponse(body)
 
-    @app.post(CONFIRM.path, tags=["payments"])
+    @app.post(CONFIRM.path, tags=["payments"], operation_id="confirmPayment",
+              response_model=doc.Payment, responses=doc.MOVE)  # fmt: skip
     async def confirm(
         request: Request, payment_id: str, authorization: Authorization = None,
         key: IdempotencyKey = None,
     ) -> Response:  # fmt: skip
         return await CONFIRM(request, services, authorization, key, payment_id)
 
-    @app.post(CAPTURE.path, tags=["payments"])
+    @app.post(CAPTURE.path, tags=["payments"], operation_id="capturePayment",
+              response_model=doc.Payment, responses=doc.MOVE)  # fmt: skip
     async def capture(
         request: Request,
         payment_id: str,
@@ -378,14 +452,16 @@ def _payment_routes(app: FastAPI, services: Services) -> None:
     ) -> Response:
         return await CAPTURE(request, services, authorization, key, payment_id, body)
 
-    @app.post(CANCEL.path, tags=["payments"])
+    @app.post(CANCEL.path, tags=["payments"], operation_id="cancelPayment",
+              response_model=doc.Payment, responses=doc.CANCEL)  # fmt: skip
     async def cancel(
         request: Request, payment_id: str, authorization: Authorization = None,
         key: IdempotencyKey = None,
     ) -> Response:  # fmt: skip
         return await CANCEL(request, services, authorization, key, payment_id)
 
-    @app.post(REFUND.path, tags=["refunds"])
+    @app.post(REFUND.path, tags=["refunds"], operation_id="refundPayment",
+              response_model=doc.RefundAnswer, responses=doc.REFUND)  # fmt: skip
     async def refund(
         request: Request,
         payment_id: str,
@@ -395,19 +471,22 @@ def _payment_routes(app: FastAPI, services: Services) -> None:
     ) -> Response:
         return await REFUND(request, services, authorization, key, payment_id, body)
 
-    @app.get(REFUNDS.path, tags=["refunds"])
+    @app.get(REFUNDS.path, tags=["refunds"], operation_id="listRefunds",
+             response_model=doc.RefundList, responses=doc.READ)  # fmt: skip
     async def list_refunds(
         request: Request, payment_id: str, authorization: Authorization = None
     ) -> Response:
         return await REFUNDS(request, services, authorization, payment_id=payment_id)
 
-    @app.get(LEDGER.path, tags=["ledger"])
+    @app.get(LEDGER.path, tags=["ledger"], operation_id="getPaymentLedger",
+             response_model=doc.Ledger, responses=doc.READ)  # fmt: skip
     async def payment_ledger(
         request: Request, payment_id: str, authorization: Authorization = None
     ) -> Response:
         return await LEDGER(request, services, authorization, payment_id=payment_id)
 
-    @app.get("/v1/balance", tags=["ledger"])
+    @app.get("/v1/balance", tags=["ledger"], operation_id="getBalance",
+             response_model=doc.Balance, responses=doc.LIST)  # fmt: skip
     async def balance(request: Request, authorization: Authorization = None) -> Response:
         who = await _caller(request, services, authorization)
         balances = await services.step(engine.merchant_balance, who.merchant_id)
@@ -417,8 +496,14 @@ def _payment_routes(app: FastAPI, services: Services) -> None:
 async def _caller(
     request: Request, services: Services, authorization: str | None, write: bool = False
 ) -> Principal:
-    who = await services.principal(authorization, write)
-    request.state.merchant_id = who.merchant_id
+    """The caller ``RequestContext`` authenticated before the body was read; authenticated
+    here only for an app served without it."""
+    who: Principal | None = getattr(request.state, "principal", None)
+    if who is None:
+        who = await services.principal(authorization, write, _client_address(request.scope))
+        request.state.merchant_id = who.merchant_id
+    elif write and not who.can_write:
+        raise Forbidden(message=RESTRICTED_WRITE_MESSAGE)
     return who
 
 
@@ -457,7 +542,8 @@ async def take_webhook(services: Services, payload: bytes, signature: str | None
     """Verify a delivery, keep it, apply it, answer 2xx; ``PaychaosError`` if it is refused."""
     now_s = services.clock.now().timestamp()
     try:
-        verify(payload, signature, services.webhook_secret, now_s)
+        if not services.skip_webhook_verification:
+            verify(payload, signature, services.webhook_secret, now_s)
         event = orjson.loads(payload)
         translated = dialect.event_from_stripe(event)
     except WebhookRejected as exc:
@@ -466,7 +552,7 @@ async def take_webhook(services: Services, payload: bytes, signature: str | None
         raise
     except (ValueError, KeyError, TypeError) as exc:
         services.metrics.webhooks.labels(outcome="malformed").inc()
-        raise InvalidRequest("webhook_malformed", "not a provider event", "body") from exc
+        raise InvalidRequest("webhook_malformed", f"not a provider event: {exc}", "body") from exc
     services.metrics.webhook_lag.observe(max(0.0, now_s - int(event["created"])))
     # Kept in the inbox and applied in one unit of work, then answered; one whose
     # application fails is kept pending for the worker to retry (dead letters after
@@ -477,15 +563,18 @@ async def take_webhook(services: Services, payload: bytes, signature: str | None
     return JSONResponse({"received": True, "outcome": stored})
 
 
-# -- webhooks, health, metrics --------------------------------------------------------------
+# -- webhooks and health --------------------------------------------------------------------
 def _operational_routes(app: FastAPI, services: Services) -> None:
-    @app.post(WEBHOOK_PATH, tags=["webhooks"])
+    @app.post(WEBHOOK_PATH, tags=["webhooks"], operation_id="takeProviderWebhook",
+              response_model=doc.WebhookReceipt, responses=doc.WEBHOOK,
+              openapi_extra=doc.WEBHOOK_BODY)  # fmt: skip
     async def psp_webhook(request: Request) -> Response:
         return await take_webhook(
             services, await request.body(), request.headers.get("Stripe-Signature")
         )
 
-    @app.get("/healthz", tags=["operations"])
+    @app.get("/healthz", tags=["operations"], operation_id="healthz",
+             response_model=doc.Health, responses=doc.HEALTH)  # fmt: skip
     async def healthz() -> JSONResponse:
         background = services.background
         if background is not None and background.state is WorkerState.FAILED:
@@ -493,7 +582,8 @@ def _operational_routes(app: FastAPI, services: Services) -> None:
             return JSONResponse({"status": "workers_failed"}, 503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/readyz", tags=["operations"])
+    @app.get("/readyz", tags=["operations"], operation_id="readyz",
+             response_model=doc.Readiness, responses=doc.READY)  # fmt: skip
     async def readyz() -> JSONResponse:
         try:
             await services.step(check_schema, services.engine.db.engine)
@@ -501,18 +591,24 @@ def _operational_routes(app: FastAPI, services: Services) -> None:
             return JSONResponse({"status": "not_ready", "reason": str(exc)[:200]}, 503)
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", tags=["operations"])
-    async def metrics() -> Response:
-        body, content_type = await services.step(services.metrics.render, services)
-        return Response(body, media_type=content_type)
+    # No /metrics here: it is served apart (Services.metrics_listener, --metrics-port), so
+    # whoever reaches the API cannot read volumes, backlogs and the provider's health.
 
 
 # -- errors and request ids ------------------------------------------------------------------
+INTERNAL_ERROR = {"code": "internal_error", "message": "an unexpected error; nothing was changed"}
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# The query parameters a route takes; any other is refused (400 parameter_unknown), as
+# a body's unknown field is: a misspelt ?ofset= must not pass for the first page.
+QUERY_PARAMETERS = {("GET", "/v1/payments"): ("order_id", "limit", "offset")}
+
+
 def _error(request: Request, status: int, body: dict[str, Any]) -> JSONResponse:
     return _error_json(getattr(request.state, "request_id", None), status, body)
 
 
 def _error_json(request_id: str | None, status: int, body: dict[str, Any]) -> JSONResponse:
+    body.setdefault("field", None)  # one shape for every error: code, message, field, request_id
     body["request_id"] = request_id
     return JSONResponse({"error": body}, status_code=status)
 
@@ -522,6 +618,9 @@ def refusal(request_id: str | None, exc: PaychaosError) -> JSONResponse:
     response = _error_json(request_id, exc.http_status, exc.as_dict())
     if isinstance(exc, RateLimited):
         response.headers["Retry-After"] = str(max(1, round(exc.retry_after_s + 0.5)))
+    if isinstance(exc, PayloadTooLarge):
+        # The rest of the body is not read: the connection cannot carry another request.
+        response.headers["Connection"] = "close"
     return response
 
 
@@ -532,28 +631,26 @@ def _install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        where = [str(part) for part in first["loc"] if part not in {"body", "query", "path"}]
-        body = {"code": "invalid_request", "message": str(first["msg"]), "field": ".".join(where)}
-        return _error(request, 400, body)
+        return refusal(getattr(request.state, "request_id", None), invalid_field(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(request, exc.status_code, {"code": code, "message": str(exc.detail)})
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error", extra={"request_id": request.state.request_id})
-        body = {"code": "internal_error", "message": "an unexpected error; nothing was changed"}
-        return _error(request, 500, body)
+        response = _error(request, exc.status_code, {"code": code, "message": str(exc.detail)})
+        if exc.status_code == 405:  # RFC 9110: a 405 names what the path takes
+            response.headers["Allow"] = doc.allowed_methods(request.app.routes, request.url.path)
+        return response
 
 
 class RequestContext:
-    """Pure ASGI: a request id on every answer, the latency histogram and one log line.
+    """Pure ASGI, in front of every route: a request id on every answer, the gate of
+    ``engine.entrypoints.http_guard`` (body size, then the caller, before anything is
+    read), the latency histogram and one log line.
 
-    (Starlette's ``BaseHTTPMiddleware`` ran each request through an extra task and
-    memory streams; this only wraps ``send``.)
+    An exception that escapes a route is answered here, a 500 with the error shape,
+    instead of going on to the server, which would reset the connection: the client's
+    next request on it then fails too. (Starlette's ``BaseHTTPMiddleware`` ran each
+    request through an extra task and memory streams; this only wraps ``send``.)
     """
 
     def __init__(self, app: ASGIApp, services: Services) -> None:
@@ -578,7 +675,7 @@ class RequestContext:
         state["request_id"] = request_id
         header = (REQUEST_ID_HEADER.lower().encode(), request_id.encode())
         started = time.perf_counter()
-        status = 500
+        status = 0
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -588,17 +685,42 @@ class RequestContext:
             await send(message)
 
         try:
-            found = self.fast.match(scope["method"], scope["path"])
-            if found is not None:
-                state["route"] = found[0]
-                instead = await self.fast.serve(found, scope, receive, send_with_id)
-                if instead is None:
-                    return  # answered
-                receive = instead
-                del state["route"]
-            await self.app(scope, receive, send_with_id)
+            await self._route(scope, receive, send_with_id)
+        except Exception:
+            if status:
+                raise  # the answer is under way: only the server can end it now
+            log.exception("unexpected error", extra={"request_id": request_id})
+            await _error_json(request_id, 500, dict(INTERNAL_ERROR))(scope, receive, send_with_id)
         finally:
-            self._record(scope, state, status, time.perf_counter() - started)
+            self._record(scope, state, status or 500, time.perf_counter() - started)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope["state"]
+        method: str = scope["method"]
+        path: str = scope["path"]
+        bytes_max = WEBHOOK_BODY_BYTES_MAX if path == WEBHOOK_PATH else API_BODY_BYTES_MAX
+        try:
+            declared_length(scope["headers"], bytes_max)
+            if path.startswith("/v1/"):
+                allowed = QUERY_PARAMETERS.get((method, path), ())
+                refuse_unknown_query(scope["query_string"], allowed)
+            if path.startswith("/v1/") and path != WEBHOOK_PATH:
+                who = await self.services.principal(
+                    _header(scope, b"authorization"), method not in SAFE_METHODS,
+                    _client_address(scope),
+                )  # fmt: skip
+                state["principal"] = who
+                state["merchant_id"] = who.merchant_id
+        except PaychaosError as exc:
+            await refusal(state["request_id"], exc)(scope, receive, send)
+            return
+        receive = bounded(receive, bytes_max)
+        found = self.fast.match(method, path)
+        if found is not None:
+            state["route"] = found[0]
+            await self.fast.serve(found, scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
     def _record(self, scope: Scope, state: dict[str, Any], status: int, elapsed_s: float) -> None:
         path = str(state.get("route") or getattr(scope.get("route"), "path", "unmatched"))
@@ -620,18 +742,27 @@ class RequestContext:
             )  # fmt: skip
 
 
-FAST_BODY_BYTES_MAX = 64 * 1024  # larger bodies (none of the API's) go the long way
+def _header(scope: Scope, name: bytes) -> str | None:
+    """The first ``name`` header, as Starlette reads it."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else ""
 
 
 class FastPath:
     """The payment routes and the webhook intake without FastAPI's machinery per request.
 
-    It serves only what it is sure of: a matching method and path, and a body that is
-    absent (where the route allows that) or JSON that the route's pydantic model takes.
-    Anything else (a body to refuse, another content type, a large body) goes on to
-    FastAPI with its body, so refusals and their wording stay FastAPI's. The answers
-    are the same operations the FastAPI routes run, and typed errors get the same
-    ``refusal``. FastAPI still declares every route: it is the API's documentation.
+    It answers every request whose method and path it knows: the operation FastAPI's
+    route would run (the same ``Operation``), its body parsed and validated by
+    ``http_guard.parse_json_body`` and its errors answered by the same ``refusal``.
+    FastAPI still declares every route: it is the API's documentation, and it answers
+    the paths and methods this does not know (404, 405).
     """
 
     def __init__(self, services: Services) -> None:
@@ -661,77 +792,43 @@ class FastPath:
 
     async def serve(
         self, found: tuple[str, Operation | None, str], scope: Scope, receive: Receive, send: Send
-    ) -> Receive | None:
-        """Answer, and return None; or return what FastAPI should receive instead."""
-        body, complete = await _read_body(receive, FAST_BODY_BYTES_MAX)
-        if not complete:
-            return None if body is None else _replay(body, receive, more_body=True)
-        assert body is not None
-        headers: dict[bytes, str] = {}
-        for name, value in scope["headers"]:
-            headers.setdefault(name, value.decode("latin-1"))  # the first, as Starlette reads
+    ) -> None:
         state = scope["state"]
         _, op, payment_id = found
         try:
+            body = await _read_body(receive)
+            if body is None:
+                return  # the client left: nobody to answer
             if op is None:
-                response = await take_webhook(self.services, body, headers.get(b"stripe-signature"))
+                signature = _header(scope, b"stripe-signature")
+                response = await take_webhook(self.services, body, signature)
             else:
-                parsed = self._parse(op, body, headers.get(b"content-type", ""))
-                if parsed is _LONG_WAY:
-                    return _replay(body, receive)
-                who = await self.services.principal(headers.get(b"authorization"), op.write)
-                state["merchant_id"] = who.merchant_id
-                key = headers.get(b"idempotency-key") or ""
-                response = await op.run(Call(self.services, who, payment_id, key, parsed))
+                parsed = self._parse(op, body, _header(scope, b"content-type") or "")
+                key = _header(scope, b"idempotency-key") or ""
+                response = await op.run(Call(self.services, state["principal"], payment_id,
+                                             key, parsed))  # fmt: skip
         except PaychaosError as exc:
             response = refusal(state["request_id"], exc)
         await response(scope, receive, send)
-        return None
 
     @staticmethod
     def _parse(op: Operation, body: bytes, content_type: str) -> Any:
         if op.body is None:
-            return None  # FastAPI reads no body for these routes either
+            return None  # the route takes no body (FastAPI reads none for it either)
         if not body:
-            return _LONG_WAY if op.body_required else None
-        if content_type.split(";", 1)[0].strip().lower() != "application/json":
-            return _LONG_WAY
-        try:
-            return op.body.model_validate(json.loads(body))
-        except ValueError:  # pydantic's ValidationError and JSON's errors alike
-            return _LONG_WAY
+            if op.body_required:
+                raise InvalidRequest("body_missing", "this request needs a JSON body", "body")
+            return None
+        return parse_json_body(op.body, body, content_type)
 
 
-_LONG_WAY = object()
-
-
-async def _read_body(receive: Receive, bytes_max: int) -> tuple[bytes | None, bool]:
-    """(the body, True); or (what was read, False) past ``bytes_max``; (None, False) if
-    the client disconnected first."""
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole body (``receive`` bounds it), or None if the client disconnected first."""
     chunks: list[bytes] = []
-    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return None, False
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        chunks.append(chunk)
+            return None
+        chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
-            return b"".join(chunks), True
-        if size > bytes_max:
-            return b"".join(chunks), False
-
-
-def _replay(body: bytes, receive: Receive, more_body: bool = False) -> Receive:
-    """``receive`` as it was before ``body`` was read from it."""
-    replayed = False
-
-    async def again() -> Message:
-        nonlocal replayed
-        if replayed:
-            return await receive()
-        replayed = True
-        return {"type": "http.request", "body": body, "more_body": more_body}
-
-    return again
+            return b"".join(chunks)

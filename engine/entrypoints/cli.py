@@ -7,11 +7,14 @@ import random
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
+from engine.adapters.api_keys import KeyInfo
 from engine.adapters.database import Database, SchemaOutOfDate, check_schema, upgrade
 from engine.adapters.fake_provider import FakeProvider
 from engine.audit import audit as run_audit
@@ -21,6 +24,9 @@ from engine.domain.ports import FixedClock, SeededIds
 from engine.entrypoints.render import audit_table, history_table, ledger_table
 from engine.service.driver import perform, recover
 from engine.service.engine import PaymentEngine
+
+if TYPE_CHECKING:  # serve imports the web stack: only `serve engine` loads it
+    from engine.entrypoints.serve import ServiceSettings
 
 app = typer.Typer(
     help="paychaos: prove that payment code handles money correctly under failure.",
@@ -178,6 +184,16 @@ def bench_api(
     raise typer.Exit(run(small=small, db_url=db_url, console=console))
 
 
+@bench_app.command("guard")
+def bench_guard(
+    small: Annotated[bool, typer.Option("--small", help="20 MB bodies instead of 200 MB.")] = False,
+) -> None:
+    """What an oversized request costs the API: time to its 413 and peak memory growth."""
+    from loadtests.bench_guard import run
+
+    raise typer.Exit(run(small=small, console=console))
+
+
 @serve_app.command("psp")
 def serve_psp(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
@@ -230,6 +246,70 @@ def keys_create(
     console.print(f"{key_id} {kind} key for {merchant} (shown once): {secret}")
 
 
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="KEY_ID", help="The key's id, as keys create printed it (keys list shows it)."
+        ),
+    ],
+    db: DbUrl,
+) -> None:
+    """Revoke an API key: every engine process refuses it within a second."""
+    from engine.adapters.api_keys import REVOCATION_S_MAX, Revoked
+    from engine.domain.validation import parse_identifier
+    from engine.entrypoints.serve import revoke_api_key
+
+    try:
+        parse_identifier(key_id, "KEY_ID")
+    except PaychaosError as exc:
+        fail(f"KEY_ID: {exc.message}")
+    try:
+        outcome = revoke_api_key(db, key_id)
+    except PaychaosError as exc:  # a stale schema, an unavailable store
+        fail(f"--db: {exc.message}")
+    except Exception as exc:
+        fail(f"--db: cannot use {db!r}: {type(exc).__name__}: {exc}")
+    shown = escape(repr(key_id))  # the operator's text, not rich markup
+    if outcome is Revoked.UNKNOWN:
+        fail(f"KEY_ID: no API key {shown} in this database (paychaos keys list shows them)")
+    if outcome is Revoked.ALREADY:
+        fail(f"KEY_ID: the API key {shown} is already revoked")
+    console.print(f"{shown} revoked: refused by every engine process within {REVOCATION_S_MAX:g} s")
+
+
+@keys_app.command("list")
+def keys_list(
+    db: DbUrl,
+    merchant: Annotated[str | None, typer.Option(help="Only this merchant's keys.")] = None,
+) -> None:
+    """API keys by id, oldest first: never the keys themselves, only their prefixes."""
+    from engine.adapters.api_keys import LIST_ROWS_MAX
+    from engine.entrypoints.serve import list_api_keys
+
+    try:
+        keys = list_api_keys(db, merchant)
+    except PaychaosError as exc:
+        fail(f"--db: {exc.message}")
+    except Exception as exc:
+        fail(f"--db: cannot use {db!r}: {type(exc).__name__}: {exc}")
+    console.print(_keys_table(keys))
+    if len(keys) == LIST_ROWS_MAX:
+        console.print(f"the first {LIST_ROWS_MAX} only: narrow with --merchant")
+
+
+def _keys_table(keys: list[KeyInfo]) -> Table:
+    table = Table("id", "merchant", "kind", "prefix", "created", "revoked", title="API keys")
+    for key in keys:
+        revoked = key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else "-"
+        table.add_row(
+            escape(key.id), escape(key.merchant_id), key.kind, escape(f"{key.prefix}..."),
+            key.created_at.isoformat(timespec="seconds"), revoked,
+        )  # fmt: skip
+    return table
+
+
 @serve_app.command("engine")
 def serve_engine(
     db: Annotated[str, typer.Option("--db", help="Database URL.")] = "sqlite:///paychaos.db",
@@ -238,10 +318,37 @@ def serve_engine(
     ),
     psp_key: Annotated[str, typer.Option(help="The provider API key.")] = "sk_test_paychaos",
     webhook_secret: Annotated[
-        str, typer.Option(envvar="PAYCHAOS_WEBHOOK_SECRET", help="The webhook signing secret.")
+        str,
+        typer.Option(
+            envvar="PAYCHAOS_WEBHOOK_SECRET",
+            help="The provider's webhook signing secret (whsec_...); required. Prefer the "
+            "environment variable: a command line is visible to every user of the machine.",
+        ),
     ] = "",
+    insecure_skip_webhook_verification: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-skip-webhook-verification",
+            help="DANGEROUS, for tests only: serve without a webhook secret and take every "
+            "webhook as genuine, signed or not. Anybody who can reach /v1/webhooks/psp can "
+            "then forge provider events (a dispute, a refund) and move money. Logged as a "
+            "warning by every process.",
+        ),
+    ] = False,
     host: str = "127.0.0.1",
     port: int = 8000,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            help="Serve Prometheus /metrics on this port, apart from the API (0: not served; "
+            "never on the API's port). With --workers N the first process to start serves "
+            "it: its own counters, and the database's.",
+        ),
+    ] = 0,
+    metrics_host: Annotated[
+        str,
+        typer.Option(help="Interface for --metrics-port; keep it private to the scraper."),
+    ] = "127.0.0.1",
     workers: Annotated[
         int, typer.Option(help="API processes; one at a time runs the engine's workers.")
     ] = 1,
@@ -296,11 +403,10 @@ def serve_engine(
         worker_interval_s=worker_interval_s, recovery_schedule_s=schedule,
         circuit_open_s=circuit_open_s, recon_interval_s=recon_interval_s,
         recon_delay_s=recon_delay_s, payout_interval_s=payout_interval_s,
-        step_threads=step_threads,
+        step_threads=step_threads, skip_webhook_verification=insecure_skip_webhook_verification,
+        metrics_host=metrics_host, metrics_port=metrics_port, api_processes=workers,
     )  # fmt: skip
-    problem = settings.problem()
-    if problem is not None:
-        fail(f"--{problem[0].replace('_', '-')}: {problem[1]}")
+    _refuse_serve_settings(settings, port)
     try:
         database = Database(db)
         check_schema(database.engine)
@@ -309,13 +415,56 @@ def serve_engine(
         fail(f"--db: {exc.message}")
     except Exception as exc:
         fail(f"--db: cannot use {db!r}: {type(exc).__name__}: {exc}")
-    if not 1 <= workers <= 64:
-        fail("--workers: between 1 and 64")
+    _announce(settings, host, port)
     os.environ.update(settings.to_env())
     uvicorn.run(
         "engine.entrypoints.serve:app_from_env", factory=True, host=host, port=port,
         workers=workers, log_level="warning",
     )  # fmt: skip
+
+
+def _refuse_serve_settings(settings: ServiceSettings, port: int) -> None:
+    """Exit 2 naming the option of the first setting that cannot work, before the database."""
+    problem = settings.problem()
+    if problem is not None:
+        fail(f"--{problem[0].replace('_', '-')}: {problem[1]}")
+    unsigned = settings.webhook_problem()
+    if unsigned is not None:
+        fail(f"--webhook-secret: {unsigned}")
+    if settings.metrics_port and settings.metrics_port == port:
+        fail("--metrics-port: must differ from --port (metrics are never served on the API's)")
+    if settings.metrics_port:
+        # Checked here for a clear message: later, with --workers N, a port in use reads
+        # as "a sibling process serves it" and the metrics would silently be someone else's.
+        unbound = _bind_problem(settings.metrics_host, settings.metrics_port)
+        if unbound is not None:
+            fail(f"--metrics-port: cannot listen on {settings.metrics_host}:"
+                 f"{settings.metrics_port} (--metrics-host): {unbound}")  # fmt: skip
+
+
+def _bind_problem(host: str, port: int) -> str | None:
+    """Why a listener could not bind ``host:port`` now (in use, no such address); None if it can."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the listener binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
+def _announce(settings: ServiceSettings, host: str, port: int) -> None:
+    if settings.skip_webhook_verification:
+        from engine.entrypoints.serve import INSECURE_WARNING
+
+        # One line whatever the width: whoever greps the service's log finds it whole.
+        console.print(f"[bold red]WARNING:[/] {escape(INSECURE_WARNING)}", soft_wrap=True)
+    console.print(f"engine API on http://{host}:{port}")
+    if settings.metrics_port:
+        console.print(f"metrics on http://{settings.metrics_host}:{settings.metrics_port}/metrics")
 
 
 @app.command("load")

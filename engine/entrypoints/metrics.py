@@ -12,11 +12,27 @@ Two sources, refreshed when ``/metrics`` is scraped:
   says which one that is; the others stand by).
 
 With several API processes each keeps its own counters: a scrape sees one.
+
+They are served by ``MetricsListener``, on a port of their own (``serve engine
+--metrics-port``), never on the API's: what they tell (volumes, backlogs, the
+provider's health) is for the operator's scraper, not for whoever reaches the API.
+With ``--workers N`` one process binds that port, the first to start, and serves
+every scrape; the others find it taken and stand by (a replacement of the one that
+dies binds it again). So scrapes are not spread at random over the processes, as
+SO_REUSEPORT would spread them: what is read from the database is the whole
+service's, and this process's own counters are always the same process's (its
+``paychaos_worker_state`` says whether it runs the workers). For every process's
+counters, run several one-process engines, each with its own metrics port.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import errno
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,8 +45,12 @@ from engine.adapters.psp_http import CircuitState
 from engine.domain.states import PaymentState
 from engine.workers.background import BackgroundWorker, WorkerState
 
+log = logging.getLogger("paychaos.metrics")
 CIRCUIT_VALUE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
 INBOX_WAITING = ("pending", "dead")
+METRICS_PATH = "/metrics"
+SCRAPE_TIMEOUT_S = 10.0
+LISTENER_STOP_S_MAX = 5.0
 
 
 class Metrics:
@@ -228,3 +248,86 @@ def _worker_totals(background: BackgroundWorker) -> Iterator[Metric]:
         "paychaos_worker_last_loop_duration_seconds", "How long the last loop took",
         value=r.last_loop_s,
     )  # fmt: skip
+
+
+Render = Callable[[], tuple[bytes, str]]
+
+
+class MetricsListener:
+    """``GET /metrics`` on an address of its own, served by one thread of this process.
+
+    The standard library's HTTP server, one scrape at a time: scrapes are seconds
+    apart and each reads the database, so more threads would only queue there. The
+    port is bound by ``start`` (the app's startup) and released by ``stop``. A port
+    in use stops the server before it serves anything, unless the listener is
+    ``shared`` by the processes of one ``serve engine``: then another of them has it.
+    """
+
+    def __init__(self, host: str, port: int, render: Render, shared: bool = False) -> None:
+        assert 0 <= port <= 65_535
+        self.host = host
+        self.port = port
+        self.render = render
+        self.shared = shared
+        self._server: _ScrapeServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> bool:
+        """True when this process serves the metrics; False when a sibling process does."""
+        assert self._server is None, "started twice"
+        try:
+            self._server = _ScrapeServer((self.host, self.port), self.render)
+        except OSError as exc:
+            if not (self.shared and exc.errno == errno.EADDRINUSE):
+                raise
+            log.info("another API process serves the metrics", extra={"port": self.port})
+            return False
+        self.port = self._server.server_address[1]  # the port bound, when 0 asked for any
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="paychaos-metrics", daemon=True
+        )
+        self._thread.start()
+        return True
+
+    def stop(self) -> None:
+        server, thread, self._server, self._thread = self._server, self._thread, None, None
+        if server is None or thread is None:
+            return
+        server.shutdown()  # waits for the scrape in progress (bounded by SCRAPE_TIMEOUT_S)
+        server.server_close()
+        thread.join(LISTENER_STOP_S_MAX)
+
+
+class _ScrapeServer(HTTPServer):
+    def __init__(self, address: tuple[str, int], render: Render) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.render = render
+        super().__init__(address, _ScrapeHandler)
+
+
+class _ScrapeHandler(BaseHTTPRequestHandler):
+    server: _ScrapeServer
+    timeout = SCRAPE_TIMEOUT_S  # a client that stalls holds the one thread this long at most
+
+    def do_GET(self) -> None:
+        if self.path.split("?", 1)[0] != METRICS_PATH:
+            self._answer(404, b"not found: metrics are at /metrics\n", "text/plain")
+            return
+        try:
+            body, content_type = self.server.render()
+        except Exception:  # the database away, say: the scraper sees a failed scrape
+            log.exception("metrics scrape failed")
+            self._answer(503, b"metrics unavailable\n", "text/plain")
+            return
+        self._answer(200, body, content_type)
+
+    def _answer(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: a line per scrape on standard error is noise (failures are logged)."""

@@ -7,10 +7,16 @@ engine`` sets them and starts uvicorn.
 Unless ``workers`` is off, each app also carries the engine's workers
 (``engine.workers.background``), started and stopped by the app's lifespan;
 with several processes on one database, one of them runs them at a time.
+
+Fail closed: without a webhook signing secret nothing is built (``InsecureSettings``)
+unless ``skip_webhook_verification`` says so by name, and then every process logs a
+warning when it starts. ``/metrics`` is served only on ``metrics_port`` (0: not at all).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import secrets
 from dataclasses import dataclass
@@ -18,14 +24,15 @@ from datetime import timedelta
 
 from fastapi import FastAPI
 
-from engine.adapters.api_keys import PREFIXES, KeyStore
+from engine.adapters.api_keys import PREFIXES, KeyInfo, KeyStore, Revoked
 from engine.adapters.database import Database, check_schema
 from engine.adapters.psp_http import CircuitBreaker, HttpProvider, RetryPolicy
 from engine.adapters.urllib3_transport import Urllib3Transport
 from engine.entrypoints import sqlite_turns
-from engine.entrypoints.api import Services, TokenBucket, create_app
+from engine.entrypoints.api import Services, create_app
+from engine.entrypoints.http_guard import TokenBucket
 from engine.entrypoints.logs import configure as configure_logs
-from engine.entrypoints.metrics import Metrics
+from engine.entrypoints.metrics import Metrics, MetricsListener
 from engine.entrypoints.system import RandomIds, SystemClock
 from engine.service.engine import RECOVERY_SCHEDULE, EngineSettings, PaymentEngine
 from engine.service.reconciliation import Reconciler
@@ -34,6 +41,7 @@ from engine.workers.inbox import SafetyNetInbox
 from engine.workers.payouts import PayoutScheduler
 from engine.workers.reconciliation import HttpReportSource, ReconciliationWorker
 
+log = logging.getLogger("paychaos.serve")
 DEFAULT_DB_URL = "sqlite:///paychaos.db"
 DEFAULT_PSP_URL = "http://127.0.0.1:12111"
 DEFAULT_RECOVERY_SCHEDULE_S = tuple(step.total_seconds() for step in RECOVERY_SCHEDULE)
@@ -45,6 +53,17 @@ RECON_LATENESS_S = 300
 # more threads only wait; PostgreSQL runs steps side by side while others wait on I/O.
 STEP_THREADS = {"sqlite": 1, "postgresql": 8}
 INBOX_SAFETY_NET_S = 5.0
+DEFAULT_METRICS_HOST = "127.0.0.1"
+INSECURE_ENV = "PAYCHAOS_INSECURE_SKIP_WEBHOOK_VERIFICATION"
+INSECURE_WARNING = (
+    "webhook signatures are NOT verified (--insecure-skip-webhook-verification): anybody "
+    "who can reach /v1/webhooks/psp can forge provider events and move money; "
+    "never run this way outside a test"
+)
+
+
+class InsecureSettings(ValueError):
+    """Settings that would leave the webhook intake open without saying so."""
 
 
 def parse_schedule(text: str) -> tuple[float, ...]:
@@ -69,7 +88,7 @@ class ServiceSettings:
     db_url: str = DEFAULT_DB_URL
     psp_url: str = DEFAULT_PSP_URL
     psp_api_key: str = "sk_test_paychaos"
-    webhook_secret: str = ""
+    webhook_secret: str = ""  # required unless skip_webhook_verification
     provider_timeout_s: float = 5.0
     rate_per_s: float = 100.0
     rate_burst: float = 200.0
@@ -84,6 +103,14 @@ class ServiceSettings:
     payout_interval_s: float = 0.0
     # Threads for the engine's steps per process (0: as suits the database, STEP_THREADS).
     step_threads: int = 0
+    # Accept unsigned webhooks (tests only): never implied by a missing secret.
+    skip_webhook_verification: bool = False
+    # /metrics on a listener of its own (0: not served at all; never on the API's port).
+    metrics_host: str = DEFAULT_METRICS_HOST
+    metrics_port: int = 0
+    # API processes of one server (serve engine --workers): the first to start binds
+    # metrics_port, the others leave it to that one.
+    api_processes: int = 1
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
@@ -106,6 +133,10 @@ class ServiceSettings:
             recon_delay_s=float(env.get("PAYCHAOS_RECON_DELAY_S", "3600")),
             payout_interval_s=float(env.get("PAYCHAOS_PAYOUT_INTERVAL_S", "0")),
             step_threads=int(env.get("PAYCHAOS_STEP_THREADS", "0")),
+            skip_webhook_verification=env.get(INSECURE_ENV) == "1",
+            metrics_host=env.get("PAYCHAOS_METRICS_HOST", DEFAULT_METRICS_HOST),
+            metrics_port=int(env.get("PAYCHAOS_METRICS_PORT", "0")),
+            api_processes=int(env.get("PAYCHAOS_API_PROCESSES", "1")),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -125,7 +156,22 @@ class ServiceSettings:
             "PAYCHAOS_RECON_DELAY_S": str(self.recon_delay_s),
             "PAYCHAOS_PAYOUT_INTERVAL_S": str(self.payout_interval_s),
             "PAYCHAOS_STEP_THREADS": str(self.step_threads),
+            INSECURE_ENV: "1" if self.skip_webhook_verification else "0",
+            "PAYCHAOS_METRICS_HOST": self.metrics_host,
+            "PAYCHAOS_METRICS_PORT": str(self.metrics_port),
+            "PAYCHAOS_API_PROCESSES": str(self.api_processes),
         }
+
+    def webhook_problem(self) -> str | None:
+        """Why the webhook intake cannot be served as configured; None when it can."""
+        if self.webhook_secret or self.skip_webhook_verification:
+            return None
+        return (
+            "a webhook signing secret is required (--webhook-secret or "
+            "PAYCHAOS_WEBHOOK_SECRET): without one any forged provider event would be taken "
+            "as genuine. For a test only, --insecure-skip-webhook-verification accepts "
+            "unsigned events"
+        )
 
     def problem(self) -> tuple[str, str] | None:
         """The first setting that cannot work, as (setting, why); None when all can."""
@@ -142,13 +188,23 @@ class ServiceSettings:
             return "circuit_open_s", "above 0 and at most 3600 seconds"
         if not 0 <= self.step_threads <= 64:
             return "step_threads", "0 (as suits the database) to 64"
+        if not 0 <= self.metrics_port <= 65_535:
+            return "metrics_port", "0 (off) or a TCP port up to 65535"
+        if not 1 <= self.api_processes <= 64:
+            return "workers", "between 1 and 64"
         if not (self.payout_interval_s == 0 or 60 <= self.payout_interval_s <= 30 * 86_400):
             return "payout_interval_s", "0 (off), or 60 seconds to 30 days"
         return recon_problem(self.recon_interval_s, self.recon_delay_s)
 
 
 def build_services(settings: ServiceSettings) -> Services:
-    """Wire the engine, its provider, its keys and its workers; a stale schema is refused here."""
+    """Wire the engine, its provider, its keys and its workers; a stale schema is refused
+    here, and so (``InsecureSettings``) is a webhook intake without a secret."""
+    refused = settings.webhook_problem()
+    if refused is not None:
+        raise InsecureSettings(f"webhook_secret: {refused}")
+    if settings.skip_webhook_verification:
+        log.warning(INSECURE_WARNING)  # in every process, each time one starts
     database = Database(settings.db_url)
     check_schema(database.engine)
     sqlite_turns.install(database.engine)
@@ -161,12 +217,20 @@ def build_services(settings: ServiceSettings) -> Services:
         retry=RetryPolicy(attempts_max=1), breaker=CircuitBreaker(open_s=settings.circuit_open_s),
         transport=transport_for(settings.psp_url),
     )  # fmt: skip
-    return Services(
+    services = Services(
         engine, provider, KeyStore(database), clock, settings.webhook_secret, Metrics(),
         TokenBucket(settings.rate_per_s, settings.rate_burst),
         background=build_workers(engine, settings) if settings.workers else None,
         step_threads=settings.step_threads or STEP_THREADS.get(database.dialect, 4),
+        skip_webhook_verification=settings.skip_webhook_verification,
     )  # fmt: skip
+    if settings.metrics_port:
+        services.metrics_listener = MetricsListener(
+            settings.metrics_host, settings.metrics_port,
+            functools.partial(services.metrics.render, services),
+            shared=settings.api_processes > 1,
+        )  # fmt: skip
+    return services
 
 
 def transport_for(psp_url: str) -> Urllib3Transport | None:
@@ -243,3 +307,22 @@ def new_api_key(database_url: str, merchant_id: str, kind: str) -> tuple[str, st
     KeyStore(database).create(key_id, merchant_id, kind, secret, SystemClock().now())
     database.dispose()
     return key_id, secret
+
+
+def revoke_api_key(database_url: str, key_id: str) -> Revoked:
+    """Revoke a key now; every process refuses it within ``api_keys.REVOCATION_S_MAX``."""
+    database = Database(database_url)
+    try:
+        check_schema(database.engine)
+        return KeyStore(database).revoke(key_id, SystemClock().now())
+    finally:
+        database.dispose()
+
+
+def list_api_keys(database_url: str, merchant_id: str | None) -> list[KeyInfo]:
+    database = Database(database_url)
+    try:
+        check_schema(database.engine)
+        return KeyStore(database).list_keys(merchant_id)
+    finally:
+        database.dispose()

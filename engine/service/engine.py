@@ -117,6 +117,9 @@ class EngineSettings:
     idempotency_retention: timedelta = timedelta(hours=24)
     step_retry_max: int = 8
     page_size_max: int = 100
+    # Past this a list is paged by order_id, not by position; the bound also keeps an
+    # offset inside the 64-bit integers every database takes.
+    page_offset_max: int = 1_000_000
     expiry_batch_max: int = 1000
     recovery_schedule: tuple[timedelta, ...] = RECOVERY_SCHEDULE
     webhook_attempts_max: int = 5
@@ -1216,6 +1219,7 @@ class PaymentEngine:
     ) -> PaymentView:
         """A payment with its history and refunds (and, ``with_lines``, a split payment's
         lines), read in one unit of work; another merchant's payment is not found."""
+        parse_identifier(payment_id, "payment_id")
 
         def step(s: Store) -> PaymentView:
             payment = self._owned(s, payment_id, merchant_id)
@@ -1234,8 +1238,12 @@ class PaymentEngine:
             raise InvalidRequest(
                 "limit_invalid", f"limit is 1 to {self.settings.page_size_max}", field="limit"
             )
-        if offset < 0:
-            raise InvalidRequest("offset_invalid", "offset is not negative", field="offset")
+        if not 0 <= offset <= self.settings.page_offset_max:
+            raise InvalidRequest(
+                "offset_invalid", f"offset is 0 to {self.settings.page_offset_max}", field="offset"
+            )
+        if order_id is not None:
+            parse_identifier(order_id, "order_id")
 
         def step(s: Store) -> list[PaymentView]:
             rows = s.payments(merchant_id, order_id, limit, offset)
@@ -1247,6 +1255,7 @@ class PaymentEngine:
         self, payment_id: str, merchant_id: str | None = None
     ) -> list[tuple[Row, list[Row]]]:
         """A payment's journals with their entries; another merchant's is not found."""
+        parse_identifier(payment_id, "payment_id")
 
         def step(s: Store) -> list[tuple[Row, list[Row]]]:
             if merchant_id is not None:

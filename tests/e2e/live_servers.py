@@ -3,6 +3,11 @@
 Each server runs in a session of its own (so a SIGKILL takes the engine's
 uvicorn worker processes with it) on a port chosen at run time; readiness and
 every later condition are polled with a bound, never slept for.
+
+The engine always has a webhook signing secret (it refuses to start without one):
+``WEBHOOK_SECRET`` unless a test registers an endpoint on the mock PSP, which then
+answers the secret to give it. Its ``/metrics`` is on a port of its own,
+``Server.metrics_url``.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ READY_S_MAX = 90.0
 STOP_S_MAX = 30.0
 POLL_S = 0.05
 MERCHANT = "m_robust"
+# For engines whose provider has no webhook endpoint registered (nothing is delivered);
+# a test that registers one passes the secret the mock PSP answered instead.
+WEBHOOK_SECRET = "whsec_live_servers_unregistered_0123456789"
 
 
 def wait_until(check: Callable[[], Any], what: str, timeout_s: float = 120.0) -> Any:
@@ -52,6 +60,7 @@ class Server:
     ready_path: str
     log: Path
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    metrics_url: str = ""  # the engine's metrics listener
     process: subprocess.Popen[bytes] | None = None
     _out: IO[bytes] | None = None
 
@@ -132,15 +141,17 @@ def engine_server(
     tmp_path: Path,
     db_url: str,
     psp_url: str,
-    webhook_secret: str = "",
+    webhook_secret: str = WEBHOOK_SECRET,
     *extra: str,
     port: int | None = None,
 ) -> Server:
-    port = port or free_port()
-    args = cli("serve", "engine", "--db", db_url, "--psp", psp_url, "--port", str(port), *extra)
+    """``serve engine`` on ``port`` (any free one by default), its metrics on another."""
+    port, metrics_port = port or free_port(), free_port()
+    args = cli("serve", "engine", "--db", db_url, "--psp", psp_url, "--port", str(port),
+               "--metrics-port", str(metrics_port), *extra)  # fmt: skip
     env = {**os.environ, "PAYCHAOS_WEBHOOK_SECRET": webhook_secret}
     return Server("engine", args, f"http://127.0.0.1:{port}", "/readyz",
-                  tmp_path / "engine.log", env)  # fmt: skip
+                  tmp_path / "engine.log", env, f"http://127.0.0.1:{metrics_port}")  # fmt: skip
 
 
 def new_database(db_url: str) -> str:
@@ -168,9 +179,12 @@ def ground_truth(psp_url: str) -> dict[str, Any]:
     return truth
 
 
-def metrics(engine_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of ``/metrics``, by (name, sorted labels)."""
-    text = httpx.get(f"{engine_url}/metrics", timeout=10.0).text
+def metrics(metrics_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the engine's metrics listener (``Server.metrics_url``), by
+    (name, sorted labels)."""
+    response = httpx.get(f"{metrics_url}/metrics", timeout=10.0)
+    assert response.status_code == 200, response.text
+    text = response.text
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)

@@ -106,9 +106,13 @@ def state_of(client: TestClient, payment_id: str) -> str:
 
 
 def samples(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """What the app's metrics listener would answer (it is not on the API's port)."""
+    app: Any = client.app
+    services: Services = app.state.services
+    text = services.metrics.render(services)[0].decode()
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(client.get("/metrics").text)
+        for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
 

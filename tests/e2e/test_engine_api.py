@@ -226,11 +226,12 @@ def test_webhooks_are_verified_stored_and_applied_once(
         assert inbox.all() == [("evt_1", "applied")]
 
 
-def test_operations_endpoints(client: TestClient) -> None:
+def test_operations_endpoints(client: TestClient, services: Services) -> None:
     create(client)
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready"}
-    text = client.get("/metrics").text
+    assert client.get("/metrics").status_code == 404  # only on the metrics listener's port
+    text = services.metrics.render(services)[0].decode()
     for name in (
         "paychaos_http_request_duration_seconds", "paychaos_payments", "paychaos_unknown_attempts",
         "paychaos_provider_circuit_state", "paychaos_webhook_lag_seconds",
@@ -243,8 +244,10 @@ def test_operations_endpoints(client: TestClient) -> None:
 def test_unknown_routes_and_unexpected_errors_answer_json_without_a_trace(
     client: TestClient, services: Services
 ) -> None:
-    missing = client.get("/v1/nothing")
+    missing = get(client, "/v1/nothing")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    anonymous = client.get("/v1/nothing")  # who asks comes first, as everywhere under /v1
+    assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "unauthorized"
 
     class Exploding(HttpProvider):
         def call(self, call: Any) -> Any:
@@ -287,7 +290,8 @@ def test_serving_a_stale_schema_is_a_clear_error(tmp_path: Any) -> None:
     from engine.entrypoints.cli import app
 
     url = f"sqlite:///{tmp_path / 'stale.db'}"
-    result = CliRunner().invoke(app, ["serve", "engine", "--db", url])
+    args = ["serve", "engine", "--db", url, "--webhook-secret", "whsec_x"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 2
     assert "paychaos db upgrade" in result.output and "Traceback" not in result.output
 

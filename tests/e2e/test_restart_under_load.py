@@ -189,12 +189,12 @@ def canary_attempt(db_url: str) -> str | None:
     return None if found is None else str(found)
 
 
-def settled(engine_url: str, psp_url: str) -> bool:
+def settled(metrics_url: str, psp_url: str) -> bool:
     """Nothing left to do: webhooks delivered and applied, attempts resolved, events relayed."""
     webhooks = httpx.get(f"{psp_url}/_admin/webhooks", timeout=10.0).json()
     if webhooks["pending"] or webhooks["in_flight"]:
         return False
-    found = metrics(engine_url)  # read from the database: the same from either process
+    found = metrics(metrics_url)  # read from the database: the same from either process
     return (
         sample(found, "paychaos_unknown_attempts") == 0
         and sample(found, "paychaos_outbox_backlog") == 0
@@ -244,7 +244,7 @@ def run_killed_in_the_middle(tmp_path: Path, db_url: str) -> None:
             retries = [c.retries for c in customers]
             print(f"retries by cause, per customer: {retries}")  # shown with pytest -s
             assert sum(r.get("transport", 0) for r in retries) > 0, "nobody saw the engine down"
-            wait_until(lambda: settled(engine.url, psp.url), "settled", STEP_S_MAX)
+            wait_until(lambda: settled(engine.metrics_url, psp.url), "settled", STEP_S_MAX)
             check_every_checkout(customers, clients[0], psp.url)
             for client in clients:
                 client.close()

@@ -19,6 +19,7 @@ import httpx
 
 from loadtests.load import check, free_port
 from tests.e2e.live_servers import (
+    WEBHOOK_SECRET,
     audit,
     engine_server,
     ground_truth,
@@ -107,19 +108,19 @@ def test_a_provider_outage_leaves_payments_processing_until_recovery_resolves_th
     db_url = f"sqlite:///{tmp_path / 'engine.db'}"
     api_key = new_database(db_url)
     psp = psp_server(tmp_path)
-    engine = engine_server(tmp_path, db_url, psp.url, "", *ENGINE_OPTIONS)
+    engine = engine_server(tmp_path, db_url, psp.url, WEBHOOK_SECRET, *ENGINE_OPTIONS)
     with running(psp, engine):
         shop = Shop(engine.url, api_key)
         set_faults(psp.url, OUTAGE)  # every API call answers 503
         payment_ids = start_checkouts(shop, PAYMENTS)
-        found = metrics(engine.url)
+        found = metrics(engine.metrics_url)
         assert sample(found, "paychaos_provider_circuit_state", client="api") == 2  # open
         assert sample(found, "paychaos_provider_errors_total", client="api", kind="http_503") >= 5
         assert sample(found, "paychaos_unknown_attempts") == PAYMENTS
         # The worker asks during the outage: the provider never had these calls,
         # the resends get 503 too, and nothing is decided.
         wait_until(
-            lambda: sample(metrics(engine.url), "paychaos_worker_recovery_total",
+            lambda: sample(metrics(engine.metrics_url), "paychaos_worker_recovery_total",
                            outcome="still_unknown") >= 1,
             "a recovery lookup during the outage",
         )  # fmt: skip
@@ -127,7 +128,7 @@ def test_a_provider_outage_leaves_payments_processing_until_recovery_resolves_th
         assert ground_truth(psp.url)["payment_intents"] == {}
         set_faults(psp.url, {})  # the provider is back
         wait_until(lambda: shop.states(payment_ids) == {"authorized"}, "recovered")
-        found = metrics(engine.url)
+        found = metrics(engine.metrics_url)
         assert sample(found, "paychaos_worker_recovery_total", outcome="resolved") == PAYMENTS
         assert sample(found, "paychaos_unknown_attempts") == 0
         assert sample(found, "paychaos_attempts_needing_review") == 0
@@ -143,19 +144,19 @@ def test_an_unreachable_provider_never_holds_a_checkout_and_recovery_sends_again
     api_key = new_database(db_url)
     psp_port = free_port()  # nothing listens there yet
     psp = psp_server(tmp_path, psp_port)
-    engine = engine_server(tmp_path, db_url, psp.url, "", *ENGINE_OPTIONS)
+    engine = engine_server(tmp_path, db_url, psp.url, WEBHOOK_SECRET, *ENGINE_OPTIONS)
     with running(engine):
         shop = Shop(engine.url, api_key)
         payment_ids = start_checkouts(shop, PAYMENTS)
         wait_until(
-            lambda: sample(metrics(engine.url), "paychaos_worker_recovery_total",
+            lambda: sample(metrics(engine.metrics_url), "paychaos_worker_recovery_total",
                            outcome="still_unknown") >= 1,
             "a recovery lookup while the provider is away",
         )  # fmt: skip
         assert shop.states(payment_ids) == {"processing"}
         with running(psp):  # the provider comes up, never having seen a call
             wait_until(lambda: shop.states(payment_ids) == {"authorized"}, "recovered")
-            found = metrics(engine.url)
+            found = metrics(engine.metrics_url)
             assert sample(found, "paychaos_worker_recovery_total", outcome="resent") >= PAYMENTS
             assert sample(found, "paychaos_unknown_attempts") == 0
             assert_provider_truth(db_url, psp.url, shop, payment_ids)
@@ -171,7 +172,7 @@ def test_a_slow_provider_is_answered_processing_after_the_timeout_and_recovered(
     db_url = f"sqlite:///{tmp_path / 'engine.db'}"
     api_key = new_database(db_url)
     psp = psp_server(tmp_path, None, "--timeout-hold-s", str(hold_s))
-    engine = engine_server(tmp_path, db_url, psp.url, "", *ENGINE_OPTIONS)
+    engine = engine_server(tmp_path, db_url, psp.url, WEBHOOK_SECRET, *ENGINE_OPTIONS)
     with running(psp, engine):
         shop = Shop(engine.url, api_key)
         set_faults(psp.url, {"api_rules": [{"endpoints": ["payment_intents.create"],
@@ -181,7 +182,7 @@ def test_a_slow_provider_is_answered_processing_after_the_timeout_and_recovered(
         # Not a performance claim: the answer came while the provider still held its own.
         assert time.monotonic() - started_s < hold_s / 2
         wait_until(lambda: shop.states(payment_ids) == {"authorized"}, "recovered")
-        found = metrics(engine.url)
+        found = metrics(engine.metrics_url)
         assert sample(found, "paychaos_provider_errors_total", client="api", kind="timeout") == 1
         assert sample(found, "paychaos_worker_recovery_total", outcome="resolved") == 1
         assert_provider_truth(db_url, psp.url, shop, payment_ids)
