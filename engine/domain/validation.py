@@ -1,8 +1,30 @@
 """Input rules that hold for every entrypoint: keys, tokens, metadata, card numbers.
 
-Raw card numbers (PANs) are never accepted: any run of 13 to 19 digits,
-optionally split by spaces or dashes, that passes the Luhn check is refused
-wherever it appears in a request, so it is never written anywhere.
+Raw card numbers (PANs) are never accepted: one is refused wherever it appears in
+a request (keys and values, nested), so it is never written anywhere. The rule:
+
+- A *chain* is a maximal run of digit groups joined by single separators: a
+  space, ``-``, ``.``, ``/`` or ``_``. "4242 4242-4242.4242" is one chain of four
+  groups; two separators in a row end a chain.
+- A chain is a *candidate* when all three hold:
+
+  * nothing alphanumeric touches it: the characters just before its first digit
+    and just after its last are not letters or digits (the start and end of the
+    text count as neither). A digit run inside a longer token (hex, base32, an
+    id such as "a41111111111111111b") is never a candidate. A separator does not
+    glue: in "pm_4242424242424242", "order-4242..." or "/cards/4242.../" it is;
+  * it holds 13 to 19 digits in all;
+  * it is one plain run of digits, or groups of at most 6 digits each, as card
+    numbers are printed (4-4-4-4, 4-6-5, 4-6-4, 4-4-4-4-3). This keeps a dashed
+    UUID out: a chain holding its 8- or 12-digit group is not a candidate, its
+    three middle groups make 12 digits, and a part of a group touches a hex letter.
+
+- A candidate whose digits pass the Luhn check is a card number.
+
+A chain is judged whole, never a part of it: "4242424242424242 123" (16 digits,
+then 3) and "4242 4242 4242 4242 12/26" (20 digits) are not card numbers. The
+pre-check (``has_digit_run``) is the same regular expression without the Luhn
+check, run once over a request's strings joined by line breaks (which end a chain).
 """
 
 from __future__ import annotations
@@ -19,7 +41,26 @@ METADATA_VALUE_LENGTH_MAX = 500
 ID_LENGTH_MAX = 255
 REQUEST_STRINGS_MAX = 200
 
-_PAN_CANDIDATE = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
+# What may join the groups of a card number written in groups ("-" last: a regex
+# character class of them reads it literally).
+PAN_SEPARATORS = " ./_-"
+_SEP = f"[{PAN_SEPARATORS}]"
+# A candidate, as the module docstring says. It starts with ``\d``, not a lookbehind,
+# so the engine skips quickly to a digit; ``[^\W_]`` is a letter or a digit.
+_PAN_CANDIDATE = re.compile(
+    rf"""
+    \d(?<![^\W_]\d)(?<!\d{_SEP}\d)    # a chain's first digit, untouched before
+    (?:
+        \d{{12,18}}                    # one plain run of 13 to 19 digits,
+      | (?=(?:{_SEP}?\d){{12}})        # or 13 digits or more
+        (?!(?:{_SEP}?\d){{19}})        # and 19 at most
+        \d{{0,5}}(?:{_SEP}\d{{1,6}})+  # in groups of at most 6
+    )
+    (?![^\W_]|{_SEP}\d)               # the chain ends, untouched after
+    """,
+    re.VERBOSE,
+)
+_DROP_SEPARATORS = str.maketrans("", "", PAN_SEPARATORS)
 # Matched whole (``fullmatch``): ``$`` would also match before a trailing newline,
 # and "pm_card_visa\n" passed for a token.
 _TOKEN = re.compile(r"(pm|tok|src|card)_[A-Za-z0-9_]{1,100}")
@@ -44,15 +85,16 @@ def luhn_valid(digits: str) -> bool:
 
 
 def has_digit_run(text: str) -> bool:
-    """Whether ``text`` holds a run of 13 to 19 digits (spaces or dashes allowed): the
-    cheap test before ``contains_pan``'s Luhn check."""
+    """Whether ``text`` holds a candidate (module docstring): a card number but for the
+    Luhn check, the cheap test before ``contains_pan``."""
     return _PAN_CANDIDATE.search(text) is not None
 
 
 def contains_pan(text: str) -> bool:
     for match in _PAN_CANDIDATE.finditer(text):
-        digits = re.sub(r"[ -]", "", match.group())
-        if 13 <= len(digits) <= 19 and luhn_valid(digits):
+        digits = match.group().translate(_DROP_SEPARATORS)
+        assert 13 <= len(digits) <= 19, digits
+        if luhn_valid(digits):
             return True
     return False
 
@@ -61,28 +103,30 @@ def refuse_pans(request: Mapping[str, object]) -> None:
     """Scan every string (keys and values, nested) of a request for a card number."""
     if not _has_pan_candidate(request):
         return
-    stack: list[tuple[str, object]] = list(request.items())
+    # (field path, key, value): the key is judged alone, as the pre-check saw it, so
+    # keys joined into a path ("a.4242.4242...") never make a card number.
+    stack: list[tuple[str, str, object]] = [(str(k), str(k), v) for k, v in request.items()]
     seen = 0
     while stack:
         seen += 1
         if seen > REQUEST_STRINGS_MAX * 10:
             raise InvalidRequest("request_too_large", "request has too many fields")
-        field, value = stack.pop()
-        if contains_pan(field) or (isinstance(value, str) and contains_pan(value)):
+        field, key, value = stack.pop()
+        if contains_pan(key) or (isinstance(value, str) and contains_pan(value)):
             raise InvalidRequest(
                 "raw_card_number_refused",
                 "raw card numbers are never accepted; send a payment method token",
                 field=field,
             )
         if isinstance(value, Mapping):
-            stack.extend((f"{field}.{key}", item) for key, item in value.items())
+            stack.extend((f"{field}.{k}", str(k), item) for k, item in value.items())
         elif isinstance(value, list | tuple):
-            stack.extend((f"{field}[{index}]", item) for index, item in enumerate(value))
+            stack.extend((f"{field}[{index}]", "", item) for index, item in enumerate(value))
 
 
 def _has_pan_candidate(request: Mapping[str, object]) -> bool:
-    """Whether any string of the request holds a run of 13+ digits: one regex over all
-    of them (joined so that no run spans two), before the walk that names the field.
+    """Whether any string of the request holds a candidate: one regex over all of them
+    (joined by line breaks, so that no chain spans two), before the walk that names the field.
     A request too large to flatten cheaply goes to the walk, which bounds it."""
     strings: list[str] = []
     stack: list[object] = [request]

@@ -28,11 +28,12 @@ import sys
 from logging.handlers import QueueHandler, QueueListener
 from typing import Any, TextIO
 
-from engine.domain.validation import contains_pan
+from engine.domain.validation import PAN_SEPARATORS, contains_pan
 
 _KEY = re.compile(r"\b(sk|rk|whsec)_[A-Za-z0-9_]{6,}")
-# Anything ``contains_pan`` or ``_KEY`` could find starts with one of these.
-_SUSPECT = re.compile(r"\d(?:[ -]?\d){12}|(?:sk|rk|whsec)_")
+# Anything ``contains_pan`` or ``_KEY`` could find starts with one of these: 13 digits,
+# each pair split by one card-number separator at most, or a key's prefix.
+_SUSPECT = re.compile(rf"\d(?:[{PAN_SEPARATORS}]?\d){{12}}|(?:sk|rk|whsec)_")
 
 
 def mask(value: Any) -> Any:
