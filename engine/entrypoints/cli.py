@@ -1,4 +1,9 @@
-"""The ``paychaos`` command line."""
+"""The ``paychaos`` command line: its root and the engine's own commands.
+
+The root owns the app and the sub-apps several packages fill (``serve``,
+``bench``); the other packages add their commands through the registry in
+``engine.entrypoints.commands`` (entry points), so this module imports none of them.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ import gc
 import random
 import sys
 from datetime import timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -21,6 +25,7 @@ from engine.audit import audit as run_audit
 from engine.domain.commands import Authorize, Capture, CreatePayment, Refund
 from engine.domain.errors import PaychaosError
 from engine.domain.ports import FixedClock, SeededIds
+from engine.entrypoints.commands import CommandRoot, installed_entries, register_commands
 from engine.entrypoints.render import audit_table, history_table, ledger_table
 from engine.service.driver import perform, recover
 from engine.service.engine import PaymentEngine
@@ -126,96 +131,6 @@ def db_upgrade(db: DbUrl, revision: str = "head") -> None:
     except Exception as exc:
         fail(f"--db: cannot migrate {db!r}: {type(exc).__name__}: {exc}")
     console.print(f"database at {revision}")
-
-
-@bench_app.command("engine")
-def bench_engine(
-    small: Annotated[bool, typer.Option("--small", help="A quick run, for CI.")] = False,
-    db_url: Annotated[
-        list[str] | None,
-        typer.Option("--db-url", help="Add a database (e.g. PostgreSQL); repeatable."),
-    ] = None,
-) -> None:
-    """Payment lifecycles per second next to minimal one-row transactions."""
-    from loadtests.bench_engine import run
-
-    run(small=small, extra_urls=db_url or [], console=console)
-
-
-@bench_app.command("psp")
-def bench_psp(
-    small: Annotated[bool, typer.Option("--small", help="A quick run, for CI.")] = False,
-) -> None:
-    """Create + confirm + capture per second: mock PSP, trivial endpoint, localstripe."""
-    from loadtests.bench_psp import run
-
-    run(small=small, console=console)
-
-
-@bench_app.command("sim")
-def bench_sim(
-    small: Annotated[bool, typer.Option("--small", help="A quick run, for CI.")] = False,
-    day: Annotated[
-        bool,
-        typer.Option(
-            "--day",
-            help="Run the whole simulated day instead of projecting it from an hour "
-            "(about half an hour).",
-        ),
-    ] = False,
-) -> None:
-    """Simulated payments per wall second next to simpy and raw SQLite; the 1M/day goal."""
-    from loadtests.bench_sim import run
-
-    run(small=small, console=console, whole_day=day)
-
-
-@bench_app.command("api")
-def bench_api(
-    small: Annotated[bool, typer.Option("--small", help="A quick run, for CI.")] = False,
-    db_url: Annotated[
-        str | None,
-        typer.Option("--db-url", help="A PostgreSQL server to measure too, next to pgbench."),
-    ] = None,
-) -> None:
-    """Payment API calls/s and p50/p95/p99 on SQLite and PostgreSQL, next to pgbench."""
-    from loadtests.bench_api import run
-
-    raise typer.Exit(run(small=small, db_url=db_url, console=console))
-
-
-@bench_app.command("guard")
-def bench_guard(
-    small: Annotated[bool, typer.Option("--small", help="20 MB bodies instead of 200 MB.")] = False,
-) -> None:
-    """What an oversized request costs the API: time to its 413 and peak memory growth."""
-    from loadtests.bench_guard import run
-
-    raise typer.Exit(run(small=small, console=console))
-
-
-@serve_app.command("psp")
-def serve_psp(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65_535)] = 12111,
-    seed: Annotated[int, typer.Option(help="Seed for ids and fault decisions.")] = 0,
-    faults: Annotated[
-        Path | None, typer.Option("--faults", help="Fault plan, YAML or JSON.")
-    ] = None,
-    timeout_hold_s: Annotated[
-        float, typer.Option(help="Longest a lost response holds its request.", min=0.01, max=600)
-    ] = 30.0,
-) -> None:
-    """The mock PSP over HTTP: Stripe's /v1 dialect plus /_admin."""
-    from mock_psp.faultfile import FaultFileError, load_fault_plan
-    from mock_psp.server import Listen, ServerSettings, build_core, serve
-
-    try:
-        plan = load_fault_plan(faults) if faults is not None else None
-    except FaultFileError as exc:
-        fail(f"--faults: {exc.message}")
-    console.print(f"mock PSP on http://{host}:{port} (seed {seed}); admin under /_admin")
-    serve(build_core(seed, plan), Listen(host, port), ServerSettings(timeout_hold_s=timeout_hold_s))
 
 
 keys_app = typer.Typer(help="API keys per merchant.", no_args_is_help=True)
@@ -467,82 +382,21 @@ def _announce(settings: ServiceSettings, host: str, port: int) -> None:
         console.print(f"metrics on http://{settings.metrics_host}:{settings.metrics_port}/metrics")
 
 
-@app.command("load")
-def load(
-    users: Annotated[int, typer.Option(help="Concurrent locust users.")] = 20,
-    rate: Annotated[float, typer.Option(help="Target checkouts per second in all.")] = 20.0,
-    duration: Annotated[int, typer.Option(help="Seconds of load (at most 3600).")] = 30,
-    db: Annotated[str | None, typer.Option("--db", help="Database URL (default: SQLite).")] = None,
-    out: Annotated[str, typer.Option(help="Where locust's CSV and HTML go.")] = "reports/load",
-    processes: Annotated[int, typer.Option(help="Locust worker processes (1: none).")] = 1,
-    expect_rps: Annotated[float | None, typer.Option(help="Fail below this rate.")] = None,
-    expect_p99_ms: Annotated[float | None, typer.Option(help="Fail above this p99.")] = None,
-) -> None:
-    """Locust against engine and mock PSP on 127.0.0.1, then the invariants."""
-    import importlib.util
-    from pathlib import Path
+def _register_all() -> None:
+    """Every command, on the one ``app`` that ``main()``, ``python -m`` and tests share.
 
-    from loadtests.load import run_load
+    The engine's own first, then each installed package's ``register(root)``: the
+    ``paychaos.commands`` entry points (``engine.entrypoints.commands``).
+    """
+    from engine.entrypoints import payouts_cli, recon_cli, worker_cli
 
-    if importlib.util.find_spec("locust") is None:
-        fail("locust is not installed: pip install -e '.[load]' (or '.[dev]')")
-    if not 1 <= users <= 1_000:
-        fail("--users: between 1 and 1000")
-    if not 1 <= duration <= 3_600:
-        fail("--duration: between 1 and 3600 seconds")
-    if not 0 < rate <= 10_000:
-        fail("--rate: above 0 and at most 10000")
-    if not 1 <= processes <= 8:
-        fail("--processes: between 1 and 8")
-    code = run_load(
-        console, users, rate, duration, db, Path(out), processes, expect_rps, expect_p99_ms
-    )
-    raise typer.Exit(code)
+    worker_cli.register(app, serve_app, console)
+    payouts_cli.register(app, console)
+    recon_cli.register(app, console)
+    register_commands(CommandRoot(app, serve_app, bench_app, console), installed_entries())
 
 
-def _register_harness() -> None:
-    from scenarios.cli import register
-
-    register(app, console)
-
-
-_register_harness()
-
-
-def _register_workers() -> None:
-    from engine.entrypoints.worker_cli import register
-
-    register(app, serve_app, console)
-
-
-_register_workers()
-
-
-def _register_payouts() -> None:
-    from engine.entrypoints.payouts_cli import register
-
-    register(app, console)
-
-
-_register_payouts()
-
-
-def _register_live() -> None:
-    from loadtests.live.cli import register
-
-    register(app, console)
-
-
-_register_live()
-
-
-def _register_recon() -> None:
-    from engine.entrypoints.recon_cli import register
-
-    register(app, console)
-
-
-_register_recon()
+_register_all()
 
 
 # Simulations and servers hold large, long-lived heaps; the default thresholds

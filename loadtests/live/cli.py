@@ -1,6 +1,6 @@
 """``paychaos live``: a scenario in wall time against running servers, then the invariants.
 
-Registered on the main app by ``engine.entrypoints.cli``. Exit 0 when every
+Registered on the ``paychaos`` root by ``loadtests.cli``. Exit 0 when every
 invariant holds and the scenario's expectations are met, 1 on a violation (or
 an unmet expectation, or a run that could not finish its checks), 2 on bad
 input (a bad scenario file, an option out of range, a server or key refused).
