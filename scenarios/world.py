@@ -7,12 +7,26 @@ latencies, timeouts and errors), webhook deliveries (through the engine's own
 signature check), customers and their clients, the recovery worker, and the
 engine's own faults (crashes between steps, database outages).
 
+The world asks the provider only for the engine's operations
+(``engine.service.driver``): ``pump`` answers their requests on virtual time,
+and recovery is production's policy (``engine.workers.recovery.recovery_batch``)
+on the world's clock. The scenario's ``workers`` settings map onto production's:
+
+    recovery_interval_s   the recovery worker's loop interval
+    recovery_batch_max    ``RecoveryWorker.batch_max``
+    recovery_grace_s      each step of ``EngineSettings.recovery_schedule``: a lookup
+                          that many seconds after the attempt began and after each
+                          answer that settled nothing (3DS polls included), for the
+                          scenario's duration and ``RECOVERY_STEPS_AFTER_FAULTS``
+                          steps more; then the attempt is flagged for review
+
 Nothing here reads the wall clock or global randomness: every random stream is
 derived from the scenario's seed, so one seed gives one run, byte for byte.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from collections.abc import Callable, Generator, Sequence
@@ -38,9 +52,11 @@ from engine.domain.errors import (
 )
 from engine.domain.marketplace import Split
 from engine.domain.ports import SeededIds
-from engine.domain.provider import CallKind, OutcomeStatus, ProviderCall, ProviderOutcome
-from engine.service.engine import PaymentEngine
+from engine.domain.provider import ProviderCall, ProviderOutcome
+from engine.service.driver import Call, Done, Operation, advance, finish, pay_out
+from engine.service.engine import EngineSettings, PaymentEngine
 from engine.service.views import OutboxEvent, StepResult
+from engine.workers.recovery import RecoveryReport, recovery_batch
 from mock_psp.core import ApiRequest, ProviderCore
 from mock_psp.world import ProviderConfig
 from scenarios.marketplace import fee_plans
@@ -54,7 +70,17 @@ SAMPLES_MAX = 200
 TRACE_EVENTS_MAX = 2_000_000
 EVENT_RETENTION_S = 300.0
 
+RECOVERY_STEPS_AFTER_FAULTS = 20
+
 Step = Generator[simpy.Event, Any, Any]
+
+
+def recovery_schedule(scenario: Scenario) -> tuple[timedelta, ...]:
+    """The world engine's ``EngineSettings.recovery_schedule`` (see the module's doc):
+    every attempt is looked up for as long as faults can last, and then some."""
+    grace_s = scenario.workers.recovery_grace_s
+    steps = math.ceil(scenario.duration_s / grace_s) + RECOVERY_STEPS_AFTER_FAULTS
+    return (timedelta(seconds=grace_s),) * steps
 
 
 class SimClock:
@@ -205,7 +231,10 @@ class World:
         self.db = world_database(migrate=True) if database is None else database
         if scenario.engine_faults.commit_failure_rate > 0:
             sa_event.listen(self.db.engine, "commit", self._maybe_fail_commit)
-        self.engine = PaymentEngine(self.db, SimClock(self.env), SeededIds(self.rng["engine"]))
+        settings = EngineSettings(recovery_schedule=recovery_schedule(scenario))
+        self.engine = PaymentEngine(
+            self.db, SimClock(self.env), SeededIds(self.rng["engine"]), settings
+        )
         if scenario.workload.marketplace.split_rate > 0:
             for seller_id, plan in fee_plans(scenario.workload.marketplace).items():
                 self.engine.set_fee_plan(seller_id, plan)
@@ -320,23 +349,33 @@ class World:
             self.engine_errors.append((what, f"{type(exc).__name__}: {exc}"[:300]))
             raise EngineFault(message=f"{what} failed") from None
 
-    def engine_op(self, begin: Callable[[Any], StepResult], command: Any) -> Step:
+    def pump(self, operation: Operation[Any], what: str) -> Step:
+        """Run an engine operation on virtual time: its calls take the fault plan's
+        latencies, timeouts and errors; its lookups are answered at once. The engine
+        that began it must be the one that ends it (a crash loses the operation)."""
         incarnation = self.node.check(self.env.now)
+        turn = self.guarded(what, advance, operation, None)
+        while not isinstance(turn, Done):
+            if isinstance(turn, Call):
+                outcome = yield from self.provider_call(turn.call)
+            else:
+                outcome = self.look_up(turn.call)
+                self.note("recovery.lookup", attempt=turn.call.attempt_id,
+                          outcome=str(outcome.status))  # fmt: skip
+            self.node.still(incarnation, self.env.now)
+            turn = self.guarded(what, advance, operation, outcome)
+        return turn.value
+
+    def engine_op(self, begin: Callable[[Any], StepResult], command: Any) -> Step:
+        self.node.check(self.env.now)
         begun = self.guarded(type(command).__name__, begin, command)
         if begun.call is None:
             return begun
-        outcome = yield from self.provider_call(begun.call)
-        self.node.still(incarnation, self.env.now)
-        complete = {
-            CallKind.AUTHORIZE: self.engine.complete_authorize,
-            CallKind.CAPTURE: self.engine.complete_capture,
-            CallKind.VOID: self.engine.complete_void,
-            CallKind.REFUND: self.engine.complete_refund,
-        }[begun.call.kind]
-        done = self.guarded(f"complete {begun.call.kind}", complete, begun.call.attempt_id, outcome)
-        if outcome.status is OutcomeStatus.UNKNOWN:
-            self.hit(f"{begun.call.kind} outcome unknown: left to recovery")
-        return StepResult(done.payment, done.status_code, None, False, begun.refund_id)
+        kind = begun.call.kind
+        done: StepResult = yield from self.pump(finish(self.engine, begun), f"complete {kind}")
+        if done.status_code == 202:
+            self.hit(f"{kind} outcome unknown: left to recovery")
+        return done
 
     # -- webhooks: the engine's intake, driven by the provider's delivery schedule -----------
     def deliver_webhooks(self) -> Step:
@@ -413,44 +452,31 @@ class World:
                 return
 
     def recover_once(self) -> Step:
-        workers = self.scenario.workers
-        self.node.check(self.env.now)
-        calls = self.engine.unresolved_attempts(
-            timedelta(seconds=workers.recovery_grace_s), workers.recovery_batch_max
-        )
-        for call in calls:
-            outcome = self.look_up(call)
-            self.node.check(self.env.now)
-            try:
-                _, resend = self.guarded("resolve_attempt", self.engine.resolve_attempt,
-                                         call.attempt_id, outcome)  # fmt: skip
-            except EngineFault:
-                continue
-            self.note("recovery.lookup", attempt=call.attempt_id, outcome=str(outcome.status))
-            if resend is not None:
-                self.hit(f"{call.kind} never reached the provider: sent again with its key")
-                incarnation = self.node.check(self.env.now)
-                again = yield from self.provider_call(resend)
-                self.node.still(incarnation, self.env.now)
-                with suppress(EngineFault):
-                    self.guarded("resolve_attempt", self.engine.resolve_attempt,
-                                 call.attempt_id, again)  # fmt: skip
-            elif not call.awaiting_action and outcome.status is not OutcomeStatus.UNKNOWN:
-                self.hit(f"{call.kind} {outcome.status} resolved by lookup")
-        if self.scenario.workload.marketplace.payouts is not None:
-            yield from self.recover_payouts()
-        yield from self.learn_fees()
-        return len(calls)
+        """One batch of production's recovery policy; the paths it took are coverage."""
+        report = RecoveryReport()
+        batch = recovery_batch(self.engine, self.scenario.workers.recovery_batch_max,
+                               report=report)  # fmt: skip
+        try:
+            yield from self.pump(batch, "recovery")
+        except EngineFault:
+            pass  # a finding of the run (engine_errors); the next batch goes on
+        finally:
+            self.coverage.update(report.paths)
+        return report.looked_up
 
-    def learn_fees(self) -> Step:
-        """Captures the engine learned by webhook: ask the provider for their fees."""
-        for call in self.engine.fee_lookups(self.scenario.workers.recovery_batch_max):
-            incarnation = self.node.check(self.env.now)
-            outcome = yield from self.provider_call(call)
-            self.node.still(incarnation, self.env.now)
-            with suppress(EngineFault):
-                if self.guarded("complete_fee", self.engine.complete_fee, call.payment_id, outcome):
-                    self.hit("provider fee of a capture learned by webhook: asked for")
+    def recovery_pending(self) -> bool:
+        """Whether recovery still has something to learn: an open attempt, or a 3DS
+        authorization whose customer has acted at the provider (its webhook may be
+        lost). A customer who never acts is waited for by nobody: the engine and the
+        provider agree, and production's schedule ends in review."""
+        if self.engine.unresolved_attempts(timedelta(0), 1, awaiting_customer=False):
+            return True
+        intents = self.psp.state.payment_intents
+        for call in self.engine.attempts_to_recover():
+            intent = intents.get(call.provider_payment_id or "")
+            if call.awaiting_action and (intent is None or intent.status != "requires_action"):
+                return True
+        return False
 
     def look_up(self, call: ProviderCall) -> ProviderOutcome:
         """Ask the provider what became of a call: by its key, or its object now."""
@@ -462,10 +488,7 @@ class World:
         result = self.psp.handle(ApiRequest(refresh.method, refresh.path, {}, headers))
         if result.response is None:
             return dialect.UNKNOWN
-        outcome = dialect.outcome_from_response(call, result.response.status, result.response.body)
-        if outcome.status is not OutcomeStatus.REQUIRES_ACTION:
-            self.hit(f"3DS outcome {outcome.status} found by polling the provider")
-        return outcome
+        return dialect.outcome_from_response(call, result.response.status, result.response.body)
 
     # -- the merchant's dispute desk ------------------------------------------------------
     def dispute_desk(self) -> Step:
@@ -525,35 +548,15 @@ class World:
                     yield from self.payout(command)
 
     def payout(self, command: CreatePayout) -> Step:
-        incarnation = self.node.check(self.env.now)
+        self.node.check(self.env.now)
         try:
             begun = self.guarded("begin_payout", self.engine.begin_payout, command)
         except InsufficientFunds:
             self.hit("payout beyond the available balance refused")
             return
         assert begun.call is not None
-        outcome = yield from self.provider_call(begun.call)
-        self.node.still(incarnation, self.env.now)
-        done = self.guarded("complete payout", self.engine.complete_payout,
-                            begun.call.attempt_id, outcome)  # fmt: skip
+        done = yield from self.pump(pay_out(self.engine, begun), "complete payout")
         self.hit(f"payout {done.payout['status']} on the provider's answer")
-
-    def recover_payouts(self) -> Step:
-        for call in self.engine.due_payouts(self.scenario.workers.recovery_batch_max):
-            outcome = self.look_up(call)
-            if outcome.status is OutcomeStatus.NOT_FOUND:
-                self.hit("payout never reached the provider: sent again with its key")
-                incarnation = self.node.check(self.env.now)
-                outcome = yield from self.provider_call(call)
-                self.node.still(incarnation, self.env.now)
-            with suppress(EngineFault):
-                done = self.guarded("complete payout", self._payout_looked_up,
-                                    call.attempt_id, outcome)  # fmt: skip
-                if done.status_code == 200:
-                    self.hit(f"payout {done.payout['status']} resolved by lookup")
-
-    def _payout_looked_up(self, payout_id: str, outcome: ProviderOutcome) -> Any:
-        return self.engine.complete_payout(payout_id, outcome, looked_up=True)
 
     # -- outbox relay and an idempotent consumer (I8) -------------------------------------
     def outbox_relay(self) -> Step:

@@ -210,6 +210,15 @@ _PREBUILT: set[int] = {
 }  # fmt: skip
 
 
+def _recoverable() -> sa.ColumnElement[bool]:
+    """Open attempts, and authorizations whose payment still waits for the customer (3DS):
+    an abandoned one whose payment moved on (voided, failed) is never asked about again."""
+    a = t.attempts.c
+    waiting = sa.select(t.payments.c.id).where(t.payments.c.state == "requires_action")
+    awaiting = sa.and_(a.status == "requires_action", a.payment_id.in_(waiting))
+    return sa.or_(a.status.in_(OPEN_ATTEMPT), awaiting)
+
+
 def _key_read(merchant_id: str, scope: str, key: str) -> tuple[sa.Select[Any], Row]:
     return _IDEMPOTENCY_KEY, {"b_merchant_id": merchant_id, "b_scope": scope, "b_key": key}
 
@@ -534,12 +543,7 @@ class Store:
         self, updated_before: datetime, limit: int, awaiting_customer: bool
     ) -> list[Row]:
         a = t.attempts.c
-        unresolved: sa.ColumnElement[bool] = a.status.in_(OPEN_ATTEMPT)
-        if awaiting_customer:
-            waiting = sa.select(t.payments.c.id).where(t.payments.c.state == "requires_action")
-            unresolved = sa.or_(
-                unresolved, sa.and_(a.status == "requires_action", a.payment_id.in_(waiting))
-            )
+        unresolved = _recoverable() if awaiting_customer else a.status.in_(OPEN_ATTEMPT)
         query = (
             sa.select(t.attempts)
             .where(unresolved, a.updated_at <= updated_before)
@@ -548,13 +552,15 @@ class Store:
         )
         return [dict(row) for row in self._execute(query).mappings()]
 
-    def due_attempts(self, now: datetime, limit: int) -> list[Row]:
-        """Open attempts whose scheduled lookup is due (an unscheduled one: from its last touch)."""
+    def due_attempts(self, now: datetime | None, limit: int) -> list[Row]:
+        """Attempts recovery looks up whose scheduled lookup is due (an unscheduled one:
+        from its last touch); ``now`` None: due or not."""
         a = t.attempts.c
         due_at = sa.func.coalesce(a.next_lookup_at, a.updated_at)
+        due = [] if now is None else [due_at <= now]
         query = (
             sa.select(t.attempts)
-            .where(a.status.in_(OPEN_ATTEMPT), a.needs_review == sa.false(), due_at <= now)
+            .where(_recoverable(), a.needs_review == sa.false(), *due)
             .order_by(due_at, a.id)
             .limit(limit)
         )
@@ -564,7 +570,7 @@ class Store:
         a = t.attempts.c
         query = (
             sa.select(t.attempts)
-            .where(a.status.in_(OPEN_ATTEMPT), a.needs_review == sa.true())
+            .where(_recoverable(), a.needs_review == sa.true())
             .order_by(a.updated_at, a.id)
             .limit(limit)
         )

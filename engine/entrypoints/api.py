@@ -58,7 +58,6 @@ from engine.domain.errors import (
 from engine.domain.marketplace import LINES_MAX, Split
 from engine.domain.money import AMOUNT_MINOR_MAX, CURRENCY_EXPONENTS
 from engine.domain.ports import Clock
-from engine.domain.provider import ProviderCall, ProviderOutcome
 from engine.domain.validation import (
     ID_LENGTH_MAX,
     METADATA_KEY_LENGTH_MAX,
@@ -82,7 +81,7 @@ from engine.entrypoints.http_guard import (
     refuse_unknown_query,
 )
 from engine.entrypoints.metrics import Metrics, MetricsListener
-from engine.service.driver import Provider, perform
+from engine.service.driver import Done, Provider, advance, ask, finish
 from engine.service.engine import EngineSettings, PaymentEngine
 from engine.service.views import StepResult
 from engine.workers.background import BackgroundWorker, WorkerState
@@ -142,13 +141,15 @@ class Services:
         return await asyncio.get_running_loop().run_in_executor(self.pools()[0], function, *args)
 
     async def drive(self, begun: StepResult) -> JSONResponse:
-        """Make the provider call a ``begin_*`` step asked for, complete it, answer."""
-        call = begun.call
-        if call is None:
-            return _respond(begun)
+        """Pump the operation a ``begin_*`` step started (``driver.finish``): its provider
+        requests on the provider threads, its steps on the step threads; answer."""
+        operation = finish(self.engine, begun)
+        turn = advance(operation, None)  # its first turn only asks: no step runs before
         loop = asyncio.get_running_loop()
-        outcome = await loop.run_in_executor(self.pools()[1], self.provider.call, call)
-        return _respond(await self.step(perform, self.engine, Answered(outcome), begun))
+        while not isinstance(turn, Done):
+            outcome = await loop.run_in_executor(self.pools()[1], ask, self.provider, turn)
+            turn = await self.step(advance, operation, outcome)
+        return _respond(turn.value)
 
     async def principal(
         self, authorization: str | None, write: bool, address: str = ""
@@ -178,19 +179,6 @@ class Services:
             for pool in self._pools:
                 pool.shutdown(wait=False, cancel_futures=True)
             self._pools = None
-
-
-@dataclass(frozen=True, slots=True)
-class Answered:
-    """A provider whose answer is already in: completes a step off the event loop."""
-
-    outcome: ProviderOutcome
-
-    def call(self, call: ProviderCall) -> ProviderOutcome:
-        return self.outcome
-
-    def lookup(self, call: ProviderCall) -> ProviderOutcome:
-        return self.outcome
 
 
 # -- request bodies ------------------------------------------------------------------

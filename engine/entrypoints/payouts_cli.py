@@ -17,6 +17,7 @@ from rich.table import Table
 from engine.domain.commands import CreatePayout
 from engine.domain.errors import PaychaosError
 from engine.entrypoints.worker_cli import LIST_LIMIT_MAX, DbUrl, _engine, _fail
+from engine.service.driver import pay_out, pump
 
 PAYOUT_COLUMNS = ("id", "seller_id", "currency", "amount_minor", "status", "provider_payout_id",
                   "failure_code")  # fmt: skip
@@ -82,7 +83,7 @@ def register(app: typer.Typer, console: Console) -> None:
         if begun.call is not None:
             provider = HttpProvider(psp, psp_key)
             try:
-                begun = engine.complete_payout(begun.call.attempt_id, provider.call(begun.call))
+                begun = pump(pay_out(engine, begun), provider)
             finally:
                 provider.close()
         console.print(payouts_table([begun.payout]))

@@ -17,7 +17,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from engine.adapters.database import Database, LedgerGuardRefused
@@ -97,6 +97,8 @@ EVENT_ATTEMPT_KINDS = tuple(k.value for k in (CallKind.AUTHORIZE, CallKind.CAPTU
                                               CallKind.VOID, CallKind.REFUND))  # fmt: skip
 EVENT_ATTEMPT_STATUSES = (*OPEN_ATTEMPT, "requires_action")
 EVENT_ATTEMPTS = (EVENT_ATTEMPT_KINDS, EVENT_ATTEMPT_STATUSES)
+# What polling an authorization that waits for the customer answers until the customer acts.
+CUSTOMER_TO_ACT = frozenset({O.UNKNOWN, O.NOT_FOUND, O.REQUIRES_ACTION})
 RESPONSE_CODE = {O.SUCCEEDED: 200, O.DECLINED: 402, O.REQUIRES_ACTION: 200, O.UNKNOWN: 202}
 # When recovery asks the provider about an open attempt: the first lookup one step
 # after the attempt began, each further one a step after the last "unknown"; after
@@ -489,14 +491,13 @@ class PaymentEngine:
         if status is O.REQUIRES_ACTION and attempt["kind"] != CallKind.AUTHORIZE.value:
             status = O.UNKNOWN  # not an answer a capture, void or refund can have
         now = self.clock.now()
-        resolved = {} if status is O.UNKNOWN else {"next_lookup_at": None, "needs_review": False}
         s.update_attempt(
             attempt["id"],
             status=ATTEMPT_STATUS[status],
             decline_code=outcome.decline_code,
             updated_at=now,
             resolved_at=None if status is O.UNKNOWN else now,
-            **resolved,
+            **self._schedule_after(status, now),
         )
         apply = {
             CallKind.AUTHORIZE.value: self._apply_authorize,
@@ -506,6 +507,17 @@ class PaymentEngine:
         }[attempt["kind"]]
         apply(s, payment, attempt, outcome, status, reason, event_id)
         return RESPONSE_CODE[status]
+
+    def _schedule_after(self, status: O, now: datetime) -> dict[str, Any]:
+        """Recovery's schedule after an answer: unchanged while unknown; none once
+        settled; a fresh one for the customer's turn (3DS), whose answer may only
+        reach the engine by a webhook that can be lost, so recovery polls it too."""
+        if status is O.UNKNOWN:
+            return {}
+        if status is O.REQUIRES_ACTION:
+            first = now + self.settings.recovery_schedule[0]
+            return {"next_lookup_at": first, "lookup_count": 0, "needs_review": False}
+        return {"next_lookup_at": None, "needs_review": False}
 
     def _apply_authorize(
         self,
@@ -796,9 +808,11 @@ class PaymentEngine:
     def unresolved_attempts(
         self, older_than: timedelta, limit: int = 100, *, awaiting_customer: bool = True
     ) -> list[ProviderCall]:
-        """Open attempts last touched before ``now - older_than``: what to look up.
+        """Open attempts last touched before ``now - older_than``, whatever their schedule
+        (for tools that look everything up now: the demo, a load test's settling).
 
-        With ``awaiting_customer``, authorizations waiting for 3DS come too.
+        With ``awaiting_customer``, authorizations waiting for 3DS come too. The
+        recovery policy asks ``due_attempts`` instead.
         """
         limit = min(limit, self.settings.page_size_max)
 
@@ -823,9 +837,9 @@ class PaymentEngine:
         ``unknown`` (the provider could not tell) keeps the attempt open;
         ``not_found`` (the provider never received it) returns the same call,
         with the same key, to send again; anything else is applied as an answer.
-        Each ``unknown`` moves the attempt along ``settings.recovery_schedule``
-        (``next_lookup_at``); after its last step the attempt is flagged
-        ``needs_review`` and stays open.
+        Each ``unknown`` (and each poll of a customer still to act) moves the
+        attempt along ``settings.recovery_schedule`` (``next_lookup_at``); after
+        its last step the attempt is flagged ``needs_review`` and stays open.
         """
 
         def step(s: Store) -> tuple[StepResult, ProviderCall | None]:
@@ -837,11 +851,12 @@ class PaymentEngine:
             if attempt["status"] not in OPEN_ATTEMPT and not awaiting:
                 return StepResult(view, 200), None
             lookups = attempt["lookup_count"] + 1
+            waiting = awaiting and outcome.status in CUSTOMER_TO_ACT
             unknown = outcome.status is O.UNKNOWN and not awaiting
-            schedule = self._next_lookup(lookups) if unknown else {}
+            schedule = self._next_lookup(lookups) if unknown or waiting else {}
             s.update_attempt(attempt_id, lookup_count=lookups, updated_at=self.clock.now(),
                              **schedule)  # fmt: skip
-            if awaiting and outcome.status in {O.UNKNOWN, O.NOT_FOUND, O.REQUIRES_ACTION}:
+            if waiting:
                 return StepResult(view, 200), None  # still waiting for the customer
             if outcome.status is O.NOT_FOUND:
                 return StepResult(view, 202), self._call(payment, attempt)
@@ -861,12 +876,20 @@ class PaymentEngine:
         return {"next_lookup_at": None, "needs_review": True}
 
     def due_attempts(self, limit: int = 100) -> list[ProviderCall]:
-        """Open attempts whose scheduled lookup is due and that are not flagged for review."""
+        """Attempts whose scheduled lookup is due and that are not flagged for review:
+        the open ones, and authorizations whose payment still waits for the customer
+        (3DS), whose answer may come only by a webhook that can be lost."""
         limit = min(limit, self.settings.page_size_max)
         return self._run(lambda s: self._calls(s, s.due_attempts(self.clock.now(), limit)))
 
+    def attempts_to_recover(self, limit: int = 100) -> list[ProviderCall]:
+        """What recovery will still look up, due now or later (the review flag ends it)."""
+        limit = min(limit, self.settings.page_size_max)
+        return self._run(lambda s: self._calls(s, s.due_attempts(None, limit)))
+
     def attempts_for_review(self, limit: int = 100) -> list[ProviderCall]:
-        """Open attempts the provider could not explain by the schedule's end: a person's job."""
+        """Attempts the provider could not explain by the schedule's end (or whose
+        customer never acted): a person's job."""
         limit = min(limit, self.settings.page_size_max)
         return self._run(lambda s: self._calls(s, s.review_attempts(limit)))
 

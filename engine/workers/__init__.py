@@ -5,7 +5,7 @@ Each worker has a ``run_once()`` that does one bounded batch of service steps;
 ``interval_s``. They are drivers around the engine's steps, like the simulation's
 simpy processes: the engine itself never does I/O.
 
-    recovery.RecoveryWorker   due_attempts -> provider.lookup -> resolve_attempt
+    recovery.RecoveryWorker   the recovery policy (due attempts, 3DS polls, fees, payouts), pumped
     relay.OutboxRelay         unpublished_events -> publisher -> mark_published
     inbox.InboxProcessor      pending_webhooks -> apply_webhook (DLQ after N failures)
     nats_bus.NatsPublisher    JetStream, Nats-Msg-Id = event id (deduped in the window)

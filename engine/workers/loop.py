@@ -47,6 +47,7 @@ class LoopReport:
     resolved: int = 0
     resent: int = 0
     still_unknown: int = 0
+    still_waiting: int = 0
     deferred: int = 0
     published: int = 0
     webhooks_applied: int = 0
@@ -116,6 +117,7 @@ class Worker:
                 r.resolved += recovered.resolved
                 r.resent += recovered.resent
                 r.still_unknown += recovered.still_unknown
+                r.still_waiting += recovered.still_waiting
                 r.deferred += recovered.deferred
         if not stopping():
             relayed = self._guarded("relay", self.relay.run_once)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from engine.domain.commands import CreatePayout
 from engine.domain.errors import InsufficientFunds
-from engine.service.driver import Provider
+from engine.service.driver import Provider, pay_out, pump
 from engine.service.engine import PaymentEngine
 
 SELLERS_PER_ROUND_MAX = 1_000
@@ -53,6 +53,6 @@ class PayoutScheduler:
                 report.refused += 1  # the balance moved since it was read
                 continue
             if begun.call is not None:
-                self.engine.complete_payout(begun.call.attempt_id, self.provider.call(begun.call))
+                pump(pay_out(self.engine, begun), self.provider)
                 report.paid_out += 1
         return report

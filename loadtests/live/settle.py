@@ -3,8 +3,9 @@
 Quiescence (faults off): poll, bounded, until the provider has no webhook
 waiting or in flight, no payment of the run is ``processing`` or holds a refund
 reservation, no capture or void answered 202 lately (within the recovery
-grace) still finds its payment ``authorized``, and two listings of the run's
-payments in a row are the same.
+grace) still finds its payment ``authorized``, no payment waits for a customer
+(3DS) who has acted at the provider already (the engine's recovery polls it on
+its schedule), and two listings of the run's payments in a row are the same.
 The engine's own workers (in the server or ``paychaos serve worker``) do the
 recovering; live mode only waits and watches. Webhooks the provider holds
 back for later are hurried by moving the provider's clock forward, by less
@@ -140,6 +141,18 @@ def open_work(payments: dict[str, dict[str, Any]], evidence: Evidence, grace_s: 
     return len(busy)
 
 
+async def customers_acted(psp: PspAdmin, payments: dict[str, dict[str, Any]]) -> int:
+    """Payments the engine shows waiting for the customer (3DS) whose intent has moved on
+    at the provider: the engine's recovery polls them on its schedule, so wait for it."""
+    waiting = sorted(
+        str(p["provider_payment_id"])
+        for p in payments.values()
+        if p["state"] == "requires_action" and p.get("provider_payment_id")
+    )
+    intents = await gather_bounded([psp.payment_intent(pi) for pi in waiting])
+    return sum(1 for intent in intents if intent and intent.get("status") != "requires_action")
+
+
 async def quiesce(
     api: EngineApi, psp: PspAdmin, evidence: Evidence, timeout_s: float, grace_s: float
 ) -> tuple[float | None, int]:
@@ -154,7 +167,7 @@ async def quiesce(
             previous = None
         else:
             current = await listing(api, evidence)
-            busy = open_work(current, evidence, grace_s)
+            busy = open_work(current, evidence, grace_s) + await customers_acted(psp, current)
             if not busy and current == previous:
                 return time.monotonic() - started, advanced_s
             previous = None if busy else current
