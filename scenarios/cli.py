@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from engine.adapters.database import postgres_url_problem
+from engine.entrypoints.commands import CommandRoot
 from scenarios.outputs import (
     coverage_table,
     report_document,
@@ -20,11 +20,16 @@ from scenarios.outputs import (
     write_junit,
     write_trace,
 )
-from scenarios.runner import RunResult, run_scenario
+from scenarios.runner import FAILED, INCONCLUSIVE, RunResult, run_scenario, worst_status
 from scenarios.schema import Scenario, ScenarioError, library_paths, load_scenario, parse_duration_s
 from scenarios.world import WorldTooBig
 
 SEEDS_MAX = 100_000
+# Exit codes of ``paychaos run``: 0 passed, 1 failed (an invariant violated or an
+# expectation not met), 2 bad input, 3 inconclusive (nothing failed, but a declared
+# fault never fired: the run proves nothing about it; try other seeds or a sweep).
+EXIT_FAILED = 1
+EXIT_INCONCLUSIVE = 3
 
 
 def _load(paths: list[Path], duration: str | None) -> list[Scenario]:
@@ -89,14 +94,21 @@ def run_command(
             console.print(coverage_table(result))
         for problem in result.problems:
             console.print(f"[red]{result.scenario.name}:[/] {problem}")
+        for reason in result.inconclusive:
+            console.print(f"[yellow]{result.scenario.name} inconclusive:[/] {reason}")
     _write_outputs(results, wall_time_s, report_json, report_html, junit, trace)
-    failed = [r for r in results if not r.ok]
-    verdict = "[red]FAILED[/]" if failed else "[green]OK[/]"
+    failed = [r for r in results if r.status == FAILED]
+    inconclusive = [r for r in results if r.status == INCONCLUSIVE]
+    status = worst_status([result.status for result in results])
+    verdict = {FAILED: "[red]FAILED[/]", INCONCLUSIVE: "[yellow]INCONCLUSIVE[/]"}.get(
+        status, "[green]OK[/]"
+    )
     console.print(
-        f"{verdict}: {len(results) - len(failed)} of {len(results)} scenario runs passed "
+        f"{verdict}: {len(results) - len(failed) - len(inconclusive)} of {len(results)} scenario "
+        f"runs passed, {len(inconclusive)} inconclusive, {len(failed)} failed "
         f"in {wall_time_s:.1f} s"
     )
-    return 1 if failed else 0
+    return {FAILED: EXIT_FAILED, INCONCLUSIVE: EXIT_INCONCLUSIVE}.get(status, 0)
 
 
 def _run_one(
@@ -169,25 +181,13 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def _run_seed(args: tuple[str, int, str | None]) -> tuple[int, bool, list[str]]:
-    path, seed, duration = args
-    from scenarios.shards import run_sharded
-
-    scenario = _load([Path(path)], duration)[0]
-    try:
-        # A seed's worlds (one, unless it is too big) run in turn: the seeds are the jobs.
-        result = run_sharded(scenario, seed, 1)
-    except WorldTooBig as exc:
-        return seed, False, [str(exc)]
-    reasons = [f"{inv.id} {inv.name}" for inv in result.violated] + result.problems
-    return seed, result.ok, reasons
-
-
 def sweep_command(
     console: Console, scenario: Path, seeds: str, jobs: int, duration: str | None
 ) -> int:
+    from scenarios.sweep import SeedOutcome, sweep
+
     try:
-        _load([scenario], duration)
+        loaded = _load([scenario], duration)[0]
         seed_list = parse_seeds(seeds)
     except (ScenarioError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
@@ -195,21 +195,32 @@ def sweep_command(
     if not 1 <= jobs <= 64:
         console.print("[red]error:[/] --jobs: between 1 and 64")
         return 2
-    failing: list[tuple[int, list[str]]] = []
-    work = [(str(scenario), seed, duration) for seed in seed_list]
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task(f"sweep {scenario.name}", total=len(work))
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            for seed, ok, reasons in pool.map(_run_seed, work):
-                if not ok:
-                    failing.append((seed, reasons))
-                progress.advance(task)
+        task = progress.add_task(f"sweep {scenario.name}", total=len(seed_list))
+
+        def done(_: SeedOutcome, task_id: TaskID = task) -> None:
+            progress.advance(task_id)
+
+        verdict = sweep(loaded, seed_list, jobs, on_seed_done=done)
     extra = f" --duration {duration}" if duration else ""
-    for seed, reasons in failing:
-        console.print(f"[red]seed {seed} failed:[/] {'; '.join(reasons)}")
-        console.print(f"  replay: paychaos run {scenario} --seed {seed}{extra}")
-    console.print(f"{len(seed_list) - len(failing)} of {len(seed_list)} seeds passed")
-    return 1 if failing else 0
+    for outcome in verdict.failed:
+        console.print(f"[red]seed {outcome.seed} failed:[/] {'; '.join(outcome.reasons)}")
+        console.print(f"  replay: paychaos run {scenario} --seed {outcome.seed}{extra}")
+    for kind, missed in verdict.inconclusive_by_fault().items():
+        console.print(
+            f"[yellow]inconclusive:[/] declared fault {kind} never fired in {len(missed)} "
+            f"seed(s), it fired in others: seeds {', '.join(map(str, missed))}"
+        )
+    for kind in verdict.never_fired:
+        console.print(
+            f"[red]declared fault {kind} fired in none of the {len(seed_list)} seeds:[/] "
+            "this sweep proves nothing about it"
+        )
+    console.print(
+        f"{len(verdict.passed)} of {len(seed_list)} seeds passed, "
+        f"{len(verdict.inconclusive)} inconclusive, {len(verdict.failed)} failed"
+    )
+    return 0 if verdict.ok else 1
 
 
 def hunt_command(console: Console, examples: int, out: Path, duration: str, seed: int) -> int:
@@ -251,7 +262,10 @@ def hunt_command(console: Console, examples: int, out: Path, duration: str, seed
     return 1
 
 
-def register(app: typer.Typer, console: Console) -> None:
+def register(root: CommandRoot) -> None:
+    """Add ``run``, ``sweep`` and ``hunt`` to the root: the ``paychaos.commands`` entry point."""
+    app, console = root.app, root.console
+
     @app.command("run")
     def run(
         scenarios: Annotated[
@@ -277,7 +291,14 @@ def register(app: typer.Typer, console: Console) -> None:
             ),
         ] = None,
     ) -> None:
-        """Run scenarios in the deterministic simulation and check the invariants."""
+        """Run scenarios in the deterministic simulation and check the invariants.
+
+        Exit codes: 0 all passed; 1 a run failed (an invariant violated or an
+        expectation not met); 2 bad input; 3 inconclusive: nothing failed, but a
+        declared fault never fired in a run, so it proves nothing about that
+        fault (try other seeds, or `paychaos sweep`, which judges coverage over
+        all its seeds).
+        """
         code = run_command(
             console, scenarios or [], seed, duration, report_json, report_html, junit, trace,
             quiet, jobs, db_url,

@@ -60,8 +60,8 @@ NICE_TIME_STEPS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 72
 def render_html(document: dict[str, Any]) -> str:
     runs: list[dict[str, Any]] = list(document.get("runs", []))
     fault_colors = _fault_colors(runs)
-    failed = sum(1 for run in runs if not run.get("ok"))
-    verdict = "FAILED" if failed or not document.get("ok", True) else "PASSED"
+    failed = sum(1 for run in runs if _status(run) == "failed")
+    verdict = _document_status(document, runs).upper()
     title = f"paychaos report: {verdict}"
     parts = [
         "<!DOCTYPE html>",
@@ -87,16 +87,21 @@ def render_html(document: dict[str, Any]) -> str:
 
 
 def _page_header(document: dict[str, Any], runs: list[dict[str, Any]], failed: int) -> str:
-    ok = not failed and bool(document.get("ok", True))
-    passed = len(runs) - failed
+    status = _document_status(document, runs)
+    inconclusive = sum(1 for run in runs if _status(run) == "inconclusive")
+    passed = len(runs) - failed - inconclusive
     if len(runs) == 1:
-        text = "the run passed: every invariant holds" if ok else "the run failed"
-    elif ok:
+        text = {
+            "passed": "the run passed: every invariant holds",
+            "inconclusive": "the run is inconclusive: every invariant holds, "
+            "but a declared fault never fired",
+        }.get(status, "the run failed")
+    elif status == "passed":
         text = f"all {len(runs)} runs passed: every invariant holds"
     else:
-        text = f"{failed} of {len(runs)} runs failed, {passed} passed"
+        text = f"{passed} of {len(runs)} runs passed, {inconclusive} inconclusive, {failed} failed"
     return (
-        f'<header class="page {"ok" if ok else "bad"}"><h1>paychaos report</h1>'
+        f'<header class="page {STATUS_CLASS[status]}"><h1>paychaos report</h1>'
         f'<p class="headline">{_e(text)}</p></header>'
     )
 
@@ -106,7 +111,7 @@ def _summary(runs: list[dict[str, Any]]) -> str:
     for i, run in enumerate(runs):
         violated = [inv["id"] for inv in run.get("invariants", []) if not inv.get("ok", True)]
         rows.append(
-            f"<tr><td>{_badge(bool(run.get('ok')))}</td>"
+            f"<tr><td>{_status_badge(_status(run))}</td>"
             f'<td><a href="#run-{i}">{_e(run.get("scenario"))}</a></td>'
             f'<td class="n">{_e(run.get("seed"))}</td>'
             f'<td class="n">{_int(run.get("payments"))}</td>'
@@ -153,12 +158,16 @@ def _run_section(index: int, run: dict[str, Any], fault_colors: dict[str, str]) 
 
 
 def _banner(run: dict[str, Any]) -> str:
-    ok = bool(run.get("ok"))
+    status = _status(run)
     violated = [inv for inv in run.get("invariants", []) if not inv.get("ok", True)]
-    if ok and run.get("faults_declared"):
+    if status == "passed" and run.get("faults_declared"):
         why = "every invariant holds and every declared fault fired"
-    elif ok:
+    elif status == "passed":
         why = "every invariant holds (no faults declared: a baseline run)"
+    elif status == "inconclusive":
+        unfired = ", ".join(run.get("faults_unfired", []))
+        why = f"every invariant holds, but declared faults never fired ({unfired}): "
+        why += "this run proves nothing about them"
     else:
         reasons = [f"{inv['id']} {inv['name']} violated" for inv in violated]
         if run.get("problems"):
@@ -172,8 +181,8 @@ def _banner(run: dict[str, Any]) -> str:
     ]
     dl = "".join(f"<div><dt>{k}</dt><dd>{v}</dd></div>" for k, v in facts)
     return (
-        f'<div class="banner {"ok" if ok else "bad"}">'
-        f'<div class="verdict">{"PASS" if ok else "FAIL"}</div>'
+        f'<div class="banner {STATUS_CLASS[status]}">'
+        f'<div class="verdict">{STATUS_VERDICT[status]}</div>'
         f'<div class="what"><h2>{_e(run.get("scenario"))}</h2>'
         f'<p class="desc">{_e(run.get("description", ""))}</p>'
         f'<p class="why">{_e(why)}</p></div><dl class="facts">{dl}</dl></div>'
@@ -209,13 +218,15 @@ def _figures(run: dict[str, Any]) -> str:
 
 
 def _problems(run: dict[str, Any]) -> str:
-    problems = run.get("problems", [])
-    if not problems:
-        return ""
-    items = "".join(f"<li>{_e(p)}</li>" for p in problems)
-    return (
-        '<div class="problems"><h3>Expectations not met (each one fails the run)</h3>'
-        f"<ul>{items}</ul></div>"
+    boxes = [
+        ("Expectations not met (each one fails the run)", run.get("problems", [])),
+        ("Declared faults that never fired (the run is inconclusive)", run.get("inconclusive", [])),
+    ]
+    return "".join(
+        f'<div class="problems"><h3>{title}</h3>'
+        f"<ul>{''.join(f'<li>{_e(p)}</li>' for p in items)}</ul></div>"
+        for title, items in boxes
+        if items
     )
 
 
@@ -559,7 +570,7 @@ def _coverage(run: dict[str, Any]) -> str:
     for kind in sorted(declared | set(fired)):
         count = int(fired.get(kind, 0))
         if kind in declared and not count:
-            status = '<span class="pill bad">declared, never fired</span>'
+            status = '<span class="pill warn">declared, never fired</span>'
         elif kind in declared:
             status = '<span class="pill ok">declared, fired</span>'
         else:
@@ -647,6 +658,33 @@ def _sim_t(value: Any) -> float:
 
 def _e(value: Any) -> str:
     return escape("" if value is None else str(value), quote=True)
+
+
+STATUS_CLASS = {"passed": "ok", "inconclusive": "warn", "failed": "bad"}
+STATUS_VERDICT = {"passed": "PASS", "inconclusive": "INCONCLUSIVE", "failed": "FAIL"}
+
+
+def _status(run: dict[str, Any]) -> str:
+    """A run's verdict; reports written before ``status`` existed only say ``ok``. A
+    violated invariant, or ``ok`` false beside ``passed``, fails it whatever it says."""
+    status = run.get("status")
+    violated = any(not inv.get("ok", True) for inv in run.get("invariants", []))
+    if violated or (status == "passed" and run.get("ok") is False):
+        return "failed"
+    if status in STATUS_CLASS:
+        return str(status)
+    return "passed" if run.get("ok") else "failed"
+
+
+def _document_status(document: dict[str, Any], runs: list[dict[str, Any]]) -> str:
+    """The worst of the runs' verdicts and the document's own."""
+    own = _status({"ok": True, **document})
+    statuses = {own, *(_status(run) for run in runs)}
+    return next(s for s in ("failed", "inconclusive", "passed") if s in statuses)
+
+
+def _status_badge(status: str) -> str:
+    return f'<span class="pill {STATUS_CLASS[status]}">{STATUS_VERDICT[status]}</span>'
 
 
 def _badge(ok: bool, yes: str = "PASS", no: str = "FAIL") -> str:
@@ -738,6 +776,7 @@ a{color:#0b5cad}
 header.page{display:flex;align-items:baseline;gap:16px;padding:14px 20px;border-radius:10px;
 margin-bottom:16px;color:#fff}
 header.page.ok{background:var(--ok)}header.page.bad{background:var(--bad)}
+header.page.warn{background:var(--warn)}
 header.page h1{font-size:22px}header.page .headline{margin:0;font-size:16px;opacity:.95}
 .card{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:14px 16px;
 margin:0 0 14px}
@@ -749,6 +788,8 @@ margin-bottom:12px;border:1px solid}
 .banner .verdict{font-size:30px;font-weight:800;letter-spacing:.06em;padding:6px 16px;
 border-radius:8px;color:#fff}
 .banner.ok .verdict{background:var(--ok)}.banner.bad .verdict{background:var(--bad)}
+.banner.warn{background:var(--warn-bg);border-color:#e8c35a}
+.banner.warn .verdict{background:var(--warn)}.banner.warn .why{color:var(--warn)}
 .banner .what{flex:1}.banner h2{font-size:22px}
 .banner .desc{margin:2px 0;color:var(--muted)}
 .banner .why{margin:2px 0;font-weight:600}
@@ -779,6 +820,7 @@ border-bottom:1px solid var(--line);padding:5px 8px}
 border-radius:999px;white-space:nowrap}
 .pill.ok{background:var(--ok-bg);color:var(--ok)}
 .pill.bad{background:var(--bad);color:#fff}
+.pill.warn{background:var(--warn-bg);color:var(--warn)}
 .pill.na{background:#eef1f4;color:var(--muted)}
 ul.viol{margin:0;padding-left:16px}ul.viol li{margin:1px 0}
 details summary{cursor:pointer;color:#0b5cad;margin-top:2px}

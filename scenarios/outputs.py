@@ -13,7 +13,7 @@ from xml.etree import ElementTree as ET
 
 from rich.table import Table
 
-from scenarios.runner import RunResult
+from scenarios.runner import FAILED, INCONCLUSIVE, RunResult, worst_status
 
 REPORT_VERSION = 1
 
@@ -22,6 +22,7 @@ def report_document(results: list[RunResult], wall_time_s: float) -> dict[str, A
     return {
         "paychaos_report": REPORT_VERSION,
         "ok": all(result.ok for result in results),
+        "status": worst_status([result.status for result in results]),
         "runs": [result.report for result in results],
         "wall_time_s": round(wall_time_s, 3),
     }
@@ -40,14 +41,19 @@ def write_trace(path: Path, results: list[RunResult]) -> None:
 
 
 def write_junit(path: Path, results: list[RunResult]) -> None:
+    """One suite per run: a case per invariant and one for the expectations. That one
+    fails on an unmet expectation, and is skipped, with the reason, when the run is
+    inconclusive (a declared fault never fired: not a failure)."""
     suites = ET.Element("testsuites", name="paychaos")
     for result in results:
         name = f"{result.scenario.name}[seed={result.seed}]"
         cases = [(inv.id + " " + inv.name, inv) for inv in result.invariants if inv.applicable]
         failures = sum(1 for _, inv in cases if not inv.ok) + (1 if result.problems else 0)
+        skipped = 1 if result.unfired and not result.problems else 0
         suite = ET.SubElement(
-            suites, "testsuite", name=name, tests=str(len(cases) + 1), failures=str(failures)
-        )
+            suites, "testsuite", name=name, tests=str(len(cases) + 1),
+            failures=str(failures), skipped=str(skipped),
+        )  # fmt: skip
         for case_name, inv in cases:
             case = ET.SubElement(suite, "testcase", classname=name, name=case_name)
             if not inv.ok:
@@ -59,16 +65,20 @@ def write_junit(path: Path, results: list[RunResult]) -> None:
         case = ET.SubElement(suite, "testcase", classname=name, name="expectations")
         if result.problems:
             failure = ET.SubElement(case, "failure", message="; ".join(result.problems)[:500])
-            failure.text = "\n".join(result.problems)
+            failure.text = "\n".join(result.problems + result.inconclusive)
+        elif skipped:
+            reason = "inconclusive: " + "; ".join(result.inconclusive)
+            ET.SubElement(case, "skipped", message=reason[:500]).text = reason
     ET.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
 
 
 def summary_table(result: RunResult) -> Table:
     report = result.report
-    title = (
-        f"{result.scenario.name} (seed {result.seed}): {report['payments']} payments, "
-        f"{'[green]all invariants hold[/]' if result.ok else '[red]FAILED[/]'}"
-    )
+    verdict = {
+        FAILED: "[red]FAILED[/]",
+        INCONCLUSIVE: "[yellow]INCONCLUSIVE[/]: all invariants hold, a declared fault never fired",
+    }.get(result.status, "[green]all invariants hold[/]")
+    title = f"{result.scenario.name} (seed {result.seed}): {report['payments']} payments, {verdict}"
     table = Table(title=title, title_justify="left")
     for column in ("invariant", "checked", "result", "violations"):
         table.add_column(column, justify="right" if column == "checked" else "left")
@@ -95,7 +105,7 @@ def coverage_table(result: RunResult) -> Table:
         marker = "" if kind in declared else " [dim](not declared)[/]"
         table.add_row(f"fault {kind}{marker}", str(count))
     for kind in sorted(declared - set(report["faults_fired"])):
-        table.add_row(f"[red]fault {kind} declared, never fired[/]", "0")
+        table.add_row(f"[yellow]fault {kind} declared, never fired (inconclusive)[/]", "0")
     for path, count in report["coverage"].items():
         table.add_row(path, str(count))
     return table

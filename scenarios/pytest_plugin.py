@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
-from scenarios.runner import RunResult, run_scenario
+from scenarios.runner import FAILED, INCONCLUSIVE, RunResult, run_scenario
 from scenarios.schema import (
     LIBRARY,
     Scenario,
@@ -73,15 +73,33 @@ def failure_message(result: RunResult, replay: str | None = None) -> str:
     if result.problems:
         lines.append("  coverage and expectations not met:")
         lines.extend(f"    - {problem}" for problem in result.problems)
-    command = replay or f"paychaos run <{result.scenario.name}.yaml> --seed {result.seed}"
-    lines.append(f"  replay: {command}")
+    if result.inconclusive:
+        lines.append("  inconclusive:")
+        lines.extend(f"    - {reason}" for reason in result.inconclusive)
+    lines.append(f"  replay: {_replay(result, replay)}")
     return "\n".join(lines)
 
 
+def inconclusive_message(result: RunResult, replay: str | None = None) -> str:
+    """Why a run in which nothing failed still proves less than it should."""
+    reasons = "; ".join(result.inconclusive)
+    return (
+        f"scenario {result.scenario.name!r} with seed {result.seed} is inconclusive: {reasons}"
+        f" (replay: {_replay(result, replay)})"
+    )
+
+
+def _replay(result: RunResult, replay: str | None) -> str:
+    return replay or f"paychaos run <{result.scenario.name}.yaml> --seed {result.seed}"
+
+
 def assert_invariants_hold(result: RunResult, replay: str | None = None) -> None:
-    """Fail the test, readably, unless every invariant held and every expectation was met."""
-    if not result.ok:
+    """Fail the test, readably, if an invariant was violated or an expectation not met;
+    skip it, with the reason, if the run is inconclusive (a declared fault never fired)."""
+    if result.status == FAILED:
         pytest.fail(failure_message(result, replay), pytrace=False)
+    if result.status == INCONCLUSIVE:
+        pytest.skip(inconclusive_message(result, replay))
 
 
 class PaychaosRunner:

@@ -14,7 +14,6 @@ import os
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 from engine.adapters.database import scratch_database
@@ -29,27 +28,60 @@ QUIESCENCE_POLL_S = 60.0
 TRACED_PAYMENTS_MAX = 10
 
 
+# A run's verdict. Failed: an invariant was violated or a real expectation was not
+# met (too few payments, a path not reached, no quiescence). Inconclusive: nothing
+# failed, but a declared fault never fired, so the run proves nothing about it
+# (another seed may). Passed: neither.
+PASSED = "passed"
+FAILED = "failed"
+INCONCLUSIVE = "inconclusive"
+STATUS_ORDER = (PASSED, INCONCLUSIVE, FAILED)  # worst last
+
+
+def worst_status(statuses: Sequence[str]) -> str:
+    return max(statuses, key=STATUS_ORDER.index, default=PASSED)
+
+
 @dataclass(slots=True)
 class RunResult:
     scenario: Scenario
     seed: int
     invariants: list[Invariant]
-    problems: list[str]  # expectations not met: nothing fired, too few payments, ...
+    problems: list[str]  # expectations not met, each fails the run: too few payments, ...
     report: dict[str, Any]
     trace: list[dict[str, Any]] = field(default_factory=list)
     client_latencies_s: list[float] = field(default_factory=list)  # raw, for merging shards
+    unfired: list[str] = field(default_factory=list)  # declared faults that never fired
+
+    @property
+    def status(self) -> str:
+        return run_status(self.invariants, self.problems, self.unfired)
 
     @property
     def ok(self) -> bool:
-        return all(inv.ok for inv in self.invariants) and not self.problems
+        """Passed: every invariant held, every expectation was met, every declared fault fired."""
+        return self.status == PASSED
+
+    @property
+    def inconclusive(self) -> list[str]:
+        """Why the run proves less than it should (empty unless a declared fault never fired)."""
+        return [unfired_reason(kind) for kind in self.unfired]
 
     @property
     def violated(self) -> list[Invariant]:
         return [inv for inv in self.invariants if not inv.ok]
 
 
+def run_status(
+    invariants: Sequence[Invariant], problems: Sequence[str], unfired: Sequence[str]
+) -> str:
+    if problems or not all(inv.ok for inv in invariants):
+        return FAILED
+    return INCONCLUSIVE if unfired else PASSED
+
+
 def declared_faults(scenario: Scenario) -> list[str]:
-    """The fault kinds a scenario asks for; each must fire at least once."""
+    """The fault kinds a scenario asks for; a run in which one never fired is inconclusive."""
     plan = scenario.fault_plan()
     declared: set[str] = set()
     rule_faults = {
@@ -121,7 +153,7 @@ def quiesce(world: World) -> Step:
             continue
         if world.psp.next_delivery_at_s() is not None:
             continue
-        if world.engine.unresolved_attempts(timedelta(0), 1, awaiting_customer=False):
+        if world.recovery_pending():
             continue
         if world.engine.open_payouts(1) or world.engine.fee_lookups(1):
             continue
@@ -192,18 +224,34 @@ def _run_world(world: World, on_progress: Callable[[float], None] | None) -> Run
         )
     invariants = run_oracles(world)
     problems = expectation_problems(world)
-    report = build_report(world, invariants, problems)
+    unfired = unfired_faults(scenario, fired_faults(world))
+    report = build_report(world, invariants, problems, unfired)
     world.db.dispose()
     return RunResult(
-        scenario, world.seed, invariants, problems, report, world.trace, world.client_latencies_s
-    )
+        scenario, world.seed, invariants, problems, report, world.trace, world.client_latencies_s,
+        unfired,
+    )  # fmt: skip
 
 
 def expectation_problems(world: World) -> list[str]:
-    return check_expectations(
-        world.scenario, fired_faults(world), len(world.orders), world.coverage,
-        world.quiescent_at_s,
-    )  # fmt: skip
+    return unmet_expectations(
+        world.scenario, len(world.orders), world.coverage, world.quiescent_at_s
+    )
+
+
+def expected_faults(scenario: Scenario) -> list[str]:
+    """The fault kinds the scenario expects to fire (``expect.faults_fired``)."""
+    wanted = scenario.expect.faults_fired
+    return declared_faults(scenario) if wanted == "declared" else sorted(wanted)
+
+
+def unfired_faults(scenario: Scenario, fired: Mapping[str, int]) -> list[str]:
+    """The expected faults that did not fire: the run proves nothing about them."""
+    return [kind for kind in expected_faults(scenario) if not fired.get(kind)]
+
+
+def unfired_reason(kind: str) -> str:
+    return f"declared fault {kind} never fired: this run proves nothing about it"
 
 
 def check_expectations(
@@ -213,13 +261,24 @@ def check_expectations(
     coverage: Mapping[str, int],
     quiescent_at_s: float | None,
 ) -> list[str]:
-    """The scenario's ``expect:`` bounds over a run's counts (one world's or merged shards')."""
+    """Every ``expect:`` bound in one list, unfired faults included (live mode's
+    judgement: one wall-time run, no seeds to judge coverage over). The simulation
+    keeps the two apart: ``unmet_expectations`` fail a run, ``unfired_faults``
+    make it inconclusive."""
+    unmet = unmet_expectations(scenario, payments, coverage, quiescent_at_s)
+    return [unfired_reason(kind) for kind in unfired_faults(scenario, fired)] + unmet
+
+
+def unmet_expectations(
+    scenario: Scenario,
+    payments: int,
+    coverage: Mapping[str, int],
+    quiescent_at_s: float | None,
+) -> list[str]:
+    """The scenario's ``expect:`` bounds that fail a run, over its counts (one world's
+    or merged shards'): payments, paths reached, quiescence."""
     expect = scenario.expect
     problems = []
-    wanted = declared_faults(scenario) if expect.faults_fired == "declared" else expect.faults_fired
-    for kind in wanted:
-        if not fired.get(kind):
-            problems.append(f"declared fault {kind} never fired: this run proves nothing about it")
     if payments < expect.payments_min:
         problems.append(f"only {payments} payments, expected at least {expect.payments_min}")
     for path, minimum in sorted(expect.coverage_min.items()):
@@ -275,7 +334,9 @@ def _faults_over_time(world: World) -> list[dict[str, Any]]:
     return [{"t": t, "kind": kind, "count": n} for (t, kind), n in sorted(buckets.items())]
 
 
-def build_report(world: World, invariants: list[Invariant], problems: list[str]) -> dict[str, Any]:
+def build_report(
+    world: World, invariants: list[Invariant], problems: list[str], unfired: list[str]
+) -> dict[str, Any]:
     scenario = world.scenario
     final = world.samples[-1] if world.samples else {"by_state": {}}
     traced = sorted(
@@ -292,13 +353,16 @@ def build_report(world: World, invariants: list[Invariant], problems: list[str])
         "seed": world.seed,
         "duration_s": scenario.duration_s,
         "quiescent_at_s": world.quiescent_at_s,
-        "ok": all(inv.ok for inv in invariants) and not problems,
+        "ok": run_status(invariants, problems, unfired) == PASSED,
+        "status": run_status(invariants, problems, unfired),
         "payments": len(world.orders),
         "payments_by_state": final["by_state"],
         "invariants": [inv.to_json() for inv in invariants],
         "problems": problems,
+        "inconclusive": [unfired_reason(kind) for kind in unfired],
         "faults_declared": declared_faults(scenario),
         "faults_fired": fired_faults(world),
+        "faults_unfired": unfired,
         "coverage": dict(sorted(world.coverage.items())),
         "client_latency": latency_percentiles(world.client_latencies_s),
         "client_latency_histogram": latency_histogram(world.client_latencies_s),

@@ -25,7 +25,8 @@ buckets, invariants' ``checked``); violations are concatenated in shard order;
 latency percentiles are computed over every shard's raw latencies; samples are
 summed at every sample time, a shard that already reached quiescence counting
 with its last sample; the expectations (faults fired, payments, coverage) are
-checked on the merged counts, not per shard.
+checked on the merged counts, not per shard: a declared fault that fired in one
+shard fired in the run.
 """
 
 from __future__ import annotations
@@ -44,13 +45,17 @@ from typing import Any
 from scenarios.clients import expected_payments
 from scenarios.oracles import Invariant
 from scenarios.runner import (
+    PASSED,
     TRACED_PAYMENTS_MAX,
     RunResult,
-    check_expectations,
     declared_faults,
     latency_histogram,
     latency_percentiles,
     run_scenario,
+    run_status,
+    unfired_faults,
+    unfired_reason,
+    unmet_expectations,
 )
 from scenarios.schema import Scenario
 
@@ -272,7 +277,9 @@ def merge(scenario: Scenario, seed: int, shards: list[RunResult], jobs: int) -> 
     coverage = _summed([report["coverage"] for report in reports])
     quiescent = [report["quiescent_at_s"] for report in reports]
     quiescent_at_s = None if None in quiescent else max(quiescent)
-    problems = check_expectations(scenario, fired, payments, coverage, quiescent_at_s)
+    problems = unmet_expectations(scenario, payments, coverage, quiescent_at_s)
+    unfired = unfired_faults(scenario, fired)  # fired in any shard is fired
+    status = run_status(invariants, problems, unfired)
     latencies = [value for shard in shards for value in shard.client_latencies_s]
     traces = sorted(
         (trace for report in reports for trace in report["traces"]),
@@ -284,13 +291,16 @@ def merge(scenario: Scenario, seed: int, shards: list[RunResult], jobs: int) -> 
         "seed": seed,
         "duration_s": scenario.duration_s,
         "quiescent_at_s": quiescent_at_s,
-        "ok": all(inv.ok for inv in invariants) and not problems,
+        "ok": status == PASSED,
+        "status": status,
         "payments": payments,
         "payments_by_state": _summed([report["payments_by_state"] for report in reports]),
         "invariants": [inv.to_json() for inv in invariants],
         "problems": problems,
+        "inconclusive": [unfired_reason(kind) for kind in unfired],
         "faults_declared": declared_faults(scenario),
         "faults_fired": fired,
+        "faults_unfired": unfired,
         "coverage": coverage,
         "client_latency": latency_percentiles(latencies),
         "client_latency_histogram": latency_histogram(latencies),
@@ -302,4 +312,4 @@ def merge(scenario: Scenario, seed: int, shards: list[RunResult], jobs: int) -> 
         "shards": [_shard_summary(k, shard) for k, shard in enumerate(shards)],
     }
     trace = merge_traces([shard.trace for shard in shards])
-    return RunResult(scenario, seed, invariants, problems, report, trace, latencies)
+    return RunResult(scenario, seed, invariants, problems, report, trace, latencies, unfired)
