@@ -50,7 +50,7 @@ from engine.domain.provider import (
     ProviderOutcome,
 )
 from engine.domain.states import PaymentState, is_legal, transition
-from engine.domain.validation import parse_identifier
+from engine.domain.validation import PAN_SEPARATORS, parse_identifier
 from engine.service import payouts, splits
 from engine.service.views import (
     EventResult,
@@ -110,7 +110,11 @@ RECOVERY_SCHEDULE = (
 # Failures of a webhook's application that count against it (then dead-letter it).
 # A database outage is nobody's fault and a defect must stop the world: neither counts.
 Translate = Callable[[Mapping[str, Any]], ProviderEvent]
-_SECRET = re.compile(r"\b(?:sk|rk|pk|whsec)_[A-Za-z0-9_]+|(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
+# Keys, and any 13-19 digit run in the separators a card number may be printed with
+# (engine.domain.validation.PAN_SEPARATORS): stored error text keeps none of them.
+_SECRET = re.compile(
+    rf"\b(?:sk|rk|pk|whsec)_[A-Za-z0-9_]+|(?<!\d)\d(?:[{re.escape(PAN_SEPARATORS)}]?\d){{12,18}}(?!\d)"
+)
 ERROR_TEXT_MAX = 500
 
 

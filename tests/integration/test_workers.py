@@ -325,11 +325,12 @@ def test_a_failing_webhook_goes_dead_then_a_retry_applies_it_exactly_once(
 def test_a_dead_letter_keeps_no_secret_and_no_card_number(engine: PaymentEngine) -> None:
     engine.settings = EngineSettings(webhook_attempts_max=1)
     engine.store_webhook("evt_1", "payment_intent.succeeded", "{}")
-    leaky = "bad sk_test_abc123XYZ whsec_s3cret card 4242 4242 4242 4242 " + "x" * 900
+    leaky = ("bad sk_test_abc123XYZ whsec_s3cret card 4242 4242 4242 4242 "
+             "4000.0566.5566.5556 5555/5555/5555/4444 " + "x" * 900)  # fmt: skip
     InboxProcessor(engine, translate=Flaky(1, leaky)).run_once()
     [item] = engine.dead_letters()
     assert item.last_error is not None and len(item.last_error) <= 500
-    for secret in ("sk_test_abc123XYZ", "whsec_s3cret", "4242 4242"):
+    for secret in ("sk_test_abc123XYZ", "whsec_s3cret", "4242 4242", "4000.0566", "5555/5555"):
         assert secret not in item.last_error
     assert item.last_error.startswith("ValueError: bad [redacted]")
 
