@@ -63,13 +63,18 @@ _PAN_CANDIDATE = re.compile(
 _DROP_SEPARATORS = str.maketrans("", "", PAN_SEPARATORS)
 # Matched whole (``fullmatch``): ``$`` would also match before a trailing newline,
 # and "pm_card_visa\n" passed for a token.
-_TOKEN = re.compile(r"(pm|tok|src|card)_[A-Za-z0-9_]{1,100}")
-_PRINTABLE = re.compile(r"[\x21-\x7e]+")
+# The patterns are public so that the API's OpenAPI document states these same rules.
+PAYMENT_METHOD_PATTERN = r"(pm|tok|src|card)_[A-Za-z0-9_]{1,100}"
+PRINTABLE_PATTERN = r"[\x21-\x7e]+"  # identifiers and idempotency keys: no spaces
+_TOKEN = re.compile(PAYMENT_METHOD_PATTERN)
+_PRINTABLE = re.compile(PRINTABLE_PATTERN)
 # What no metadata key may hold: control characters (NUL among them) and lone
 # surrogates, which no database or JSON encoder can store as text. Values may hold
 # tabs and line breaks (a note), nothing else of the kind.
-_UNSTORABLE_KEY = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
-_UNSTORABLE_VALUE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+METADATA_KEY_CONTROLS = r"\x00-\x1f\x7f"
+METADATA_VALUE_CONTROLS = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f"
+_UNSTORABLE_KEY = re.compile(rf"[{METADATA_KEY_CONTROLS}\ud800-\udfff]")
+_UNSTORABLE_VALUE = re.compile(rf"[{METADATA_VALUE_CONTROLS}\ud800-\udfff]")
 
 
 def luhn_valid(digits: str) -> bool:

@@ -60,9 +60,13 @@ from engine.domain.money import AMOUNT_MINOR_MAX, CURRENCY_EXPONENTS
 from engine.domain.ports import Clock
 from engine.domain.validation import (
     ID_LENGTH_MAX,
+    METADATA_KEY_CONTROLS,
     METADATA_KEY_LENGTH_MAX,
     METADATA_KEYS_MAX,
+    METADATA_VALUE_CONTROLS,
     METADATA_VALUE_LENGTH_MAX,
+    PAYMENT_METHOD_PATTERN,
+    PRINTABLE_PATTERN,
 )
 from engine.entrypoints import api_schema as doc
 from engine.entrypoints.http_guard import (
@@ -88,7 +92,7 @@ from engine.workers.background import BackgroundWorker, WorkerState
 
 log = logging.getLogger("paychaos.api")
 REQUEST_ID_HEADER = "Request-Id"
-WEBHOOK_PATH = "/v1/webhooks/psp"
+WEBHOOK_PATH = doc.WEBHOOK_PATH
 LATENCY_SERIES_MAX = 1_000  # routes x methods x statuses: a few dozen in practice
 T = TypeVar("T")
 RESTRICTED_WRITE_MESSAGE = "this write needs a secret key (sk_...), not a restricted one"
@@ -196,13 +200,11 @@ AmountMinor = Annotated[
     Field(strict=True),
     WithJsonSchema({"type": "integer", "minimum": 1, "maximum": AMOUNT_MINOR_MAX}),
 ]
+IDENTIFIER_PATTERN = f"^{PRINTABLE_PATTERN}$"
 IDENTIFIER_SCHEMA = {"type": "string", "minLength": 1, "maxLength": ID_LENGTH_MAX,
-                     "pattern": r"^[\x21-\x7e]+$"}  # fmt: skip
+                     "pattern": IDENTIFIER_PATTERN}  # fmt: skip
 Identifier = Annotated[str, WithJsonSchema(IDENTIFIER_SCHEMA)]
-Token = Annotated[
-    str,
-    WithJsonSchema({"type": "string", "pattern": r"^(pm|tok|src|card)_[A-Za-z0-9_]{1,100}$"}),
-]
+Token = Annotated[str, WithJsonSchema({"type": "string", "pattern": f"^{PAYMENT_METHOD_PATTERN}$"})]
 CURRENCIES = sorted(CURRENCY_EXPONENTS)  # in either case, as the domain takes them
 Currency = Annotated[
     str, WithJsonSchema({"type": "string", "enum": CURRENCIES + [c.lower() for c in CURRENCIES]})
@@ -211,9 +213,9 @@ METADATA_SCHEMA = {
     "type": "object",
     "maxProperties": METADATA_KEYS_MAX,
     "propertyNames": {"minLength": 1, "maxLength": METADATA_KEY_LENGTH_MAX,
-                      "pattern": r"^[^\x00-\x1f\x7f]+$"},
+                      "pattern": f"^[^{METADATA_KEY_CONTROLS}]+$"},
     "additionalProperties": {"type": "string", "maxLength": METADATA_VALUE_LENGTH_MAX,
-                             "pattern": r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"},
+                             "pattern": f"^[^{METADATA_VALUE_CONTROLS}]*$"},
 }  # fmt: skip
 Metadata = Annotated[dict[str, str], WithJsonSchema(METADATA_SCHEMA)]
 
@@ -291,7 +293,7 @@ Authorization = Annotated[str | None, Header()]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 # A list's query, bounded as the engine's default settings bound it.
 OrderQuery = Annotated[
-    str | None, Query(min_length=1, max_length=ID_LENGTH_MAX, pattern=r"^[\x21-\x7e]+$")
+    str | None, Query(min_length=1, max_length=ID_LENGTH_MAX, pattern=IDENTIFIER_PATTERN)
 ]
 LimitQuery = Annotated[int, Query(ge=1, le=EngineSettings().page_size_max)]
 OffsetQuery = Annotated[int, Query(ge=0, le=EngineSettings().page_offset_max)]

@@ -26,15 +26,19 @@ from fastapi import FastAPI
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 from starlette.routing import BaseRoute, Route
 
+from engine.adapters.webhook_signature import HEADER_LENGTH_MAX
 from engine.domain.commands import CaptureMethod
 from engine.domain.states import PaymentState
-from engine.domain.validation import ID_LENGTH_MAX, IDEMPOTENCY_KEY_LENGTH_MAX
+from engine.domain.validation import (
+    ID_LENGTH_MAX,
+    IDEMPOTENCY_KEY_LENGTH_MAX,
+    PRINTABLE_PATTERN,
+)
 
 BEARER = "bearerAuth"
 WEBHOOK_PATH = "/v1/webhooks/psp"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 SIGNATURE_HEADER = "Stripe-Signature"
-SIGNATURE_LENGTH_MAX = 4_096  # engine.adapters.webhook_signature.HEADER_LENGTH_MAX
 # A payment id in a path: the characters the engine's ids use. Others cannot name a
 # payment, and some ("/", "." and "..") would name another route once decoded.
 PATH_ID_PATTERN = f"^[A-Za-z0-9_-]{{1,{ID_LENGTH_MAX}}}$"
@@ -348,7 +352,7 @@ def _idempotency_key_schema() -> dict[str, Any]:
         "type": "string",
         "minLength": 1,
         "maxLength": IDEMPOTENCY_KEY_LENGTH_MAX,
-        "pattern": "^[\\x21-\\x7e]+$",
+        "pattern": f"^{PRINTABLE_PATTERN}$",
         "description": "One per operation attempt: a retry with the same key and body gets "
         "the first answer again; the same key with another body is refused (422)",
     }
@@ -361,7 +365,7 @@ def _signature_header() -> dict[str, Any]:
         "required": True,
         "description": "t=<unix seconds>,v1=<HMAC-SHA256 of '<t>.<body>' under the endpoint's "
         "secret>, within 5 minutes of now: the intake's authentication",
-        "schema": {"type": "string", "minLength": 1, "maxLength": SIGNATURE_LENGTH_MAX},
+        "schema": {"type": "string", "minLength": 1, "maxLength": HEADER_LENGTH_MAX},
     }
 
 
