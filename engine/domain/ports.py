@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from engine.domain.validation import contains_pan
+from engine.domain.validation import passes_for_pan_anywhere
 
 ID_DRAWS_MAX = 64
 
@@ -44,14 +44,17 @@ class FixedClock:
 
 
 def card_safe_id(prefix: str, draw: Callable[[], int]) -> str:
-    """``prefix_`` and 20 hex digits, redrawn while they would pass for a card number.
+    """``prefix_`` and 20 hex digits, redrawn while some of them could pass for a card
+    number to a plain scanner.
 
-    About one hex id in 1,300 holds a Luhn-valid run of 13+ decimal digits; the
-    PAN guard would then refuse every command naming that payment.
+    About one hex id in 1,300 holds a Luhn-valid run of 13+ decimal digits. The
+    engine's own guard does not take a run inside a hex token for a card number,
+    but the ids go out (in a provider's metadata and idempotency keys, in logs),
+    and a provider that reads runs bare would refuse every call naming the payment.
     """
     for _ in range(ID_DRAWS_MAX):
         candidate = f"{prefix}_{draw():020x}"
-        if not contains_pan(candidate):
+        if not passes_for_pan_anywhere(candidate):
             return candidate
     raise AssertionError(f"{ID_DRAWS_MAX} ids in a row looked like card numbers")
 

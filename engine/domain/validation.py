@@ -89,6 +89,18 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
+# A run of 13 to 19 decimal digits whatever stands around it: how a plain scanner
+# (a provider's, a log scrubber's) reads text, letters and all.
+_BARE_DIGIT_RUN = re.compile(r"(?<!\d)\d{13,19}(?!\d)")
+
+
+def passes_for_pan_anywhere(text: str) -> bool:
+    """Whether a plain scanner could take part of ``text`` for a card number: a bare run
+    of 13-19 digits passing Luhn, even inside a hex token. Not a card number by this
+    module's rule; what ids the engine makes and sends out must avoid all the same."""
+    return any(luhn_valid(run) for run in _BARE_DIGIT_RUN.findall(text))
+
+
 def has_digit_run(text: str) -> bool:
     """Whether ``text`` holds a candidate (module docstring): a card number but for the
     Luhn check, the cheap test before ``contains_pan``."""

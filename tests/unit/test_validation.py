@@ -322,3 +322,15 @@ def test_the_regular_expression_agrees_with_the_rule_read_plainly(pieces: list[s
     text = "".join(pieces)
     assert contains_pan(text) == reference_contains_pan(text)
     assert has_digit_run(text) or not contains_pan(text)
+
+
+def test_an_id_is_redrawn_while_a_plain_scanner_could_take_part_of_it_for_a_card() -> None:
+    """The engine's guard reads a digit run inside hex as no card number, but the ids go
+    to the provider, whose scanner reads runs bare (the mock PSP's refused such calls)."""
+    from engine.domain.ports import card_safe_id
+    from mock_psp.params import _looks_like_pan
+
+    embedded = "a4242424242424242bcd"  # 20 hex digits, a Luhn-valid run inside letters
+    assert not contains_pan(f"pay_{embedded}") and _looks_like_pan(f"pay_{embedded}")
+    draws = iter([int(embedded, 16), int("abcdef0123456789abcd", 16)])
+    assert card_safe_id("pay", lambda: next(draws)) == "pay_abcdef0123456789abcd"
