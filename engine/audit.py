@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from engine.adapters import schema as t
+from engine.domain.ledger import SELLERS_PREFIX, Account, seller_of
 from engine.domain.states import PaymentState, is_legal
 
 EXAMPLES_MAX = 20
@@ -95,11 +96,11 @@ def _ledger_by_payment(c: Connection) -> dict[str, dict[str, int]]:
     for payment_id, kind, account, side, amount in rows:
         signed = amount if side == "D" else -amount
         totals = derived[payment_id]
-        if account == "holds:psp_clearing":
+        if account == Account.HOLDS_PSP_CLEARING:
             totals["held"] += signed
-        elif account == "psp_clearing" and kind == "capture" and side == "D":
+        elif account == Account.PSP_CLEARING and kind == "capture" and side == "D":
             totals["captured"] += amount
-        elif account == "psp_clearing" and kind == "refund":
+        elif account == Account.PSP_CLEARING and kind == "refund":
             totals["refunded"] += amount
     return derived
 
@@ -178,13 +179,13 @@ def wallet_violations(connection: sa.Connection) -> tuple[int, list[tuple[str, s
     signed = sa.case((e.side == "D", e.amount_minor), else_=-e.amount_minor)
     query = (
         sa.select(e.account, e.currency, sa.func.sum(signed))
-        .where(e.account.startswith("seller_"))
+        .where(e.account.startswith(SELLERS_PREFIX))
         .group_by(e.account, e.currency)
     )
     derived: dict[tuple[str, str], dict[str, int]] = defaultdict(_zero)
     for account, currency, total in connection.execute(query):
-        bucket, seller = str(account).split(":", 1)
-        derived[(seller, str(currency))][bucket.removeprefix("seller_")] = -int(total)
+        bucket, seller = seller_of(str(account))
+        derived[(seller, str(currency))][bucket] = -int(total)
     wallets = {
         (row.owner_id, row.currency): {
             "pending": row.pending_minor,
@@ -207,13 +208,13 @@ def payout_violations(connection: sa.Connection) -> tuple[int, list[tuple[str, s
     query = (
         sa.select(e.account, e.currency, e.side, e.amount_minor, j.kind, j.id)
         .join(t.ledger_journals, j.id == e.journal_id)
-        .where(e.account.startswith("seller_available:"))
+        .where(e.account.startswith(f"{Account.SELLER_AVAILABLE.value}:"))
         .order_by(e.id)
     )
     balances: dict[tuple[str, str], int] = defaultdict(int)
     checked, violations = 0, []
     for account, currency, side, amount, kind, journal_id in connection.execute(query):
-        key = (str(account).split(":", 1)[1], str(currency))
+        key = (seller_of(str(account))[1], str(currency))
         if kind == "payout" and side == "D":
             checked += 1
             if amount > balances[key]:

@@ -139,8 +139,10 @@ def measure_all(port: int, pid: int, key: str, body_bytes: int) -> list[Measured
 
 
 def _baseline(port: int, key: str) -> tuple[int, float, int]:
-    body = (b'{"amount_minor": 1000, "currency": "EUR", "order_id": "bench-guard", '
-            b'"payment_method": "pm_card_visa", "metadata": {"note": "' + b"n" * 400 + b'"}}')
+    body = (
+        b'{"amount_minor": 1000, "currency": "EUR", "order_id": "bench-guard", '
+        b'"payment_method": "pm_card_visa", "metadata": {"note": "' + b"n" * 400 + b'"}}'
+    )
     head = (f"POST /v1/payments HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
             f"Authorization: Bearer {key}\r\nIdempotency-Key: baseline\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode()  # fmt: skip

@@ -1,5 +1,9 @@
 """Customers and their checkout clients: arrivals, flows, retries, double clicks.
 
+Clients act on the system under test only through ``world.sut``
+(``scenarios.sut.SystemUnderTest``) and see only its answers: a status code, the
+payment's body, an error code.
+
 A client retries with the *same* idempotency key when the engine could not
 answer (down, database outage, key still in flight), with exponential backoff,
 and gives up after ``retries_max``. Some clients re-submit an order with a new
@@ -18,16 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.domain.commands import Authorize, Capture, CreatePayment, Refund, Void
-from engine.domain.errors import (
-    IdempotencyKeyReused,
-    IllegalTransition,
-    PaychaosError,
-    StoreUnavailable,
-)
-from engine.service.views import StepResult
 from scenarios.marketplace import draw_splits
 from scenarios.schema import Workload
-from scenarios.world import EngineDown, Order, Step, World, is_engine_trouble
+from scenarios.sut import NO_ANSWER, Acting, Answer
+from scenarios.world import Order, Step, World
 
 FLOW_METHODS = {
     "capture_full": ("manual", "pm_card_visa"),
@@ -42,6 +40,15 @@ FLOW_METHODS = {
 }
 POLLS_MAX = 20
 LATE_CAPTURE_EVERY = 3  # every third voided order also gets a late capture (I4)
+ILLEGAL_TRANSITION = "illegal_transition"
+KEY_REUSED = "idempotency_key_reused"
+UNANSWERED = frozenset({NO_ANSWER, "store_unavailable"})  # no answer to compare at all
+Act = Callable[[Any], Acting[Answer]]
+
+
+def accepted(answer: Answer | None) -> bool:
+    """Whether a request was answered with the payment (not refused, not given up)."""
+    return answer is not None and answer.ok
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,19 +156,18 @@ class Clients:
         return order
 
     # -- one request, as a client with a retry policy makes it ----------------------------
-    def request(self, begin: Callable[[Any], StepResult], command: Any) -> Step:
-        """Returns a StepResult, a typed engine error, or None when the client gave up."""
+    def request(self, act: Act, command: Any) -> Step:
+        """Returns the answer (accepted or refused), or None when the client gave up."""
         policy = self.s.clients
         started_s = self.w.env.now
         backoff_s = policy.backoff_s
         for attempt in range(policy.retries_max + 1):
-            try:
-                result = yield from self.w.engine_op(begin, command)
-            except (EngineDown, PaychaosError) as exc:
-                if not is_engine_trouble(exc):
-                    self.w.note("client.error", op=type(command).__name__, code=_code(exc))
-                    return exc
-                self.w.hit(f"client retried after {_code(exc)}")
+            result: Answer = yield from act(command)
+            if not result.ok:
+                if not result.retryable:
+                    self.w.note("client.error", op=type(command).__name__, code=result.error_code)
+                    return result
+                self.w.hit(f"client retried after {result.error_code}")
                 if attempt == policy.retries_max:
                     self.w.hit("client gave up")
                     return None
@@ -172,38 +178,30 @@ class Clients:
             self.w.client_latencies_s.append(self.w.env.now - started_s)
             self.w.note(
                 "client.ok", op=type(command).__name__, key=command.idempotency_key,
-                code=result.status_code, state=result.payment.state,
+                code=result.status_code, state=result.seen.state,
             )  # fmt: skip
-            yield from self.maybe_replay(begin, command, result)
+            yield from self.maybe_replay(act, command, result)
             return result
         return None
 
-    def maybe_replay(
-        self, begin: Callable[[Any], StepResult], command: Any, first: StepResult
-    ) -> Step:
+    def maybe_replay(self, act: Act, command: Any, first: Answer) -> Step:
         """Send the same request again: the engine must answer exactly as before."""
         policy = self.s.clients
         if self.rng.random() < policy.replay_rate:
-            try:
-                again = yield from self.w.engine_op(begin, command)
-            except (EngineDown, StoreUnavailable):
+            again: Answer = yield from act(command)
+            if again.error_code in UNANSWERED:
                 return  # no answer at all: nothing to compare
-            except PaychaosError as exc:
+            self.w.hit("client replayed a finished request")
+            if not again.ok:
                 # The request finished: a replay must get its saved answer, not
                 # "still in flight" or any other error.
-                self.w.hit("client replayed a finished request")
-                self.w.idempotency_violations.append(
-                    (first.payment.id, f"replay of {command.idempotency_key} answered {exc.code}")
-                )
+                detail = f"replay of {command.idempotency_key} answered {again.error_code}"
+                self.w.idempotency_violations.append((first.seen.id, detail))
                 return
-            self.w.hit("client replayed a finished request")
-            same = (again.status_code, again.payment.body) == (
-                first.status_code,
-                first.payment.body,
-            )
+            same = (again.status_code, again.seen.body) == (first.status_code, first.seen.body)
             if not (again.replayed and same):
                 self.w.idempotency_violations.append(
-                    (first.payment.id, f"replay of {command.idempotency_key} answered differently")
+                    (first.seen.id, f"replay of {command.idempotency_key} answered differently")
                 )
         if self.rng.random() < policy.conflicting_replay_rate and isinstance(
             command, CreatePayment
@@ -213,15 +211,14 @@ class Clients:
                 command.amount_minor + 1, command.currency, command.payment_method,
                 command.capture_method,
             )  # fmt: skip
-            try:
-                yield from self.w.engine_op(begin, other)
-            except IdempotencyKeyReused:
+            answer: Answer = yield from act(other)
+            if answer.error_code == KEY_REUSED:
                 self.w.hit("key reused with another body: refused")
                 return
-            except (EngineDown, PaychaosError):
+            if not answer.ok:
                 return
             self.w.idempotency_violations.append(
-                (first.payment.id, f"key {command.idempotency_key} accepted another body")
+                (first.seen.id, f"key {command.idempotency_key} accepted another body")
             )
 
     # -- a checkout --------------------------------------------------------------------------
@@ -233,23 +230,23 @@ class Clients:
             self.w.active_checkouts -= 1
 
     def _checkout(self, order: Order, key_prefix: str) -> Step:
-        e = self.w.engine
+        sut = self.w.sut
         create = CreatePayment(
             order.merchant_id, f"{key_prefix}-create", order.order_id, order.amount_minor,
             order.currency, order.payment_method, order.capture_method, splits=order.splits,
         )  # fmt: skip
-        created = yield from self.request(e.create_payment, create)
-        if not isinstance(created, StepResult):
+        created = yield from self.request(sut.create_payment, create)
+        if not accepted(created):
             return
-        payment_id = created.payment.id
+        payment_id = created.seen.id
         if key_prefix.endswith("-a") and self.rng.random() < self.s.clients.new_key_resubmit_rate:
             self.w.hit("customer double-clicked: new key for the same order")
             self.w.env.process(self._double_click(order))
         auth = Authorize(order.merchant_id, f"{key_prefix}-auth", payment_id)
-        result = yield from self.request(e.begin_authorize, auth)
-        if not isinstance(result, StepResult):
+        result = yield from self.request(sut.authorize, auth)
+        if not accepted(result):
             return
-        state = result.payment.state
+        state = result.seen.state
         if state == "processing":
             settled = {"authorized", "captured", "failed", "canceled", "requires_action"}
             state = yield from self._wait_for(order, payment_id, settled)
@@ -284,41 +281,36 @@ class Clients:
             return state
         self.w.hit("customer abandoned 3DS")
         void = Void(order.merchant_id, f"{order.order_id}-abandon", payment_id)
-        result = yield from self.request(self.w.engine.begin_void, void)
-        return result.payment.state if isinstance(result, StepResult) else "requires_action"
+        result = yield from self.request(self.w.sut.void, void)
+        return result.seen.state if accepted(result) else "requires_action"
 
     def _provider_id(self, order: Order, payment_id: str) -> Step:
         """The provider's id as the checkout page reads it (to hand 3DS to the customer)."""
         yield self.w.env.timeout(0)
-        try:
-            self.w.node.check(self.w.env.now)
-            payment = self.w.engine.get_payment(payment_id, order.merchant_id)
-        except (EngineDown, PaychaosError):
-            return None
-        return payment["provider_payment_id"]
+        answer: Answer = yield from self.w.sut.get_payment(order.merchant_id, payment_id)
+        return answer.seen["provider_payment_id"] if answer.ok else None
 
     def _wait_for(self, order: Order, payment_id: str, states: set[str]) -> Step:
         """Poll the payment (as a checkout page would) until it reaches one of ``states``."""
         state = "unknown"
         for _ in range(POLLS_MAX):
             yield self.w.env.timeout(self.s.workers.recovery_interval_s / 2)
-            try:
-                self.w.node.check(self.w.env.now)
-                state = self.w.engine.get_payment(payment_id, order.merchant_id).state
-            except (EngineDown, PaychaosError):
+            answer: Answer = yield from self.w.sut.get_payment(order.merchant_id, payment_id)
+            if not answer.ok:
                 continue
+            state = answer.seen.state
             if state in states:
                 return state
         return state
 
     def _settle(self, order: Order, payment_id: str, key_prefix: str) -> Step:
-        e = self.w.engine
+        sut = self.w.sut
         if order.flow == "void":
             void = Void(order.merchant_id, f"{key_prefix}-void", payment_id)
-            voided = yield from self.request(e.begin_void, void)
+            voided = yield from self.request(sut.void, void)
             if (
-                isinstance(voided, StepResult)
-                and voided.payment.state == "canceled"
+                accepted(voided)
+                and voided.seen.state == "canceled"
                 and order.number % LATE_CAPTURE_EVERY == 0
             ):
                 yield from self._late_capture(order, payment_id, key_prefix)
@@ -327,8 +319,8 @@ class Clients:
         if order.flow == "capture_partial" and order.amount_minor > 1:
             amount = max(1, int(order.amount_minor * self.rng.uniform(0.3, 0.95)))
         capture = Capture(order.merchant_id, f"{key_prefix}-capture", payment_id, amount)
-        result = yield from self.request(e.begin_capture, capture)
-        if isinstance(result, StepResult) and result.payment.state in {
+        result = yield from self.request(sut.capture, capture)
+        if accepted(result) and result.seen.state in {
             "captured", "partially_captured",
         }:  # fmt: skip
             yield from self._refunds(order, payment_id, key_prefix)
@@ -336,16 +328,18 @@ class Clients:
     def _late_capture(self, order: Order, payment_id: str, key_prefix: str) -> Step:
         """A capture sent after the void (a stale back office): it must be refused as illegal."""
         capture = Capture(order.merchant_id, f"{key_prefix}-late-capture", payment_id, None)
-        result = yield from self.request(self.w.engine.begin_capture, capture)
-        if isinstance(result, IllegalTransition):
+        result: Answer | None = yield from self.request(self.w.sut.capture, capture)
+        if result is None:
+            return  # given up: no answer to judge
+        if result.error_code == ILLEGAL_TRANSITION:
             self.w.hit("capture after void refused")
-        elif isinstance(result, StepResult):
+        elif result.ok:
             self.w.transition_violations.append(
                 (payment_id, f"a capture after the void was accepted ({result.status_code})")
             )
-        elif result is not None:
+        else:
             self.w.transition_violations.append(
-                (payment_id, f"a capture after the void was refused with {_code(result)}")
+                (payment_id, f"a capture after the void was refused with {result.error_code}")
             )
 
     def _refunds(self, order: Order, payment_id: str, key_prefix: str) -> Step:
@@ -354,18 +348,17 @@ class Clients:
             return
         for index in range(self.rng.randint(1, max(workload.refunds_max, 1))):
             yield self.w.env.timeout(self.rng.expovariate(1.0 / max(workload.think_time_s, 0.001)))
-            try:
-                self.w.node.check(self.w.env.now)
-                payment = self.w.engine.get_payment(payment_id, order.merchant_id)
-            except (EngineDown, PaychaosError):
+            answer: Answer = yield from self.w.sut.get_payment(order.merchant_id, payment_id)
+            if not answer.ok:
                 return
+            payment = answer.seen
             left = payment["captured_minor"] - payment["refunded_minor"]
             left -= payment["refund_reserved_minor"]
             if left <= 0:
                 return
             amount = max(1, int(left * self.rng.uniform(0.2, 1.0)))
             refund = Refund(order.merchant_id, f"{key_prefix}-refund-{index}", payment_id, amount)
-            yield from self.request(self.w.engine.begin_refund, refund)
+            yield from self.request(self.w.sut.refund, refund)
 
     def _refund_then_dispute(self, order: Order, payment_id: str, key_prefix: str) -> Step:
         """Refunded in full, then disputed by a cardholder the refund has not reached yet:
@@ -373,8 +366,8 @@ class Clients:
         think_s = max(self.s.workload.think_time_s, 0.001)
         yield self.w.env.timeout(self.rng.expovariate(1.0 / think_s))
         refund = Refund(order.merchant_id, f"{key_prefix}-refund-all", payment_id, None)
-        result = yield from self.request(self.w.engine.begin_refund, refund)
-        if not isinstance(result, StepResult):
+        result = yield from self.request(self.w.sut.refund, refund)
+        if not accepted(result):
             return
         state = yield from self._wait_for(order, payment_id, {"refunded"})
         provider_id = yield from self._provider_id(order, payment_id)
@@ -383,7 +376,3 @@ class Clients:
         yield self.w.env.timeout(self.w.rng["customers"].uniform(60.0, 600.0))
         self.w.psp.admin.open_dispute(provider_id)
         self.w.hit("cardholder disputed a refunded charge")
-
-
-def _code(exc: BaseException) -> str:
-    return exc.code if isinstance(exc, PaychaosError) else "engine_down"

@@ -1,11 +1,12 @@
 """Marketplace money in the simulation: sellers, their fee plans, split orders, and
 the oracles that check them.
 
-The oracles read the engine's tables directly and recompute from scratch, with
-their own arithmetic (``decimal``, half up), never with the engine's helpers:
+The oracles read what the system under test shows (its read API: payments with
+their split lines, journals, wallets) and recompute from scratch, with their own
+arithmetic (``decimal``, half up), never with the engine's helpers:
 
-- **I5** (wallets) is ``engine.audit``'s own check, run here too: each seller's
-  wallet equals its ledger balances, and no payout took more than was available.
+- **I5** (wallets, ``scenarios.oracles.check_wallets``): each seller's wallet
+  equals its ledger balances, and no payout took more than was available.
 - **F** (platform fees): each line's fee is its fee plan applied to its
   captured amount; fees given back never exceed fees charged, and a fully
   refunded line keeps none; the lines' captured and refunded amounts add up to
@@ -15,15 +16,15 @@ their own arithmetic (``decimal``, half up), never with the engine's helpers:
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
-
-from engine.adapters import schema as t
 from engine.domain.marketplace import FeePlan, Split
 from scenarios.schema import Marketplace
+
+if TYPE_CHECKING:  # what the system under test shows; the world itself imports this module
+    from scenarios.sut import LineRecord, PaymentRecord
 
 VIOLATIONS_MAX = 50
 
@@ -64,32 +65,22 @@ def expected_fee_minor(captured_minor: int, bps: int, fixed_minor: int) -> int:
     return min(captured_minor, percent + fixed_minor)
 
 
-def fee_violations(connection: sa.Connection) -> tuple[int, list[tuple[str, str]]]:
-    """(lines checked, [(payment, detail)]) for F."""
-    lines: dict[str, list[Any]] = defaultdict(list)
-    for line in connection.execute(sa.select(t.payment_lines)):
-        lines[line.payment_id].append(line)
-    payments = {
-        row.id: row
-        for row in connection.execute(
-            sa.select(
-                t.payments.c.id, t.payments.c.captured_minor, t.payments.c.refunded_minor
-            ).where(t.payments.c.lines_count > 0)
-        )
-    }
+def fee_violations(payments: Iterable[PaymentRecord]) -> tuple[int, list[tuple[str, str]]]:
+    """(lines checked, [(payment, detail)]) for F, over the payments with their lines."""
     violations: list[tuple[str, str]] = []
     checked = 0
-    for payment_id in sorted(lines):
-        payment = payments.get(payment_id)
-        if payment is None:
-            violations.append((payment_id, "lines of a payment that is not split"))
+    for payment in sorted(payments, key=lambda p: p.id):
+        if not payment.lines:
             continue
-        checked += len(lines[payment_id])
-        violations += _line_violations(payment, lines[payment_id])
+        if payment.lines_count <= 0:
+            violations.append((payment.id, "lines of a payment that is not split"))
+            continue
+        checked += len(payment.lines)
+        violations += _line_violations(payment, payment.lines)
     return checked, violations[:VIOLATIONS_MAX]
 
 
-def _line_violations(payment: Any, lines: list[Any]) -> list[tuple[str, str]]:
+def _line_violations(payment: PaymentRecord, lines: Sequence[LineRecord]) -> list[tuple[str, str]]:
     out = []
     captured = sum(line.captured_minor for line in lines)
     refunded = sum(line.refunded_minor for line in lines)

@@ -1,9 +1,12 @@
 """The oracles: after a run, prove or refute the invariants over both sides' truth.
 
-The engine's side is its database (``engine.audit`` gives I1, I3, I4 and I8);
-the provider's side is the mock PSP's ground truth (what money it really moved)
-and its objects. A violation names the invariant, the payments and a short
-trace of each: the engine's history next to the provider's events.
+The engine's side is what the system under test shows through its read API
+(``world.sut.reads``: payments with their history and attempts, journals with
+their entries, the outbox, wallets), read once into ``Facts``; the oracles
+recompute I1, I3, I4, I5 and I8 from it themselves, and import nothing of the
+engine's storage. The provider's side is the mock PSP's ground truth (what money
+it really moved) and its objects. A violation names the invariant, the payments
+and a short trace of each: the engine's history next to the provider's events.
 """
 
 from __future__ import annotations
@@ -13,14 +16,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
-
-from engine.adapters import schema as t
-from engine.audit import CheckResult, audit
+from engine.domain.ledger import Account
+from engine.domain.states import PaymentState, is_legal
 from mock_psp.truth import EffectKind, GroundTruth, MoneyEffect, MoneyTotals
 from scenarios.marketplace import fee_violations
 from scenarios.reconcile import check_reconciliation
+from scenarios.sut import (
+    JournalRecord,
+    OutboxRecord,
+    PaymentRecord,
+    Reads,
+    WalletRecord,
+    every,
+)
 from scenarios.world import World
+
+EXAMPLES_MAX = 20  # wallet and payout violations listed per run, as the engine's audit lists
 
 # What the provider's PaymentIntent status must be for each engine state.
 PROVIDER_STATUS: dict[str, set[str | None]] = {
@@ -37,6 +48,10 @@ PROVIDER_STATUS: dict[str, set[str | None]] = {
     "failed": {None, "requires_payment_method", "canceled"},
     "processing": set(),  # still unknown after quiescence: stuck
 }
+# The engine's accounts for money the provider holds for it (I9).
+PROVIDER_HELD = frozenset({Account.PSP_CLEARING, Account.PAYOUTS_IN_TRANSIT})
+# A seller's two accounts (the chart's), by the wallet bucket each one is.
+SELLER_ACCOUNTS = {Account.SELLER_PENDING: "pending", Account.SELLER_AVAILABLE: "available"}
 
 
 @dataclass(slots=True)
@@ -67,9 +82,191 @@ class Invariant:
         return out
 
 
-def _from_audit(result: CheckResult) -> Invariant:
-    inv = Invariant(result.invariant, result.name, result.description, result.checked)
-    for subject, detail in result.violations:
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What the system under test shows, read once after quiescence, in key order."""
+
+    payments: tuple[PaymentRecord, ...]
+    journals: tuple[JournalRecord, ...]
+    outbox: tuple[OutboxRecord, ...]
+    wallets: tuple[WalletRecord, ...]
+
+    @classmethod
+    def read(cls, reads: Reads) -> Facts:
+        return cls(
+            tuple(every(reads.payments)), tuple(every(reads.journals)),
+            tuple(every(reads.outbox)), tuple(every(reads.wallets)),
+        )  # fmt: skip
+
+
+def _signed(side: str, amount_minor: int) -> int:
+    return amount_minor if side == "D" else -amount_minor
+
+
+def check_ledger(facts: Facts) -> Invariant:
+    """I1: every journal balances per currency and has two entries; the trial balance is zero."""
+    inv = Invariant("I1", "ledger_balanced", "journals balance; trial balance is zero")
+    inv.checked = len(facts.journals)
+    trial: dict[str, int] = defaultdict(int)
+    for journal in facts.journals:
+        totals: dict[str, int] = defaultdict(int)
+        for entry in journal.entries:
+            totals[entry.currency] += _signed(entry.side, entry.amount_minor)
+        for currency, total in sorted(totals.items()):
+            trial[currency] += total
+            if total != 0:
+                inv.add(journal.id, f"journal off by {total} {currency}")
+    for journal in facts.journals:
+        if len(journal.entries) < 2:
+            inv.add(journal.payment_id or journal.id,
+                    f"journal {journal.id} has fewer than two entries")  # fmt: skip
+    for currency, total in sorted(trial.items()):
+        if total != 0:
+            inv.add("trial_balance", f"trial balance is {total} {currency}, not zero")
+    return inv
+
+
+def _ledger_by_payment(facts: Facts) -> dict[str | None, dict[str, int]]:
+    """Per payment: the hold still open, what was captured and what was refunded."""
+    derived: dict[str | None, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for journal in facts.journals:
+        totals = derived[journal.payment_id]
+        for entry in journal.entries:
+            if entry.account == Account.HOLDS_PSP_CLEARING:
+                totals["held"] += _signed(entry.side, entry.amount_minor)
+            elif entry.account != Account.PSP_CLEARING:
+                continue
+            elif journal.kind == "capture" and entry.side == "D":
+                totals["captured"] += entry.amount_minor
+            elif journal.kind == "refund":
+                totals["refunded"] += entry.amount_minor
+    return derived
+
+
+def check_amounts(facts: Facts) -> Invariant:
+    """I3, the engine's side: refunded <= captured <= authorized <= amount per payment, and
+    the ledger says the same (the hold open while authorized, captures, refunds)."""
+    inv = Invariant("I3", "amounts_consistent", "refunded <= captured <= authorized")
+    derived = _ledger_by_payment(facts)
+    for p in facts.payments:
+        inv.checked += 1
+        refunded, captured, authorized = p.refunded_minor, p.captured_minor, p.authorized_minor
+        if not 0 <= refunded <= captured <= authorized <= p.amount_minor:
+            inv.add(p.id, f"amounts out of order: {refunded=} {captured=} {authorized=}")
+        ledger = derived.get(p.id, {})
+        held = authorized if p.state == "authorized" else 0
+        expected = {"held": held, "captured": captured, "refunded": refunded}
+        for name, value in expected.items():
+            if ledger.get(name, 0) != value:
+                inv.add(p.id, f"ledger {name} {ledger.get(name, 0)} != payment {name} {value}")
+    return inv
+
+
+def _legal(from_state: str | None, to_state: str) -> bool:
+    if to_state not in PaymentState.__members__.values():
+        return False
+    return is_legal(PaymentState(from_state) if from_state else None, PaymentState(to_state))
+
+
+def check_transitions(facts: Facts) -> Invariant:
+    """I4: each history is a contiguous walk of legal moves ending in the payment's state."""
+    inv = Invariant("I4", "legal_transitions", "histories follow the state machine")
+    last: dict[str, tuple[int, str]] = {}
+    for p in facts.payments:
+        for h in p.history:
+            inv.checked += 1
+            previous_seq, previous_state = last.get(p.id, (0, None))
+            if h.seq != previous_seq + 1 or h.from_state != previous_state:
+                inv.add(p.id, f"history breaks at seq {h.seq}: from {h.from_state} after "
+                              f"{previous_state}")  # fmt: skip
+            elif not _legal(h.from_state, h.to_state):
+                inv.add(p.id, f"illegal transition {h.from_state} -> {h.to_state} at seq {h.seq}")
+            last[p.id] = (h.seq, h.to_state)
+    for p in facts.payments:
+        if p.id not in last:
+            inv.add(p.id, "payment without history")
+        elif last[p.id][1] != p.state:
+            inv.add(p.id, f"history ends in {last[p.id][1]} but the payment is {p.state}")
+    return inv
+
+
+def check_outbox(facts: Facts) -> Invariant:
+    """I8, the engine's side: every state change has exactly one outbox event."""
+    inv = Invariant("I8", "outbox_complete", "one outbox event per state change")
+    events: dict[tuple[str, int | None], int] = defaultdict(int)
+    for event in facts.outbox:
+        events[(event.payment_id, event.history_seq)] += 1
+    for p in facts.payments:
+        for h in p.history:
+            inv.checked += 1
+            count = events.pop((p.id, h.seq), 0)
+            if count != 1:
+                inv.add(p.id, f"state change {h.seq} has {count} outbox events")
+    for (payment_id, seq), count in events.items():
+        inv.add(payment_id, f"{count} outbox events for a state change {seq} that is not in "
+                            "history")  # fmt: skip
+    return inv
+
+
+def _zero() -> dict[str, int]:
+    return {"pending": 0, "available": 0}
+
+
+def wallet_violations(facts: Facts) -> tuple[int, list[tuple[str, str]]]:
+    """(wallets checked, [(seller, detail)]): each wallet equals its ledger balances."""
+    sums: dict[tuple[str, str], int] = defaultdict(int)
+    for journal in facts.journals:
+        for entry in journal.entries:
+            kind, seller = Account.parse(entry.account)
+            if seller is not None and kind in SELLER_ACCOUNTS:
+                sums[(entry.account, entry.currency)] += _signed(entry.side, entry.amount_minor)
+    derived: dict[tuple[str, str], dict[str, int]] = defaultdict(_zero)
+    for (name, currency), total in sorted(sums.items()):
+        kind, seller = Account.parse(name)
+        assert seller is not None
+        derived[(seller, currency)][SELLER_ACCOUNTS[kind]] = -total
+    wallets = {
+        (w.owner_id, w.currency): {"pending": w.pending_minor, "available": w.available_minor}
+        for w in facts.wallets
+    }
+    violations = []
+    for key in sorted(set(derived) | set(wallets)):
+        have, want = wallets.get(key, _zero()), derived.get(key, _zero())
+        if have != want:
+            violations.append((key[0], f"{key[1]} wallet {have} but the ledger says {want}"))
+    return len(wallets), violations[:EXAMPLES_MAX]
+
+
+def payout_violations(facts: Facts) -> tuple[int, list[tuple[str, str]]]:
+    """(payouts checked, [(seller, detail)]): replaying the ledger in the order it was
+    written, no payout took more than the seller's available balance just before it."""
+    moves = sorted(
+        (entry.id, entry, journal)
+        for journal in facts.journals
+        for entry in journal.entries
+        if Account.parse(entry.account)[0] is Account.SELLER_AVAILABLE
+    )  # fmt: skip
+    balances: dict[tuple[str, str], int] = defaultdict(int)
+    checked, violations = 0, []
+    for _, entry, journal in moves:
+        key = (entry.account.split(":", 1)[1], entry.currency)
+        if journal.kind == "payout" and entry.side == "D":
+            checked += 1
+            if entry.amount_minor > balances[key]:
+                detail = (f"payout {journal.id} of {entry.amount_minor} {entry.currency} with "
+                          f"{balances[key]} available")  # fmt: skip
+                violations.append((key[0], detail))
+        balances[key] += entry.amount_minor if entry.side == "C" else -entry.amount_minor
+    return checked, violations[:EXAMPLES_MAX]
+
+
+def check_wallets(facts: Facts) -> Invariant:
+    """I5: wallets equal the ledger; no payout beyond the available balance."""
+    inv = Invariant("I5", "wallets", "wallets equal the ledger; no payout beyond available")
+    wallets_checked, wallet_problems = wallet_violations(facts)
+    payouts_checked, payout_problems = payout_violations(facts)
+    inv.checked = wallets_checked + payouts_checked
+    for subject, detail in wallet_problems + payout_problems:
         inv.add(subject, detail)
     return inv
 
@@ -185,21 +382,19 @@ def check_webhook_intake(world: World) -> Invariant:
     return inv
 
 
-def check_convergence(world: World) -> Invariant:
-    p = t.payments.c
-    with world.db.engine.connect() as c:
-        open_attempts = {
-            row[0]: row[1]
-            for row in c.execute(
-                sa.select(t.attempts.c.payment_id, sa.func.count())
-                .where(t.attempts.c.status.in_(("pending", "unknown")))
-                .group_by(t.attempts.c.payment_id)
-            )
-        }
-        rows = c.execute(
-            sa.select(p.id, p.state, p.authorized_minor, p.captured_minor, p.refunded_minor)
-        ).all()
-    payments = [tuple(row) for row in rows]
+OPEN_ATTEMPT = frozenset({"pending", "unknown"})  # sent, the provider's answer not yet known
+
+
+def check_convergence(world: World, facts: Facts) -> Invariant:
+    open_attempts = {}
+    for p in facts.payments:
+        count = sum(1 for attempt in p.attempts if attempt.status in OPEN_ATTEMPT)
+        if count:
+            open_attempts[p.id] = count
+    payments = [
+        (p.id, p.state, p.authorized_minor, p.captured_minor, p.refunded_minor)
+        for p in facts.payments
+    ]
     truth = world.psp.truth.per_payment_intent()
     return convergence(payments, open_attempts, _intents_by_payment(world), truth)
 
@@ -251,18 +446,16 @@ def convergence(
     return inv
 
 
-def check_projection(world: World, inv: Invariant) -> None:
+def check_projection(world: World, facts: Facts, inv: Invariant) -> None:
     """I8's consumer side: every event consumed once, the projection matches the engine."""
     projection = world.projection
-    with world.db.engine.connect() as c:
-        states = dict(c.execute(sa.select(t.payments.c.id, t.payments.c.state)).tuples().all())
-        published = c.execute(sa.select(sa.func.count()).select_from(t.outbox)).scalar_one()
+    published = len(facts.outbox)
     if len(projection.seen) != published:
         inv.add("outbox", f"{len(projection.seen)} events consumed, {published} in the outbox")
-    for payment_id, state in sorted(states.items()):
-        projected = projection.states.get(payment_id, (0, None))[1]
-        if projected != state:
-            inv.add(payment_id, f"projection says {projected}, the engine says {state}")
+    for p in facts.payments:
+        projected = projection.states.get(p.id, (0, None))[1]
+        if projected != p.state:
+            inv.add(p.id, f"projection says {projected}, the engine says {p.state}")
 
 
 def check_engine_errors(world: World) -> Invariant:
@@ -273,16 +466,15 @@ def check_engine_errors(world: World) -> Invariant:
     return inv
 
 
-def check_platform_fees(world: World) -> Invariant:
+def check_platform_fees(world: World, facts: Facts) -> Invariant:
     inv = Invariant("F", "platform_fees", "each line's fee follows its seller's plan, half up")
-    with world.db.engine.connect() as connection:
-        inv.checked, violations = fee_violations(connection)
+    inv.checked, violations = fee_violations(facts.payments)
     for subject, detail in violations:
         inv.add(subject, detail)
     return _needs_splits(world, inv)
 
 
-def check_money_conservation(world: World) -> Invariant:
+def check_money_conservation(world: World, facts: Facts) -> Invariant:
     """I9: what the provider holds, by its own balance transactions, equals what the
     engine's ledger says it holds (the clearing account, less payouts the provider has
     sent but the bank has not confirmed). With I1 (a zero trial balance) this is the
@@ -293,17 +485,11 @@ def check_money_conservation(world: World) -> Invariant:
     provider: dict[str, int] = defaultdict(int)
     for bt in world.psp.state.balance_transactions.values():
         provider[bt.currency.upper()] += bt.net_minor
-    e = t.ledger_entries.c
-    signed = sa.case((e.side == "D", e.amount_minor), else_=-e.amount_minor)
-    query = (
-        sa.select(e.account, e.currency, sa.func.sum(signed))
-        .where(e.account.in_(("psp_clearing", "payouts_in_transit")))
-        .group_by(e.account, e.currency)
-    )
     engine: dict[str, int] = defaultdict(int)
-    with world.db.engine.connect() as connection:
-        for _account, currency, total in connection.execute(query):
-            engine[str(currency)] += int(total)
+    for journal in facts.journals:
+        for entry in journal.entries:
+            if entry.account in PROVIDER_HELD:
+                engine[entry.currency] += _signed(entry.side, entry.amount_minor)
     for currency in sorted(set(provider) | set(engine)):
         inv.checked += 1
         if provider[currency] != engine[currency]:
@@ -321,48 +507,42 @@ def _needs_splits(world: World, inv: Invariant) -> Invariant:
 
 
 def run_oracles(world: World) -> list[Invariant]:
-    with world.db.engine.connect() as connection:
-        engine_checks = {result.invariant: _from_audit(result) for result in audit(connection)}
+    facts = Facts.read(world.sut.reads)
+    amounts = check_amounts(facts)
     provider_amounts = check_provider_amounts(world)
-    amounts = engine_checks["I3"]
     amounts.checked += provider_amounts.checked
     amounts.violations.extend(provider_amounts.violations)
-    check_projection(world, engine_checks["I8"])
-    engine_checks[
-        "I8"
-    ].description = "one outbox event per change; consumers dedupe; projection matches"
-    transitions = engine_checks["I4"]  # and the client side: illegal commands are refused
+    outbox = check_outbox(facts)
+    check_projection(world, facts, outbox)
+    outbox.description = "one outbox event per change; consumers dedupe; projection matches"
+    transitions = check_transitions(facts)  # and the client side: illegal commands are refused
     transitions.checked += world.coverage["capture after void refused"]
     for subject, detail in world.transition_violations:
         transitions.add(subject, detail)
     return [
-        engine_checks["I1"],
+        check_ledger(facts),
         check_no_double_charge(world),
         amounts,
-        engine_checks["I4"],
-        _needs_splits(world, engine_checks["I5"]),
-        check_platform_fees(world),
-        check_money_conservation(world),
+        transitions,
+        _needs_splits(world, check_wallets(facts)),
+        check_platform_fees(world, facts),
+        check_money_conservation(world, facts),
         check_idempotency(world),
-        check_convergence(world),
-        engine_checks["I8"],
+        check_convergence(world, facts),
+        outbox,
         check_webhook_intake(world),
         check_engine_errors(world),
-        check_reconciliation(world),
+        check_reconciliation(world, facts),
     ]
 
 
 def payment_trace(world: World, payment_id: str) -> dict[str, Any]:
     """The engine's history next to the provider's events for one payment."""
-    with world.db.engine.connect() as c:
-        history = [
-            {"t": _t(row.at), "from": row.from_state, "to": row.to_state, "reason": row.reason}
-            for row in c.execute(
-                sa.select(t.payment_history)
-                .where(t.payment_history.c.payment_id == payment_id)
-                .order_by(t.payment_history.c.seq)
-            )
-        ]
+    payment = world.sut.reads.payment(payment_id)
+    history = [
+        {"t": _t(h.at), "from": h.from_state, "to": h.to_state, "reason": h.reason}
+        for h in (payment.history if payment is not None else ())
+    ]
     intents = {pi.id for pi in _intents_by_payment(world).get(payment_id, [])}
     provider_events = [
         {"t": stub.created_s, "type": stub.type, "id": stub.id}

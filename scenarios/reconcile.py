@@ -1,13 +1,15 @@
 """Reconciliation in the simulated world: the provider's settlement report on a schedule,
 and the oracle R that checks what it found.
 
-Schedule (a scenario's ``reconciliation:`` section). Time is cut into windows of
-``interval_s`` from the start; window k, ``[k*P, (k+1)*P)``, is reconciled once
-``delay_s`` after it ends, so that money the engine learns of late (a timeout
-resolved by recovery, a webhook) is booked by then. At quiescence every window
-not yet reconciled is, one by one, and a last one up to now; the runner asks
-again until a pass settles nothing new (its settlements' events must be
-relayed before the world is quiet).
+Schedule (a scenario's ``reconciliation:`` section): production's
+``ReconciliationWorker`` on the world's clock, every ``interval_s``. Time is cut
+into windows of ``interval_s`` from the start (the worker's ``origin``); window
+k, ``[k*P, (k+1)*P)``, is reconciled once ``delay_s`` after it ends, so that
+money the engine learns of late (a timeout resolved by recovery, a webhook) is
+booked by then. At quiescence a closing pass (``run_once(closing=True)``)
+reconciles every window not yet reconciled, one by one, and a last one up to
+now; the runner asks again until a pass settles nothing new (its settlements'
+events must be relayed before the world is quiet).
 
 The report comes from the world's ``ProviderCore`` in process, built as the
 admin API's ``/_admin/settlement`` builds it, in whole periods of ``interval_s``
@@ -46,26 +48,24 @@ import math
 import random
 import weakref
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-
-from engine.adapters import schema as t
-from engine.domain.errors import InvalidRequest, StoreUnavailable
+from engine.domain.errors import StoreUnavailable
+from engine.domain.ledger import Account
 from engine.domain.ports import SeededIds
-from engine.domain.reconciliation import Tolerances
 from engine.service.reconciliation import Reconciler, RunSummary
+from engine.workers.reconciliation import ReconciliationWorker, ReconReport, ReportSource
 from mock_psp.faultlog import FaultKind
 from mock_psp.faults import SettlementFaultSpec
 from mock_psp.records import BalanceTransaction
 from scenarios.schema import Reconciliation
+from scenarios.sut import PayoutRecord, ReconExceptionRecord, every
 from scenarios.world import EPOCH, EPOCH_S, EngineDown, EngineFault, SimClock, Step, World
 
 if TYPE_CHECKING:
-    from scenarios.oracles import Invariant
+    from scenarios.oracles import Facts, Invariant
 
 SOURCE = "simulation"
 WINDOWS_PER_PASS_MAX = 10_000
@@ -90,9 +90,9 @@ BY_INTENT = frozenset({"charge", "dispute", "dispute_reversal"})
 
 @dataclass(slots=True)
 class Desk:
-    """One world's reconciliation: its reconciler and where the next window starts."""
+    """One world's reconciliation: production's worker, and where its next window starts."""
 
-    reconciler: Reconciler
+    worker: ReconciliationWorker
     spec: SettlementFaultSpec
     next_start_s: int = 0
     runs: int = 0
@@ -102,51 +102,55 @@ class Desk:
 _DESKS: weakref.WeakKeyDictionary[World, Desk] = weakref.WeakKeyDictionary()
 
 
+class WorldReport(ReportSource):
+    """The provider's settlement report, from the world's ``ProviderCore`` in process."""
+
+    def __init__(self, world: World, spec: SettlementFaultSpec):
+        self.world, self.spec = world, spec
+
+    def fetch(self, start_s: int, end_s: int) -> Mapping[str, Any]:
+        return settlement_document(self.world, self.spec, start_s - EPOCH_INT_S,
+                                   end_s - EPOCH_INT_S)  # fmt: skip
+
+
 def desk(world: World) -> Desk:
     found = _DESKS.get(world)
     if found is None:
+        config = world.scenario.reconciliation
+        assert config is not None
         ids = SeededIds(random.Random(f"reconciliation:{world.seed}"))
         reconciler = Reconciler(world.db, SimClock(world.env), ids, world.engine)
-        found = _DESKS[world] = Desk(reconciler, world.scenario.fault_plan().settlement)
+        spec = world.scenario.fault_plan().settlement
+        worker = ReconciliationWorker(
+            reconciler, WorldReport(world, spec), interval_s=config.interval_s,
+            delay_s=config.delay_s, lateness_s=int(config.lateness_s),
+            windows_max=WINDOWS_PER_PASS_MAX, source_name=SOURCE,
+            amount_tolerance_minor=config.amount_tolerance_minor, origin=EPOCH,
+            first_start_at=EPOCH,
+        )  # fmt: skip
+        found = _DESKS[world] = Desk(worker, spec)
     return found
 
 
-# --- the schedule --------------------------------------------------------------------------
+# --- the schedule: production's worker on the world's clock ---------------------------------
 
 
-def due_windows(
-    next_start_s: int, period_s: int, now_s: float, delay_s: float, final: bool
-) -> list[tuple[int, int]]:
-    """The windows to run now, in order: whole ones whose delay has passed (at
-    quiescence, whole ones that ended), then at quiescence one up to now."""
-    windows: list[tuple[int, int]] = []
-    start_s = next_start_s
-    while len(windows) < WINDOWS_PER_PASS_MAX:
-        end_s = (start_s // period_s + 1) * period_s
-        if end_s + (0.0 if final else delay_s) > now_s:
-            break
-        windows.append((start_s, end_s))
-        start_s = end_s
-    tail_end_s = math.floor(now_s) + 1  # the provider's rows are whole seconds
-    if final and start_s < tail_end_s and len(windows) < WINDOWS_PER_PASS_MAX:
-        windows.append((start_s, tail_end_s))
-    return windows
-
-
-def settlement_document(world: World, d: Desk, start_s: int, end_s: int) -> dict[str, Any]:
-    """The provider's report for the periods covering ``[start_s, end_s)`` and its lateness."""
+def settlement_document(
+    world: World, spec: SettlementFaultSpec, start_s: int, end_s: int
+) -> dict[str, Any]:
+    """The provider's report for the periods covering ``[start_s, end_s)`` (seconds from
+    the world's start, the lateness already added by the worker)."""
     config = world.scenario.reconciliation
     assert config is not None
-    period_s, lateness_s = int(config.interval_s), int(config.lateness_s)
+    period_s = int(config.interval_s)
     psp = world.psp
     data: list[dict[str, Any]] = []
-    first = max(0, (start_s - lateness_s) // period_s)
-    for index in range(first, math.ceil((end_s + lateness_s) / period_s)):
+    for index in range(max(0, start_s // period_s), math.ceil(end_s / period_s)):
         begin_s = index * period_s
         if begin_s > world.env.now:
             break
         report = psp.reporter.build(
-            psp.state, d.spec, start_s=EPOCH_INT_S + begin_s,
+            psp.state, spec, start_s=EPOCH_INT_S + begin_s,
             end_s=EPOCH_INT_S + begin_s + period_s, now_s=psp.now(),
             order_ref_key=psp.config.order_ref_key,
         )  # fmt: skip
@@ -159,21 +163,7 @@ def _count(world: World, path: str, count: int) -> None:
         world.coverage[path] += count
 
 
-def run_window(world: World, d: Desk, start_s: int, end_s: int) -> RunSummary | None:
-    """One run; None when the provider's report was refused (the window is passed by)."""
-    config = world.scenario.reconciliation
-    assert config is not None
-    tolerances = Tolerances(config.amount_tolerance_minor, 0, int(config.lateness_s))
-    document = settlement_document(world, d, start_s, end_s)
-    start_at, end_at = EPOCH + timedelta(seconds=start_s), EPOCH + timedelta(seconds=end_s)
-    try:
-        summary: RunSummary = world.guarded(
-            "reconcile", d.reconciler.run, document, SOURCE, start_at, end_at, tolerances
-        )
-    except InvalidRequest as exc:  # a report the engine cannot read: R names it
-        d.refused.append(f"[{start_s}, {end_s}): {exc.code}: {exc.message}"[:300])
-        world.hit("settlement report refused")
-        return None
+def _covered(world: World, d: Desk, summary: RunSummary) -> None:
     d.runs += 1
     world.hit("reconciliation run")
     _count(world, "settlement row matched", summary.matched_count)
@@ -181,28 +171,30 @@ def run_window(world: World, d: Desk, start_s: int, end_s: int) -> RunSummary | 
     _count(world, "payment settled by reconciliation", summary.settled_count)
     for category, count in summary.counts().items():
         _count(world, f"reconciliation found {category}", count)
-    return summary
 
 
 def run_due(world: World, *, final: bool) -> int:
-    """Run the windows that are due; returns how many payments they settled."""
-    config = world.scenario.reconciliation
-    if config is None:
+    """One loop of ``ReconciliationWorker.run_once`` (at quiescence a closing one: every
+    window that ended, and one up to now); returns how many payments it settled."""
+    if world.scenario.reconciliation is None:
         return 0
     d = desk(world)
-    settled = 0
     try:
         world.node.check(world.env.now)
-        windows = due_windows(d.next_start_s, int(config.interval_s), world.env.now,
-                              config.delay_s, final)  # fmt: skip
-        for start_s, end_s in windows:
-            summary = run_window(world, d, start_s, end_s)
-            d.next_start_s = end_s
-            settled += 0 if summary is None else summary.settled_count
+        report: ReconReport = world.guarded("reconcile", lambda: d.worker.run_once(closing=final))
     except (EngineDown, StoreUnavailable, EngineFault):
         # A run cut short is run again whole: each of its steps is idempotent.
         world.hit("reconciliation waited: engine unavailable")
-    return settled
+        return 0
+    finally:
+        start_at = d.worker.next_start_at
+        d.next_start_s = 0 if start_at is None else int((start_at - EPOCH).total_seconds())
+    for summary in report.summaries:
+        _covered(world, d, summary)
+    if report.refusals:  # a report the engine cannot read: R names it
+        d.refused.extend(refusal[:300] for refusal in report.refusals)
+        world.hit("settlement report refused")
+    return report.settled
 
 
 def reconciliation_worker(world: World, config: Reconciliation) -> Step:
@@ -226,7 +218,9 @@ def reconcile_at_quiescence(world: World) -> bool:
 # --- R -------------------------------------------------------------------------------------
 
 
-Ident = tuple[str, ...]  # ("bt", id) for a report row, ("key", kind, ref) for a movement
+# ("bt", id) for a report row, ("key", kind, ref) for a movement (as the engine names it:
+# its parts may be missing, None, in what it shows)
+Ident = tuple[Any, ...]
 
 
 def _key(bt: BalanceTransaction) -> Ident:
@@ -235,35 +229,37 @@ def _key(bt: BalanceTransaction) -> Ident:
     return ("key", category, ref or bt.source_id)
 
 
-def booked_movements(world: World) -> dict[Ident, int]:
-    """What the engine's own tables say it booked at the provider: key -> size."""
-    p, r, j, e, po = (t.payments.c, t.refunds.c, t.ledger_journals.c, t.ledger_entries.c,
-                      t.payouts.c)  # fmt: skip
-    disputes = {"dispute_withdrawal": "dispute", "dispute_reinstatement": "dispute_reversal"}
-    queries: list[tuple[str, Any]] = [
-        ("charge", sa.select(p.provider_payment_id, p.captured_minor).where(p.captured_minor > 0)),
-        ("refund", sa.select(r.provider_refund_id, r.amount_minor).where(r.status == "succeeded")),
-        ("payout", sa.select(po.provider_payout_id, po.amount_minor).where(
-            po.provider_payout_id.is_not(None), po.status.in_(("in_transit", "paid", "failed")))),
-        ("payout_reversal", sa.select(po.provider_payout_id, po.amount_minor).where(
-            po.provider_payout_id.is_not(None), po.status == "failed")),
-    ]  # fmt: skip
-    # A dispute's size: what it moved on psp_clearing, its fee's own entries taken off.
-    signed = sa.case((e.side == "D", e.amount_minor), else_=-e.amount_minor)
-    for kind, category in disputes.items():
-        moved = (
-            sa.select(p.provider_payment_id, sa.func.abs(sa.func.sum(signed)))
-            .join(t.ledger_journals, j.payment_id == p.id)
-            .join(t.ledger_entries, e.journal_id == j.id)
-            .where(j.kind == kind, e.account.in_(("psp_clearing", "provider_fees")))
-            .group_by(j.id, p.provider_payment_id)
-        )
-        queries.append((category, moved))
+DISPUTE_CATEGORIES = {"dispute_withdrawal": "dispute", "dispute_reinstatement": "dispute_reversal"}
+DISPUTE_ACCOUNTS = frozenset({Account.PSP_CLEARING, Account.PROVIDER_FEES})
+PAYOUT_SENT = frozenset({"in_transit", "paid", "failed"})
+
+
+def booked_movements(facts: Facts, payouts: Iterable[PayoutRecord]) -> dict[Ident, int]:
+    """What the engine shows it booked at the provider (its read API): key -> size."""
     booked: dict[Ident, int] = defaultdict(int)
-    with world.db.engine.connect() as c:
-        for category, query in queries:
-            for ref, amount in c.execute(query):
-                booked[("key", category, ref)] += int(amount)
+    for p in facts.payments:
+        if p.captured_minor > 0:
+            booked[("key", "charge", p.provider_payment_id)] += p.captured_minor
+        for refund in p.refunds:
+            if refund.status == "succeeded":
+                booked[("key", "refund", refund.provider_refund_id)] += refund.amount_minor
+    for payout in payouts:
+        if payout.provider_payout_id is None:
+            continue
+        if payout.status in PAYOUT_SENT:
+            booked[("key", "payout", payout.provider_payout_id)] += payout.amount_minor
+        if payout.status == "failed":
+            booked[("key", "payout_reversal", payout.provider_payout_id)] += payout.amount_minor
+    # A dispute's size: what it moved on psp_clearing, its fee's own entries taken off.
+    provider_ids = {p.id: p.provider_payment_id for p in facts.payments}
+    for journal in facts.journals:
+        category = DISPUTE_CATEGORIES.get(journal.kind)
+        if category is None or journal.payment_id not in provider_ids:
+            continue
+        moved = [e.amount_minor if e.side == "D" else -e.amount_minor
+                 for e in journal.entries if e.account in DISPUTE_ACCOUNTS]  # fmt: skip
+        if moved:
+            booked[("key", category, provider_ids[journal.payment_id])] += abs(sum(moved))
     return dict(booked)
 
 
@@ -317,10 +313,9 @@ def _expect_row(
                                      f"{abs(bt.amount_minor)}")  # fmt: skip
 
 
-def expectation(world: World, d: Desk) -> Expectation:
+def expectation(world: World, d: Desk, booked: Mapping[Ident, int]) -> Expectation:
     e = Expectation()
     by_bt, _ = _faults(world)
-    booked = booked_movements(world)
     provider_keys: set[Ident] = set()
     late_by_s = float(int(d.spec.late_by_s))
     for bt in world.psp.state.balance_transactions.values():
@@ -335,19 +330,20 @@ def expectation(world: World, d: Desk) -> Expectation:
     return e
 
 
-def _found(world: World) -> Iterator[tuple[str, Ident, str]]:
-    x = t.recon_exceptions.c
-    query = sa.select(x.category, x.kind, x.provider_ref, x.balance_transaction_id, x.detail)
-    with world.db.engine.connect() as c:
-        for category, kind, ref, bt_id, detail in c.execute(query.order_by(x.created_at, x.id)):
-            ident: Ident = (
-                ("key", kind, ref) if category == MISSING_AT_PROVIDER else ("bt", bt_id or "-")
-            )
-            yield category, ident, detail
+def _found(exceptions: Iterable[ReconExceptionRecord]) -> Iterator[tuple[str, Ident, str]]:
+    """The exceptions the engine's reconciliation stored, in the order it found them."""
+    for x in sorted(exceptions, key=lambda x: (x.created_at, x.id)):
+        ident: Ident = (
+            ("key", x.kind, x.provider_ref) if x.category == MISSING_AT_PROVIDER
+            else ("bt", x.balance_transaction_id or "-")
+        )  # fmt: skip
+        yield x.category, ident, x.detail
 
 
-def check_reconciliation(world: World) -> Invariant:
-    from scenarios.oracles import Invariant  # oracles lists this check: not imported at the top
+def check_reconciliation(world: World, facts: Facts | None = None) -> Invariant:
+    """R, over what the engine shows (``world.sut.reads``; ``facts`` when already read)."""
+    # oracles lists this check: not imported at the top
+    from scenarios.oracles import Facts, Invariant
 
     what = "every settlement fault found in its category; none invented"
     inv = Invariant("R", "reconciliation", what)
@@ -363,10 +359,12 @@ def check_reconciliation(world: World) -> Invariant:
         inv.add("report", f"the provider's report was refused: {refusal}")
     if not _faults(world)[1]:
         inv.add("fault_log", "the fault log dropped settlement records: faults cannot be checked")
-    e = expectation(world, d)
+    reads = world.sut.reads
+    facts = Facts.read(reads) if facts is None else facts
+    e = expectation(world, d, booked_movements(facts, every(reads.payouts)))
     inv.checked = len(world.psp.state.balance_transactions)  # each judged, faulted or not
     seen: set[tuple[str, Ident]] = set()
-    for category, ident, detail in _found(world):
+    for category, ident, detail in _found(every(reads.recon_exceptions)):
         inv.checked += 1
         seen.add((category, ident))
         if (category, ident) not in e.wanted and len(inv.violations) < VIOLATIONS_MAX:

@@ -157,7 +157,7 @@ def quiesce(world: World) -> Step:
             continue
         if world.engine.open_payouts(1) or world.engine.fee_lookups(1):
             continue
-        if world.engine.unpublished_events(1):
+        if world.engine.unpublished_events(1) or world.engine.pending_webhooks(1):
             continue
         if reconcile_at_quiescence(world):  # it settled payments: their events to relay
             continue
@@ -203,6 +203,7 @@ def _run_world(world: World, on_progress: Callable[[float], None] | None) -> Run
     env.process(world.recovery_worker())
     env.process(world.crashes())
     env.process(world.outbox_relay())
+    env.process(world.inbox_worker())
     if scenario.workload.marketplace.payouts is not None:
         env.process(world.payout_scheduler())
     if scenario.workload.flows.dispute > 0 or scenario.workload.flows.refund_dispute > 0:

@@ -9,10 +9,23 @@ engine's own faults (crashes between steps, database outages).
 
 The world asks the provider only for the engine's operations
 (``engine.service.driver``): ``pump`` answers their requests on virtual time,
-and recovery is production's policy (``engine.workers.recovery.recovery_batch``)
-on the world's clock. The scenario's ``workers`` settings map onto production's:
+through production's circuit breaker (``engine.domain.breaker``) on the
+world's clock. The workers are production's, pumped on the world's clock:
+recovery (``engine.workers.recovery.recovery_batch``, which waits while the
+breaker is open), the outbox relay (``OutboxRelay`` into production's
+``Projection``, with a bus that sometimes loses its acknowledgement), the
+webhook inbox (deliveries go through ``PaymentEngine.take_webhook`` as the
+route's do; ``InboxProcessor`` retries and dead-letters) and reconciliation
+(``scenarios.reconcile``: ``ReconciliationWorker``). Database outages and
+failed commits go through the port production's units of work ask
+(``Database.faults``); crashes stay the world's (``EngineNode``: the process
+is down, and an operation begun before a crash is lost). Payouts are
+production's round (``engine.workers.payouts.payout_round``, which
+``PayoutScheduler`` pumps), with the world's sellers choosing the amounts:
+some ask for more than they have.
+The scenario's ``workers`` settings map onto production's:
 
-    recovery_interval_s   the recovery worker's loop interval
+    recovery_interval_s   the worker loop's interval (recovery, the inbox worker)
     recovery_batch_max    ``RecoveryWorker.batch_max``
     recovery_grace_s      each step of ``EngineSettings.recovery_schedule``: a lookup
                           that many seconds after the attempt began and after each
@@ -29,34 +42,32 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Generator, Sequence
-from contextlib import suppress
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import simpy
-import sqlalchemy as sa
-from sqlalchemy import event as sa_event
 
 from engine.adapters import stripe_dialect as dialect
-from engine.adapters.database import Database, LedgerGuardRefused
+from engine.adapters.database import Database, LedgerGuardRefused, UnitFaults
 from engine.adapters.webhook_signature import WebhookRejected, verify
-from engine.domain.commands import CreatePayout
+from engine.domain.breaker import CircuitBreaker
 from engine.domain.errors import (
-    EventTooEarly,
-    InsufficientFunds,
     PaychaosError,
     StoreUnavailable,
 )
 from engine.domain.marketplace import Split
 from engine.domain.ports import SeededIds
 from engine.domain.provider import ProviderCall, ProviderOutcome
-from engine.service.driver import Call, Done, Operation, advance, finish, pay_out
+from engine.service.driver import Call, Done, Operation, advance, finish
 from engine.service.engine import EngineSettings, PaymentEngine
 from engine.service.views import OutboxEvent, StepResult
+from engine.workers.inbox import InboxProcessor
+from engine.workers.payouts import PayoutRound, payout_round
 from engine.workers.recovery import RecoveryReport, recovery_batch
+from engine.workers.relay import OutboxRelay, Projection, PublishFailed
 from mock_psp.core import ApiRequest, ProviderCore
 from mock_psp.world import ProviderConfig
 from scenarios.marketplace import fee_plans
@@ -140,14 +151,11 @@ class EngineNode:
     incarnation: int = 0
     db_outages: list[tuple[float, float]] = field(default_factory=list)
     faults_on: bool = True
-    outage_hits: int = 0  # steps refused because an outage window was open
+    outage_hits: int = 0  # units of work refused because an outage window was open
 
     def check(self, now_s: float) -> int:
         if not self.up:
             raise EngineDown("engine is restarting")
-        if self.faults_on and any(start <= now_s < end for start, end in self.db_outages):
-            self.outage_hits += 1
-            raise StoreUnavailable(message="database unavailable (simulated outage)")
         return self.incarnation
 
     def still(self, incarnation: int, now_s: float) -> None:
@@ -155,6 +163,32 @@ class EngineNode:
         if self.incarnation != incarnation:
             raise EngineDown("engine crashed while the provider call was in flight")
         self.check(now_s)
+
+
+class DatabaseFaults(UnitFaults):
+    """The world's database faults, through the port production's units of work go
+    through (``Database.faults``): an outage window refuses every unit, and a commit
+    fails at the scenario's rate (its unit rolled back: the whole step is lost)."""
+
+    def __init__(self, world: World):
+        self.world = world
+        self.node = world.node
+        self.rate = world.scenario.engine_faults.commit_failure_rate
+        self.rng = world.rng["commits"]
+
+    def unit_begins(self) -> None:
+        node = self.node
+        if node.faults_on and node.db_outages:
+            now_s = self.world.env.now
+            if any(start <= now_s < end for start, end in node.db_outages):
+                node.outage_hits += 1
+                raise StoreUnavailable(message="database unavailable (simulated outage)")
+
+    def commit_fails(self) -> bool:
+        if self.node.faults_on and self.rate > 0 and self.rng.random() < self.rate:
+            self.world.hit("engine.commit_failure")
+            return True
+        return False
 
 
 @dataclass(slots=True)
@@ -173,29 +207,28 @@ class Order:
 RELAY_INTERVAL_S = 5.0
 DISPUTE_DESK_INTERVAL_S = 60.0
 RELAY_BATCH_MAX = 1_000
-RELAY_DUPLICATE_RATE = 0.05
+RELAY_UNACKED_RATE = 0.05
 
 
-@dataclass(slots=True)
-class Projection:
-    """A downstream consumer: dedupes by event id, keeps each payment's latest state."""
+class WorldBus:
+    """The relay's publisher in the world: each batch reaches production's idempotent
+    consumer (``engine.workers.relay.Projection``, which I8 reads). Now and then the
+    bus's acknowledgement is lost, as when the relay crashes between publishing and
+    marking: production's relay then marks nothing and publishes the batch again,
+    and the consumer must dedupe it."""
 
-    seen: set[str] = field(default_factory=set)
-    states: dict[str, tuple[int, str]] = field(default_factory=dict)
-    duplicates: int = 0
-    out_of_order: int = 0
+    def __init__(self, consumer: Projection, rng: random.Random, hit: Callable[[str], None]):
+        self.consumer, self.rng, self.hit = consumer, rng, hit
 
-    def consume(self, event: OutboxEvent) -> None:
-        if event.event_id in self.seen:
-            self.duplicates += 1
-            return
-        self.seen.add(event.event_id)
-        seq = event.history_seq or 0
-        current = self.states.get(event.payment_id)
-        if current is not None and current[0] > seq:
-            self.out_of_order += 1
-            return
-        self.states[event.payment_id] = (seq, str(event.payload["to_state"]))
+    def publish(self, events: Sequence[OutboxEvent]) -> int:
+        duplicates = sum(not self.consumer.consume(e.event_id, e.payload) for e in events)
+        if self.rng.random() < RELAY_UNACKED_RATE:
+            self.hit("outbox batch published, its acknowledgement lost")
+            raise PublishFailed(message="the bus's acknowledgement was lost (simulated)")
+        return duplicates
+
+    def close(self) -> None:
+        pass
 
 
 class World:
@@ -229,8 +262,6 @@ class World:
         }
         self.env = simpy.Environment()
         self.db = world_database(migrate=True) if database is None else database
-        if scenario.engine_faults.commit_failure_rate > 0:
-            sa_event.listen(self.db.engine, "commit", self._maybe_fail_commit)
         settings = EngineSettings(recovery_schedule=recovery_schedule(scenario))
         self.engine = PaymentEngine(
             self.db, SimClock(self.env), SeededIds(self.rng["engine"]), settings
@@ -252,7 +283,16 @@ class World:
             db_outages=[(w.start_s, w.end_s) for w in scenario.engine_faults.db_outages]
         )
         self.coverage: Counter[str] = Counter()
-        self.projection = Projection()
+        # Production's breaker on virtual time: every provider call and lookup asks it.
+        self.breaker = CircuitBreaker(clock=lambda: self.env.now)
+        faults = scenario.engine_faults
+        if faults.commit_failure_rate > 0 or faults.db_outages:
+            self.db.faults = DatabaseFaults(self)
+        self.projection = Projection()  # production's consumer, fed by production's relay
+        self.inbox = InboxProcessor(self.engine)
+        self.relay = OutboxRelay(
+            self.engine, WorldBus(self.projection, self.rng["relay"], self.hit), RELAY_BATCH_MAX
+        )
         self.tracing = trace  # every event with its virtual time, only when asked
         self.trace: list[dict[str, Any]] = []
         self.crash_times_s: list[float] = []
@@ -269,6 +309,9 @@ class World:
         self.active_checkouts = 0
         self.arrivals_done = False
         self.quiescent_at_s: float | None = None
+        from scenarios.sut import InProcessEngine, SystemUnderTest  # sut imports this module
+
+        self.sut: SystemUnderTest = InProcessEngine(self)  # all the clients act on
 
     @staticmethod
     def _provider_config(scenario: Scenario) -> ProviderConfig:
@@ -292,6 +335,10 @@ class World:
 
     # -- the provider call (the driver side of the sans-IO seam) -----------------------
     def provider_call(self, call: ProviderCall) -> Step:
+        if not self.breaker.allow():
+            self.hit("call failed fast: circuit open")
+            self.note("psp.circuit_open", attempt=call.attempt_id, kind=str(call.kind))
+            return dialect.UNKNOWN
         request = dialect.request_for(call)
         headers = {"Authorization": f"Bearer {API_KEY}", "Idempotency-Key": request.idempotency_key}
         result = self.psp.handle(ApiRequest(request.method, request.path, request.params, headers))
@@ -307,8 +354,10 @@ class World:
             self.note(
                 "psp.timeout", attempt=call.attempt_id, kind=str(call.kind), processed=processed
             )
+            self.answered(None)
             return dialect.UNKNOWN
         yield self.env.timeout(result.latency_s)
+        self.answered(result.response.status)
         outcome = dialect.outcome_from_response(call, result.response.status, result.response.body)
         self.note(
             "psp.response", attempt=call.attempt_id, kind=str(call.kind),
@@ -318,16 +367,13 @@ class World:
             self.hit(f"provider {call.kind} answered {result.response.status}")
         return outcome
 
-    # -- one engine operation as a client sees it ----------------------------------------
-    def _maybe_fail_commit(self, connection: Any) -> None:
-        """The database fails a step at its commit: the whole step must roll back."""
-        rate = self.scenario.engine_faults.commit_failure_rate
-        if self.node.faults_on and self.rng["commits"].random() < rate:
-            self.hit("engine.commit_failure")
-            # What the server does when a commit fails: the transaction is gone.
-            connection.connection.dbapi_connection.rollback()
-            raise sa.exc.OperationalError("COMMIT", None, Exception("simulated commit failure"))
+    def answered(self, status: int | None) -> None:
+        """Count an answer (None: none came) on the breaker, as production's adapter does."""
+        if self.breaker.record(status):
+            self.hit("circuit opened")
+            self.note("psp.circuit_opened")
 
+    # -- one engine operation as a client sees it ----------------------------------------
     def guarded(self, what: str, step: Callable[..., Any], *args: Any) -> Any:
         """Run an engine step; an untyped error or a ledger refusal is a defect found."""
         try:
@@ -405,15 +451,14 @@ class World:
         self.psp.ack(delivery, status)
 
     def webhook_intake(self, payload: bytes, signature: str | None) -> int | None:
-        """The engine's webhook endpoint: verify, translate, apply; answer a status."""
+        """The engine's webhook route: verify, then production's intake (``take_webhook``:
+        kept in the inbox and applied in one unit of work; one whose application fails
+        is kept for the inbox worker, and answered 2xx all the same); answer a status."""
         try:
             self.node.check(self.env.now)
         except EngineDown:
             self.hit("webhook delivered while the engine was down")
             return None
-        except StoreUnavailable:
-            self.hit("webhook delivered during a database outage")
-            return 503
         try:
             verify(payload, signature, self.webhook_secret, SimPspClock(self.env).now())
         except WebhookRejected as exc:
@@ -421,23 +466,53 @@ class World:
             return 400
         event = dialect.event_from_stripe(orjson.loads(payload))
         try:
-            result = self.guarded("apply_provider_event", self.engine.apply_provider_event, event)
-        except EventTooEarly:
-            self.hit(f"webhook {event.type} refused until the engine catches up")
-            return 409
+            taken, detail = self.guarded(
+                "take_webhook", self.engine.take_webhook, event, payload.decode()
+            )
         except EngineFault:
             return 500  # the provider retries; the error is a finding of the run
         except StoreUnavailable:
             self.hit("webhook answered 503: the database failed the step")
             return 503
-        self.hit(f"webhook {event.type} {result.outcome}")
-        if event.event_id in self.applied_events and result.outcome != "duplicate":
+        except PaychaosError as exc:  # refused as the route refuses it (too large, malformed)
+            self.hit(f"webhook refused: {exc.code}")
+            return exc.http_status
+        if taken == "pending":
+            code = (detail or "").split(":", 1)[0]
+            self.hit(f"webhook {event.type} kept for the inbox worker: {code}")
+            return 200
+        self.hit(f"webhook {event.type} {detail if taken == 'applied' else taken}")
+        if event.event_id in self.applied_events and taken != "duplicate":
             # Inbound idempotency (I6): a provider event is taken once by its id.
             self.idempotency_violations.append(
-                (event.event_id, f"a redelivered event was taken again ({result.outcome})")
+                (event.event_id, f"a redelivered event was taken again ({detail})")
             )
         self.applied_events.add(event.event_id)
         return 200
+
+    def inbox_worker(self) -> Step:
+        """Production's inbox worker (``InboxProcessor.run_once``) every worker interval:
+        it applies the deliveries whose application failed at intake, and dead-letters
+        the ones that keep failing."""
+        while True:
+            yield self.env.timeout(self.scenario.workers.recovery_interval_s)
+            try:
+                self.node.check(self.env.now)
+                report = self.guarded("inbox worker", self.inbox.run_once)
+            except (EngineDown, StoreUnavailable):
+                self.hit("inbox worker waited: engine unavailable")
+                continue
+            except EngineFault:
+                continue  # a finding of the run (engine_errors)
+            for path, count in (
+                ("webhook applied by the inbox worker", report.applied),
+                ("webhook failed again: left to the inbox worker", report.failed - report.dead),
+                ("webhook dead-lettered after repeated failures", report.dead),
+            ):  # fmt: skip
+                if count:
+                    self.coverage[path] += count
+            if self.quiescent_at_s is not None:
+                return
 
     # -- recovery worker ----------------------------------------------------------------------
     def recovery_worker(self) -> Step:
@@ -455,7 +530,7 @@ class World:
         """One batch of production's recovery policy; the paths it took are coverage."""
         report = RecoveryReport()
         batch = recovery_batch(self.engine, self.scenario.workers.recovery_batch_max,
-                               report=report)  # fmt: skip
+                               away=self.breaker.away, report=report)  # fmt: skip
         try:
             yield from self.pump(batch, "recovery")
         except EngineFault:
@@ -480,14 +555,20 @@ class World:
 
     def look_up(self, call: ProviderCall) -> ProviderOutcome:
         """Ask the provider what became of a call: by its key, or its object now."""
+        if not self.breaker.allow():
+            self.hit("call failed fast: circuit open")
+            return dialect.UNKNOWN
         refresh = dialect.refresh_request(call)
         if refresh is None:
             lookup = self.psp.lookup_idempotency(call.idempotency_key).to_json()
+            self.answered(200)
             return dialect.outcome_from_lookup(call, lookup)
         headers = {"Authorization": f"Bearer {API_KEY}"}
         result = self.psp.handle(ApiRequest(refresh.method, refresh.path, {}, headers))
         if result.response is None:
+            self.answered(None)
             return dialect.UNKNOWN
+        self.answered(result.response.status)
         return dialect.outcome_from_response(call, result.response.status, result.response.body)
 
     # -- the merchant's dispute desk ------------------------------------------------------
@@ -520,62 +601,53 @@ class World:
 
     # -- payouts -------------------------------------------------------------------------
     def payout_scheduler(self) -> Step:
-        """Every interval, each seller asks for its available balance (some ask for more)."""
+        """Production's payout round (``payout_round``) every interval, on the world's clock;
+        the world's sellers choose what to ask for (some ask for more than they have)."""
         schedule = self.scenario.workload.marketplace.payouts
         assert schedule is not None
-        rng = self.rng["payouts"]
         round_ = 0
         while self.env.now + schedule.interval_s < self.scenario.duration_s:
             yield self.env.timeout(schedule.interval_s)
             round_ += 1
+            report = PayoutRound()
             try:
                 self.node.check(self.env.now)
-                wallets = self.engine.wallets()
+                operation = payout_round(self.engine, round_, self.payout_ask, report)
+                yield from self.pump(operation, "payout round")
             except (EngineDown, StoreUnavailable):
                 self.hit("payouts waited: engine unavailable")
-                continue
-            for wallet in wallets:
-                amount = int(wallet["available_minor"])
-                if rng.random() < schedule.over_ask_rate:
-                    # Its whole balance, pending included (or one unit more than it has).
-                    pending = max(int(wallet["pending_minor"]), 0)
-                    amount = max(amount, 0) + (pending or 1)
-                elif amount < schedule.min_minor:
-                    continue
-                key = f"payout-{wallet['owner_id']}-{wallet['currency']}-{round_}"
-                command = CreatePayout(wallet["owner_id"], key, wallet["currency"], amount)
-                with suppress(EngineDown, EngineFault, StoreUnavailable):
-                    yield from self.payout(command)
+            except EngineFault:
+                pass  # a finding of the run (engine_errors); the next round goes on
+            finally:
+                self.coverage.update(report.paths)
 
-    def payout(self, command: CreatePayout) -> Step:
-        self.node.check(self.env.now)
-        try:
-            begun = self.guarded("begin_payout", self.engine.begin_payout, command)
-        except InsufficientFunds:
-            self.hit("payout beyond the available balance refused")
-            return
-        assert begun.call is not None
-        done = yield from self.pump(pay_out(self.engine, begun), "complete payout")
-        self.hit(f"payout {done.payout['status']} on the provider's answer")
+    def payout_ask(self, wallet: Mapping[str, Any]) -> int | None:
+        """What a seller asks for: its available balance, or (at the over-ask rate) its
+        whole balance, pending included, or one unit more than it has."""
+        schedule = self.scenario.workload.marketplace.payouts
+        assert schedule is not None
+        amount = int(wallet["available_minor"])
+        if self.rng["payouts"].random() < schedule.over_ask_rate:
+            pending = max(int(wallet["pending_minor"]), 0)
+            return max(amount, 0) + (pending or 1)
+        return amount if amount >= schedule.min_minor else None
 
     # -- outbox relay and an idempotent consumer (I8) -------------------------------------
     def outbox_relay(self) -> Step:
-        """Publish outbox events at least once; some twice, as after a relay crash."""
-        rng = self.rng["relay"]
+        """Production's relay (``OutboxRelay.run_once``) on the world's clock."""
         while True:
             yield self.env.timeout(RELAY_INTERVAL_S)
             try:
                 self.node.check(self.env.now)
-                events = self.engine.unpublished_events(RELAY_BATCH_MAX)
-                for event in events:
-                    self.projection.consume(event)
-                    if rng.random() < RELAY_DUPLICATE_RATE:
-                        self.projection.consume(event)
-                self.engine.mark_published(events)
+                published = self.guarded("outbox relay", self.relay.run_once).published
+            except PublishFailed:
+                continue  # nothing marked: the next run publishes the batch again
             except (EngineDown, StoreUnavailable):
                 self.hit("outbox relay waited: engine unavailable")
                 continue
-            if self.quiescent_at_s is not None and not events:
+            except EngineFault:
+                continue  # a finding of the run (engine_errors)
+            if self.quiescent_at_s is not None and not published:
                 return
 
     # -- engine faults ---------------------------------------------------------------------------

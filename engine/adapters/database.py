@@ -28,7 +28,10 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import StaticPool
 
+# Defined in the error tree, re-exported here where they are raised.
+from engine.domain.errors import LedgerGuardRefused as LedgerGuardRefused
 from engine.domain.errors import PaychaosError, StoreUnavailable
+from engine.domain.errors import SchemaOutOfDate as SchemaOutOfDate
 
 DEFAULT_URL = "sqlite:///paychaos.db"
 IN_MEMORY_URL = "sqlite://"
@@ -41,22 +44,6 @@ def is_in_memory(url: str) -> bool:
     SQLite's ``memdb`` VFS (``sqlite:///file:/NAME?vfs=memdb&uri=true``), which a long
     simulation uses (its commits do not slow down as it grows)."""
     return url in IN_MEMORY_URLS or (url.startswith("sqlite:///file:") and "vfs=memdb" in url)
-
-
-class SchemaOutOfDate(PaychaosError):
-    code = "schema_out_of_date"
-    http_status = 503
-
-
-class LedgerGuardRefused(PaychaosError):
-    """The database refused a ledger write (unbalanced, closed or append-only).
-
-    The engine asserts balance before writing, so this means a defect, not bad
-    input: callers should let it stop the world.
-    """
-
-    code = "ledger_guard_refused"
-    http_status = 500
 
 
 def normalize_url(url: str) -> str:
@@ -176,6 +163,39 @@ def check_schema(engine: sa.Engine) -> None:
         )
 
 
+class UnitFaults:
+    """The fault port of units of work, on the path production takes: no faults here.
+
+    ``Database.transaction`` asks ``unit_begins`` before a unit's first statement (raise
+    ``StoreUnavailable`` and the database is away for it), and ``Store.commit`` asks
+    ``commit_fails`` (through ``before_commit``) just before it commits. A simulation
+    installs its own on ``Database.faults``; production installs none.
+    """
+
+    def unit_begins(self) -> None:
+        """Before a unit of work: raise to refuse it."""
+
+    def commit_fails(self) -> bool:
+        """Before a unit commits: True to fail the commit (the step is lost whole)."""
+        return False
+
+
+UNIT_FAULTS = "paychaos.unit_faults"  # the unit's faults, on its connection's info
+
+
+class CommitFailed(sa.exc.OperationalError):
+    """A commit the database failed (a simulated fault): ``StoreUnavailable`` to callers."""
+
+
+def before_commit(connection: Connection) -> None:
+    """The commit's fault port, asked by the one commit path (``Store.commit``) before it
+    commits: a failed commit raises what a failed COMMIT raises, and the unit's exit then
+    rolls the transaction back, so nothing of the step is kept."""
+    faults: UnitFaults | None = connection.info.get(UNIT_FAULTS)
+    if faults is not None and faults.commit_fails():
+        raise CommitFailed("COMMIT", None, Exception("commit failed (simulated)"))
+
+
 class Database:
     """The engine's handle on one database: where units of work come from."""
 
@@ -187,6 +207,8 @@ class Database:
         # each thread keeps its SQLAlchemy handle on it between units of work
         # instead of making one per unit, which cost as much as a short unit.
         self._kept = threading.local() if is_in_memory(self.url) else None
+        # Faults injected into units of work (a simulation's); production installs none.
+        self.faults: UnitFaults | None = None
         if migrate:
             upgrade(self.engine)
 
@@ -200,21 +222,15 @@ class Database:
         busy = connection.get_transaction() is not None or _driver(connection).in_transaction
         return None if busy else connection
 
-    def _listened(self) -> bool:
-        """Whether anyone listens for SQLAlchemy's transaction events (a simulation's
-        failing commits do): then every unit is SQLAlchemy's own, so they fire."""
-        dispatch = self.engine.dispatch
-        return bool(dispatch.commit or dispatch.rollback)
-
     @property
     def sends_begin(self) -> bool:
         """Whether a unit of ``transaction(explicit_begin=True)`` leaves BEGIN and COMMIT
-        to the caller: on PostgreSQL, unless its transaction events are listened for."""
-        return self.dialect == "postgresql" and not self._listened()
+        to the caller: on PostgreSQL."""
+        return self.dialect == "postgresql"
 
     def _on_driver(self, explicit_begin: bool) -> bool:
-        """Whether a unit runs on SQLite's driver: asked for, and not listened for."""
-        return explicit_begin and self.dialect == "sqlite" and not self._listened()
+        """Whether a unit runs on SQLite's driver: when asked for."""
+        return explicit_begin and self.dialect == "sqlite"
 
     @staticmethod
     def _driver_unit(connection: Connection) -> Iterator[Connection]:
@@ -263,8 +279,12 @@ class Database:
         """
         on_driver = self._on_driver(explicit_begin)
         explicit_begin = explicit_begin and self.sends_begin
+        faults = self.faults
+        if faults is not None:
+            faults.unit_begins()
 
         def unit(connection: Connection) -> Iterator[Connection]:
+            connection.info[UNIT_FAULTS] = faults
             if on_driver:
                 return self._driver_unit(connection)
             return self._unit(connection, explicit_begin)

@@ -7,10 +7,11 @@ answers that say nothing about the outcome (a timeout, a broken connection,
 409 in flight, 429, 502, 503, 504). A saved 500 is replayed for its key, so it
 is not retried.
 
-The circuit breaker opens after ``failures_max`` consecutive failures and then
-fails fast for ``open_s``: the call's outcome is ``unknown``, so the attempt
-waits for the recovery worker; nothing is failed by guess. After ``open_s`` one
-trial call is let through (half-open); a success closes the circuit.
+The circuit breaker (``engine.domain.breaker``, shared with the simulation)
+opens after ``failures_max`` consecutive failures and then fails fast for
+``open_s``: the call's outcome is ``unknown``, so the attempt waits for the
+recovery worker; nothing is failed by guess. After ``open_s`` one trial call is
+let through (half-open); a success closes the circuit.
 
 The clock, the sleep and the random source are parameters, so tests and the
 simulation drive this module without real time.
@@ -22,56 +23,19 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import httpx
 
 from engine.adapters import stripe_dialect as dialect
+from engine.domain.breaker import RETRYABLE_STATUS, CircuitBreaker, CircuitState, is_failure
 from engine.domain.provider import ProviderCall, ProviderOutcome
 
-RETRYABLE_STATUS = frozenset({409, 429, 502, 503, 504})
+__all__ = [
+    "RETRYABLE_STATUS", "CircuitBreaker", "CircuitState", "HttpProvider", "ProviderStats",
+    "RetryPolicy",
+]  # fmt: skip
 RETRY_AFTER_S_MAX = 30.0
-
-
-class CircuitState(StrEnum):
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
-
-
-@dataclass(slots=True)
-class CircuitBreaker:
-    failures_max: int = 5
-    open_s: float = 30.0
-    clock: Callable[[], float] = time.monotonic
-    state: CircuitState = CircuitState.CLOSED
-    failures: int = 0
-    opened_at_s: float = 0.0
-    trial_in_flight: bool = False
-
-    def allow(self) -> bool:
-        if self.state is CircuitState.CLOSED:
-            return True
-        if self.state is CircuitState.OPEN and self.clock() - self.opened_at_s >= self.open_s:
-            self.state = CircuitState.HALF_OPEN
-            self.trial_in_flight = False
-        if self.state is CircuitState.HALF_OPEN and not self.trial_in_flight:
-            self.trial_in_flight = True
-            return True
-        return False
-
-    def record_success(self) -> None:
-        self.state, self.failures, self.trial_in_flight = CircuitState.CLOSED, 0, False
-
-    def record_failure(self) -> None:
-        self.failures += 1
-        if self.state is CircuitState.HALF_OPEN or self.failures >= self.failures_max:
-            self.state, self.opened_at_s, self.trial_in_flight = (
-                CircuitState.OPEN,
-                self.clock(),
-                False,
-            )
 
 
 @dataclass(slots=True)
@@ -161,13 +125,9 @@ class HttpProvider:
         headers = {"Idempotency-Key": key} if key else {}
         for attempt in range(self.retry.attempts_max):
             status, body, retry_after_s = self._once(method, path, params, headers)
-            if status is not None and status not in RETRYABLE_STATUS and status < 500:
-                self.breaker.record_success()
+            self.breaker.record(status)
+            if not is_failure(status) or status == 500:  # a 500 is saved for its key
                 return status, body
-            if status == 500:  # saved for its key: a retry would replay it
-                self.breaker.record_failure()
-                return status, body
-            self.breaker.record_failure()
             last = attempt + 1 == self.retry.attempts_max
             if last or not self.breaker.allow():
                 return status, body

@@ -10,14 +10,20 @@ more than running it. On SQLite they run on the driver's connection
 (``engine.adapters.direct``): SQLAlchemy's own execution cost several times
 what SQLite did. A unique-index race raises ``RetryStep`` without a
 savepoint: the step's whole transaction is rolled back and run again anyway.
+
+A step's first reads are declared as data, a read set (``CommandReads``,
+``AttemptReads``, ``EventReads``), and ``Store.load`` answers them by name
+(``LoadedCommand``, ...): on PostgreSQL in one round trip, on SQLite one by
+one. The step uses those answers; any later read goes to the database.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, overload
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -25,16 +31,22 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from engine.adapters import schema as t
-from engine.adapters.database import Database
+from engine.adapters.database import Database, before_commit
 from engine.adapters.direct import FAST_PROCESSORS, Direct, RaceLost
+from engine.domain import lifecycles
 from engine.domain.ledger import Journal
+from engine.domain.lifecycles import KEY_MOVES, OPEN_PAYOUT, AttemptStatus, InboxStatus, KeyStatus
+from engine.domain.states import PaymentState
 
 Row = dict[str, Any]
+_Read = tuple[sa.Select[Any], Row]  # a prebuilt query and its parameters
 
 FAST_PROCESSORS[t.UTCDateTime] = (t.UTCDateTime.sqlite_bind, t.UTCDateTime.sqlite_result)
 
-# Attempt statuses whose provider call may still have an effect.
-OPEN_ATTEMPT = ("pending", "unknown")
+# Attempt statuses whose provider call may still have an effect, as stored.
+OPEN_ATTEMPT = tuple(status.value for status in lifecycles.OPEN_ATTEMPT)
+# Finishing a key is its one move (the guard below: only a key in flight is finished).
+assert KeyStatus.COMPLETED in KEY_MOVES[KeyStatus.IN_FLIGHT]
 
 
 # A unique constraint raced with a concurrent transaction: run the step again.
@@ -83,7 +95,7 @@ _IDEMPOTENCY_KEY = sa.select(t.idempotency_keys).where(
 _FINISH_KEY = t.idempotency_keys.update().where(
     t.idempotency_keys.c.id == sa.bindparam("b_id"),
     # A saved response never changes: only a key still in flight is finished.
-    t.idempotency_keys.c.status == "in_flight",
+    t.idempotency_keys.c.status == KeyStatus.IN_FLIGHT.value,
 )
 # The payment holding the order a payment is for: readable before that payment is.
 _ORDER_HOLDER_OF_PAYMENT = sa.select(t.payments.c.id, t.payments.c.state).where(
@@ -119,7 +131,10 @@ _REFUNDS_OF = (
 )
 _KEY_RESPONSE = sa.select(
     t.idempotency_keys.c.response_code, t.idempotency_keys.c.response_body
-).where(t.idempotency_keys.c.id == sa.bindparam("b_id"), t.idempotency_keys.c.status == "completed")
+).where(
+    t.idempotency_keys.c.id == sa.bindparam("b_id"),
+    t.idempotency_keys.c.status == KeyStatus.COMPLETED.value,
+)
 _PROVIDER_EVENT = sa.select(t.provider_events).where(
     t.provider_events.c.provider_event_id == sa.bindparam("b_provider_event_id")
 )
@@ -171,6 +186,9 @@ _INBOX_BY_EVENT = sa.select(t.webhook_inbox).where(
     t.webhook_inbox.c.provider_event_id == sa.bindparam("b_provider_event_id")
 )
 _INBOX_BY_EVENT_LOCKED = _INBOX_BY_EVENT.with_for_update()
+_INBOX_ROW = _by_id(t.webhook_inbox)
+_INBOX_ROW_LOCKED = _INBOX_ROW.with_for_update()
+_UPDATE_INBOX = t.webhook_inbox.update().where(t.webhook_inbox.c.id == sa.bindparam("b_id"))
 _ATTEMPTS_OF_SHAPES: dict[tuple[int, int], sa.Select[Any]] = {}
 
 
@@ -205,7 +223,8 @@ _PREBUILT: set[int] = {
         *_INSERT.values(), _PAYMENT_BY_PROVIDER_ID, _HISTORY, _REFUND, _REFUNDS_OF,
         _KEY_RESPONSE, _PROVIDER_EVENT, _LINES_OF, _UPDATE_LINE, _FEE_PLAN,
         *_WALLET_UPSERT.values(), _WALLET, _WALLET_LOCKED, _PAYOUT, _PAYOUT_LOCKED, _UPDATE_PAYOUT,
-        _PAYOUT_BY_PROVIDER_ID, _INBOX_BY_EVENT, _INBOX_BY_EVENT_LOCKED,
+        _PAYOUT_BY_PROVIDER_ID, _INBOX_BY_EVENT, _INBOX_BY_EVENT_LOCKED, _INBOX_ROW,
+        _INBOX_ROW_LOCKED, _UPDATE_INBOX,
     )
 }  # fmt: skip
 
@@ -214,8 +233,10 @@ def _recoverable() -> sa.ColumnElement[bool]:
     """Open attempts, and authorizations whose payment still waits for the customer (3DS):
     an abandoned one whose payment moved on (voided, failed) is never asked about again."""
     a = t.attempts.c
-    waiting = sa.select(t.payments.c.id).where(t.payments.c.state == "requires_action")
-    awaiting = sa.and_(a.status == "requires_action", a.payment_id.in_(waiting))
+    waiting = sa.select(t.payments.c.id).where(
+        t.payments.c.state == PaymentState.REQUIRES_ACTION.value
+    )
+    awaiting = sa.and_(a.status == AttemptStatus.REQUIRES_ACTION.value, a.payment_id.in_(waiting))
     return sa.or_(a.status.in_(OPEN_ATTEMPT), awaiting)
 
 
@@ -240,24 +261,110 @@ def _attempt_read(attempt_id: str) -> tuple[sa.Select[Any], Row]:
     return _ATTEMPT, {"b_id": attempt_id}
 
 
+_ATTEMPTS_BINDS: dict[tuple[tuple[str, ...], tuple[str, ...]], Row] = {}
+
+
 def _attempts_read(
     payment_id: str, kinds: Sequence[str], statuses: Sequence[str]
 ) -> tuple[sa.Select[Any], Row]:
-    params = {"b_payment_id": payment_id}
-    params.update((f"b_kind_{i}", kind) for i, kind in enumerate(kinds))
-    params.update((f"b_status_{i}", status) for i, status in enumerate(statuses))
-    return _attempts_of(len(kinds), len(statuses)), params
+    shape = (tuple(kinds), tuple(statuses))
+    binds = _ATTEMPTS_BINDS.get(shape)
+    if binds is None:
+        binds = {f"b_kind_{i}": kind for i, kind in enumerate(kinds)}
+        binds.update((f"b_status_{i}", status) for i, status in enumerate(statuses))
+        if len(_ATTEMPTS_BINDS) < 256:
+            _ATTEMPTS_BINDS[shape] = binds
+    return _attempts_of(len(kinds), len(statuses)), {"b_payment_id": payment_id, **binds}
 
 
-class Store:
+# -- read sets: what a step reads first, declared as data --------------------------------------
+@dataclass(frozen=True, slots=True)
+class OpenAttempts:
+    """Which of a payment's attempts a read set reads: of ``kinds``, in ``statuses``
+    (stored strings), newest first."""
+
+    kinds: tuple[str, ...]
+    statuses: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandReads:
+    """What a write on a payment reads first: its idempotency key, the payment under
+    its lock, (``busy``) the payment's attempts that refuse the write and
+    (``order_holder``) the payment holding its order. A key found (the write is a
+    replay, or refused) needs nothing more: the other answers are then empty."""
+
+    merchant_id: str
+    scope: str
+    key: str
+    payment_id: str
+    busy: OpenAttempts | None = None
+    order_holder: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedCommand:
+    key: Row | None
+    payment: Row | None  # None too when the key was found
+    busy: list[Row]  # empty when not asked for (or the key was found)
+    order_holder: Row | None  # None when not asked for (or the key was found)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptReads:
+    """An attempt's payment under its lock, then the attempt (an attempt's payment
+    never changes, so one statement finds and locks it)."""
+
+    attempt_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedAttempt:
+    payment: Row | None
+    attempt: Row | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventReads:
+    """What taking a provider event reads first: the payment it names (``payment_id``)
+    under its lock and (``attempts``) its attempts the event may answer, then
+    (``inbox``) its inbox row and whether the event was taken. The lock comes first,
+    so a copy of the event taken meanwhile by another transaction on the payment is
+    seen as taken once that one commits. An inbox row found (a delivery kept
+    already) needs nothing more: the other answers are then empty."""
+
+    provider_event_id: str
+    payment_id: str | None
+    inbox: bool = False
+    attempts: OpenAttempts | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedEvent:
+    """The answers of ``EventReads``; all but ``inbox`` empty when an inbox row was found."""
+
+    payment: Row | None
+    attempts: list[Row]  # empty without a payment, or when not asked for
+    inbox: Row | None  # None when not asked for
+    taken: Row | None  # the event's ``provider_events`` row, if it was taken
+
+
+def _first(rows: list[Row]) -> Row | None:
+    return rows[0] if rows else None
+
+
+class StoreCore:
+    """How a store reads and writes (prebuilt statements on the driver's connection,
+    read sets loaded in one trip, deferred writes), and a payment's rows and first reads.
+    The other aggregates' rows are the classes below it; ``Store`` composes them."""
+
     def __init__(self, connection: Connection, *, explicit_begin: bool = False):
         self.c = connection
         self._lock = connection.dialect.name == "postgresql"
         self._direct = Direct(connection, explicit_begin=explicit_begin)
-        # Answers read ahead in one trip, each taken once by the read it stands for.
-        self._ahead: dict[tuple[int, tuple[tuple[str, Any], ...]], list[Row]] = {}
 
     def commit(self) -> None:
+        before_commit(self.c)  # the database's fault port (none in production)
         self._direct.commit()
         self.c.commit()
 
@@ -271,35 +378,90 @@ class Store:
         """Whether rows are locked one by one (else the whole database is, from BEGIN)."""
         return self._lock
 
-    def _read_ahead(self, reads: Sequence[tuple[sa.Select[Any], Mapping[str, Any]]]) -> None:
-        """Reads the step is about to make, sent together: one round trip where a trip
-        costs (PostgreSQL; on SQLite each read simply runs when it is made)."""
-        if not self._direct.defers:
-            return
-        answers = self._direct.all_together(reads)
-        for (query, params), rows in zip(reads, answers, strict=True):
-            self._ahead[(id(query), tuple(params.items()))] = rows
+    @overload
+    def load(self, reads: CommandReads) -> LoadedCommand: ...
+    @overload
+    def load(self, reads: AttemptReads) -> LoadedAttempt: ...
+    @overload
+    def load(self, reads: EventReads) -> LoadedEvent: ...
+    def load(
+        self, reads: CommandReads | AttemptReads | EventReads
+    ) -> LoadedCommand | LoadedAttempt | LoadedEvent:
+        """A read set's answers, read in its order (the lock first where it says so): in
+        one round trip where a trip costs (PostgreSQL, after any deferred write), one by
+        one on SQLite. They are what the database said then: nothing is kept for later
+        reads, which go to the database."""
+        if isinstance(reads, CommandReads):
+            return self._load_command(reads)
+        if isinstance(reads, AttemptReads):
+            payment, attempt = self._direct.all_together(
+                [self._payment_of_attempt_read(reads.attempt_id, True),
+                 _attempt_read(reads.attempt_id)]
+            )  # fmt: skip
+            return LoadedAttempt(_first(payment), _first(attempt))
+        return self._load_event(reads)
 
-    def _taken(self, query: sa.Select[Any], params: Mapping[str, Any]) -> list[Row] | None:
-        if not self._ahead:
-            return None
-        return self._ahead.pop((id(query), tuple(params.items())), None)
+    def _load_command(self, reads: CommandReads) -> LoadedCommand:
+        r = reads
+        queries = [_key_read(r.merchant_id, r.scope, r.key), self._payment_read(r.payment_id, True)]
+        if r.busy is not None:
+            queries.append(_attempts_read(r.payment_id, r.busy.kinds, r.busy.statuses))
+        if r.order_holder:
+            queries.append(_order_holder_read(r.merchant_id, r.payment_id))
+        answers = iter(self._answers(queries, stop=0))
+        key, payment = _first(next(answers)), _first(next(answers))
+        busy = next(answers) if r.busy is not None else []
+        holder = _first(next(answers)) if r.order_holder else None
+        return LoadedCommand(key, payment, busy, holder)
+
+    def _load_event(self, reads: EventReads) -> LoadedEvent:
+        r = reads
+        queries = []
+        if r.payment_id is not None:
+            queries.append(self._payment_read(r.payment_id, True))
+            if r.attempts is not None:
+                queries.append(_attempts_read(r.payment_id, r.attempts.kinds,
+                                              r.attempts.statuses))  # fmt: skip
+        stop = len(queries) if r.inbox else None
+        if r.inbox:
+            queries.append(_inbox_read(r.provider_event_id, False))
+        queries.append(_provider_event_read(r.provider_event_id))
+        answers = iter(self._answers(queries, stop))
+        payment = _first(next(answers)) if r.payment_id is not None else None
+        attempts = next(answers) if r.payment_id is not None and r.attempts is not None else []
+        inbox = _first(next(answers)) if r.inbox else None
+        return LoadedEvent(payment, attempts, inbox, _first(next(answers)))
+
+    def _answers(self, queries: list[_Read], stop: int | None) -> list[list[Row]]:
+        """The rows each of ``queries`` finds: in one round trip, in their order, where
+        a trip costs (PostgreSQL); one by one on SQLite, whose whole database is locked
+        from BEGIN (the order is free there), ``queries[stop]`` first. When
+        ``queries[stop]`` finds a row the step needs nothing more: the others' answers
+        are empty (on SQLite they are not read)."""
+        if stop is None:
+            return self._direct.all_together(queries)
+        if self._direct.defers:
+            answers = self._direct.all_together(queries)
+            found = answers[stop]
+        else:
+            found = self._direct.all(*queries[stop])
+            if not found:
+                return [found if index == stop else self._direct.all(query, params)
+                        for index, (query, params) in enumerate(queries)]  # fmt: skip
+        if not found:
+            return answers
+        return [found if index == stop else [] for index in range(len(queries))]
 
     def _one(self, query: sa.Select[Any], params: Mapping[str, Any] | None = None) -> Row | None:
         if id(query) in _PREBUILT:
-            params = params or {}
-            ahead = self._taken(query, params)
-            if ahead is not None:
-                return ahead[0] if ahead else None
-            return self._direct.one(query, params)
+            return self._direct.one(query, params or {})
         self._direct.flush()
         row = self.c.execute(query, params).mappings().first()
         return dict(row) if row is not None else None
 
     def _all(self, query: sa.Select[Any], params: Mapping[str, Any]) -> list[Row]:
         if id(query) in _PREBUILT:
-            ahead = self._taken(query, params)
-            return ahead if ahead is not None else self._direct.all(query, params)
+            return self._direct.all(query, params)
         self._direct.flush()
         return [dict(row) for row in self.c.execute(query, params).mappings()]
 
@@ -352,53 +514,6 @@ class Store:
         query = _PAYMENT_OF_ATTEMPT_LOCKED if lock and self._lock else _PAYMENT_OF_ATTEMPT
         return query, {"b_attempt_id": attempt_id}
 
-    def read_ahead_command(
-        self,
-        merchant_id: str,
-        scope: str,
-        key: str,
-        payment_id: str,
-        busy_kinds: Sequence[str] = (),
-        busy_statuses: Sequence[str] = (),
-        *,
-        order_holder: bool = False,
-    ) -> None:
-        """What a write on a payment reads first, in one trip: its idempotency key, the
-        payment under its lock, (``busy_kinds``) the payment's attempts in flight and
-        (``order_holder``) the payment holding its order."""
-        reads = [_key_read(merchant_id, scope, key), self._payment_read(payment_id, True)]
-        if busy_kinds:
-            reads.append(_attempts_read(payment_id, busy_kinds, busy_statuses))
-        if order_holder:
-            reads.append(_order_holder_read(merchant_id, payment_id))
-        self._read_ahead(reads)
-
-    def read_ahead_attempt(self, attempt_id: str) -> None:
-        """An attempt's payment under its lock, then the attempt, in one trip."""
-        self._read_ahead([self._payment_of_attempt_read(attempt_id, True),
-                          _attempt_read(attempt_id)])  # fmt: skip
-
-    def read_ahead_event(
-        self,
-        provider_event_id: str,
-        payment_id: str | None,
-        *,
-        inbox: bool,
-        attempts: tuple[Sequence[str], Sequence[str]] | None = None,
-    ) -> None:
-        """What taking a provider event reads first, in one trip: the payment it names
-        under its lock and (``attempts``: kinds and statuses) its attempts the event may
-        answer, then (``inbox``) its inbox row and whether the event was taken. The lock
-        comes first, so a copy of the event taken meanwhile by another transaction on
-        the payment is seen as taken once that one commits."""
-        reads = [] if payment_id is None else [self._payment_read(payment_id, True)]
-        if payment_id is not None and attempts is not None:
-            reads.append(_attempts_read(payment_id, *attempts))
-        if inbox:
-            reads.append(_inbox_read(provider_event_id, False))
-        reads.append(_provider_event_read(provider_event_id))
-        self._read_ahead(reads)
-
     def payment_by_provider_id(self, provider_payment_id: str, *, lock: bool) -> Row | None:
         locked = lock and self._lock
         query = _PAYMENT_BY_PROVIDER_ID_LOCKED if locked else _PAYMENT_BY_PROVIDER_ID
@@ -434,6 +549,10 @@ class Store:
             query = query.where(t.payments.c.order_id == order_id)
         query = query.order_by(t.payments.c.created_at, t.payments.c.id).limit(limit).offset(offset)
         return [dict(row) for row in self._execute(query).mappings()]
+
+
+class MarketRows(StoreCore):
+    """Split payments' lines, sellers' fee plans and wallets, and payouts."""
 
     # marketplace: lines, fee plans, wallets ---------------------------------
     def insert_line(self, row: Row) -> None:
@@ -488,7 +607,8 @@ class Store:
         due_at = sa.func.coalesce(p.next_lookup_at, p.updated_at)
         query = (
             sa.select(t.payouts)
-            .where(p.status.in_(("pending", "unknown")), p.needs_review == sa.false(),
+            .where(p.status.in_([status.value for status in OPEN_PAYOUT]),
+                   p.needs_review == sa.false(),
                    due_at <= now)
             .order_by(due_at, p.id)
             .limit(limit)
@@ -513,6 +633,10 @@ class Store:
         pay = t.payments
         query = sa.select(pay).where(pay.c.fee_pending == sa.true()).order_by(pay.c.id).limit(limit)
         return [dict(row) for row in self._execute(query).mappings()]
+
+
+class AttemptRows(StoreCore):
+    """A payment's history and outbox rows, its provider attempts and its refunds."""
 
     # history and outbox -------------------------------------------------
     def insert_history(self, row: Row) -> None:
@@ -588,6 +712,10 @@ class Store:
     def update_refund(self, refund_id: str, **values: Any) -> None:
         self._write(_UPDATE_REFUND, {"b_id": refund_id, **values})
 
+
+class KeyRows(StoreCore):
+    """Idempotency keys, the provider events taken and the webhook inbox."""
+
     # idempotency ----------------------------------------------------------
     def idempotency_key(self, merchant_id: str, scope: str, key: str) -> Row | None:
         return self._one(*_key_read(merchant_id, scope, key))
@@ -596,7 +724,8 @@ class Store:
         self._insert_unique(t.idempotency_keys, row)
 
     def finish_idempotency_key(self, key_id: str, code: int, body: Mapping[str, Any]) -> None:
-        values = {"status": "completed", "response_code": code, "response_body": dict(body)}
+        values = {"status": KeyStatus.COMPLETED.value, "response_code": code,
+                  "response_body": dict(body)}  # fmt: skip
         self._write(_FINISH_KEY, {"b_id": key_id, **values})
 
     def idempotency_response(self, key_id: str | None) -> tuple[int, dict[str, Any]] | None:
@@ -612,7 +741,7 @@ class Store:
         k = t.idempotency_keys.c
         doomed = (
             sa.select(k.id)
-            .where(k.expires_at <= now, k.status == "completed")
+            .where(k.expires_at <= now, k.status == KeyStatus.COMPLETED.value)
             .limit(limit)
             .scalar_subquery()
         )
@@ -634,8 +763,8 @@ class Store:
 
     # webhook inbox ------------------------------------------------------------
     def inbox_row(self, inbox_id: int, *, lock: bool = False) -> Row | None:
-        query = sa.select(t.webhook_inbox).where(t.webhook_inbox.c.id == inbox_id)
-        return self._one(query.with_for_update() if lock and self._lock else query)
+        query = _INBOX_ROW_LOCKED if lock and self._lock else _INBOX_ROW
+        return self._one(query, {"b_id": inbox_id})
 
     def inbox_by_event(self, provider_event_id: str, *, lock: bool = False) -> Row | None:
         return self._one(*_inbox_read(provider_event_id, lock and self._lock))
@@ -645,17 +774,22 @@ class Store:
 
     def pending_inbox(self, limit: int) -> list[int]:
         w = t.webhook_inbox.c
-        query = sa.select(w.id).where(w.status == "pending").order_by(w.id).limit(limit)
+        pending = w.status == InboxStatus.PENDING.value
+        query = sa.select(w.id).where(pending).order_by(w.id).limit(limit)
         return [int(inbox_id) for inbox_id in self._execute(query).scalars()]
 
     def dead_inbox(self, limit: int) -> list[Row]:
         w = t.webhook_inbox.c
-        query = sa.select(t.webhook_inbox).where(w.status == "dead").order_by(w.id).limit(limit)
+        dead = w.status == InboxStatus.DEAD.value
+        query = sa.select(t.webhook_inbox).where(dead).order_by(w.id).limit(limit)
         return [dict(row) for row in self._execute(query).mappings()]
 
     def update_inbox(self, inbox_id: int, **values: Any) -> None:
-        w = t.webhook_inbox
-        self._execute(w.update().where(w.c.id == inbox_id).values(**values))
+        self._write(_UPDATE_INBOX, {"b_id": inbox_id, **values}, rowcount_expected=1)
+
+
+class LedgerRows(StoreCore):
+    """Journals and their entries, balances derived from them, and the outbox relay's reads."""
 
     # ledger -------------------------------------------------------------------
     def insert_journal(
@@ -743,6 +877,11 @@ class Store:
         if ids:
             o = t.outbox.c
             self._execute(t.outbox.update().where(o.id.in_(list(ids))).values(published_at=at))
+
+
+class Store(AttemptRows, MarketRows, KeyRows, LedgerRows):
+    """The rows one unit of work reads and writes, every aggregate's (``StoreCore`` below
+    them all: one connection, one deferred-write queue)."""
 
 
 @contextmanager

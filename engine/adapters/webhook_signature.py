@@ -16,22 +16,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from engine.domain.errors import InvalidRequest, PaychaosError
+# Defined in the error tree, re-exported here where they are raised.
+from engine.domain.errors import WebhookRejected as WebhookRejected
+from engine.domain.errors import WebhookSecretMissing as WebhookSecretMissing
 
 TOLERANCE_S = 300
 HEADER_LENGTH_MAX = 4_096
-
-
-class WebhookRejected(InvalidRequest):
-    pass
-
-
-class WebhookSecretMissing(PaychaosError):
-    code = "webhook_secret_missing"
-    http_status = 503
-
-    def __init__(self) -> None:
-        super().__init__(message="no webhook signing secret is configured: nothing can be verified")
 
 
 def sign(payload: bytes, secret: str, timestamp_s: int) -> str:

@@ -1,8 +1,12 @@
-"""The engine's one exception tree.
+"""The engine's one exception tree: every ``PaychaosError`` is defined here.
 
 Expected outcomes are typed errors with a stable machine-readable ``code`` and
 an HTTP status hint; broken invariants are ``assert``s. Lower-layer exceptions
-(SQLAlchemy, drivers) are translated in ``engine.adapters.database`` only.
+(SQLAlchemy, drivers) are translated in ``engine.adapters.database`` only. The
+modules that raise an error re-export it (``engine.adapters.database``,
+``engine.adapters.webhook_signature``, ``engine.workers.relay``,
+``engine.workers.reconciliation``); ``tests/unit/test_error_tree.py`` keeps every
+subclass here and drawn below.
 
     PaychaosError                         code              http
     ├── Unauthorized                      unauthorized      401
@@ -13,7 +17,8 @@ an HTTP status hint; broken invariants are ``assert``s. Lower-layer exceptions
     ├── InvalidRequest                    (field-specific)  400
     │   ├── CurrencyMismatch              currency_mismatch 400
     │   ├── AmountExceeded                amount_exceeds_*  400
-    │   └── SettlementFileInvalid         settlement_file_invalid  400
+    │   ├── SettlementFileInvalid         settlement_file_invalid  400
+    │   └── WebhookRejected               webhook_*         400
     ├── NotFound                          *_not_found       404
     ├── IdempotencyKeyReused              idempotency_key_reused   422
     ├── Conflict                                            409
@@ -23,7 +28,12 @@ an HTTP status hint; broken invariants are ``assert``s. Lower-layer exceptions
     │   ├── OrderAlreadyActive            order_already_active
     │   ├── InsufficientFunds             insufficient_funds
     │   └── EventTooEarly                 event_too_early
-    └── StoreUnavailable                  store_unavailable 503
+    ├── StoreUnavailable                  store_unavailable 503
+    ├── SchemaOutOfDate                   schema_out_of_date 503
+    ├── WebhookSecretMissing              webhook_secret_missing  503
+    ├── PublishFailed                     bus_unavailable   503
+    ├── ReportUnavailable                 settlement_report_unavailable  503
+    └── LedgerGuardRefused                ledger_guard_refused  500
 """
 
 from __future__ import annotations
@@ -187,4 +197,50 @@ class EventTooEarly(Conflict):
 
 class StoreUnavailable(PaychaosError):
     code = "store_unavailable"
+    http_status = 503
+
+
+class SchemaOutOfDate(PaychaosError):
+    """The database's schema is older than the code: migrate before serving."""
+
+    code = "schema_out_of_date"
+    http_status = 503
+
+
+class LedgerGuardRefused(PaychaosError):
+    """The database refused a ledger write (unbalanced, closed or append-only).
+
+    The engine asserts balance before writing, so this means a defect, not bad
+    input: callers should let it stop the world.
+    """
+
+    code = "ledger_guard_refused"
+    http_status = 500
+
+
+class WebhookRejected(InvalidRequest):
+    """A webhook delivery whose signature or timestamp does not verify."""
+
+
+class WebhookSecretMissing(PaychaosError):
+    """No signing secret is configured: a server set up wrong (the provider retries)."""
+
+    code = "webhook_secret_missing"
+    http_status = 503
+
+    def __init__(self) -> None:
+        super().__init__(message="no webhook signing secret is configured: nothing can be verified")
+
+
+class PublishFailed(PaychaosError):
+    """The bus did not acknowledge a batch: nothing is marked, the next run publishes it again."""
+
+    code = "bus_unavailable"
+    http_status = 503
+
+
+class ReportUnavailable(PaychaosError):
+    """The provider did not hand over its report this time: try again next loop."""
+
+    code = "settlement_report_unavailable"
     http_status = 503

@@ -9,6 +9,12 @@ balance is its debits minus its credits, per currency.
 
 Every journal balances per currency; ``Journal`` asserts it on construction,
 before anything is written, and the database refuses an unbalanced one again.
+
+The chart of accounts is ``Account``, one enum: the platform's own accounts by
+name, and per-owner ones (a merchant's payable, a seller's pending and available
+balances, the platform's fees per merchant) as ``<account>:<owner id>``
+(``Account.MERCHANT_PAYABLE.of("m_1")``; ``Account.parse`` reads one back). The
+``holds:`` twins carry authorizations (pending) until a capture or void.
 """
 
 from __future__ import annotations
@@ -25,18 +31,63 @@ class Side(StrEnum):
     CREDIT = "C"
 
 
-PSP_CLEARING = "psp_clearing"
-PROVIDER_FEES = "provider_fees"
-DISPUTES = "disputes"
-HOLDS_PSP_CLEARING = "holds:psp_clearing"
+class Account(StrEnum):
+    """The chart of accounts; the values are the names the entries carry."""
+
+    PSP_CLEARING = "psp_clearing"  # what the provider holds for the platform
+    HOLDS_PSP_CLEARING = "holds:psp_clearing"  # authorizations held at the provider
+    PROVIDER_FEES = "provider_fees"  # the provider's fees: the platform's cost
+    DISPUTES = "disputes"  # amounts the provider withdrew for open or lost disputes
+    PAYOUTS_IN_TRANSIT = "payouts_in_transit"  # sent to sellers' banks, not yet landed
+    RECON_ADJUSTMENTS = "recon_adjustments"  # reconciliation's suspense account
+    # Per owner: "<name>:<owner id>".
+    MERCHANT_PAYABLE = "merchant_payable"  # what a (plain) merchant is owed
+    HOLDS_MERCHANT_PAYABLE = "holds:merchant_payable"  # a merchant's held authorizations
+    PLATFORM_FEES = "platform_fees"  # the platform's fees on a merchant's split payments
+    SELLER_PENDING = "seller_pending"  # a seller's share until its payment settles
+    SELLER_AVAILABLE = "seller_available"  # a seller's share once settled: payable out
+
+    def of(self, owner_id: str) -> str:
+        """This per-owner account of ``owner_id``."""
+        assert self in PER_OWNER, self
+        return f"{self.value}:{owner_id}"
+
+    @classmethod
+    def parse(cls, account: str) -> tuple[Account, str | None]:
+        """An entry's account name: (account, owner id or None)."""
+        if account in _BY_NAME:
+            return _BY_NAME[account], None
+        for owned in _PER_OWNER_LONGEST_FIRST:  # "holds:merchant_payable:" before others
+            if account.startswith(f"{owned.value}:"):
+                return owned, account[len(owned.value) + 1 :]
+        raise AssertionError(f"not an account of the chart: {account}")
+
+
+PER_OWNER = frozenset({
+    Account.MERCHANT_PAYABLE, Account.HOLDS_MERCHANT_PAYABLE, Account.PLATFORM_FEES,
+    Account.SELLER_PENDING, Account.SELLER_AVAILABLE,
+})  # fmt: skip
+_BY_NAME: dict[str, Account] = {account.value: account for account in Account}
+_PER_OWNER_LONGEST_FIRST = sorted(PER_OWNER, key=lambda account: -len(account.value))
+# Every seller account's name starts so: the sellers' balances are read by it.
+SELLERS_PREFIX = "seller_"
+assert all(a.value.startswith(SELLERS_PREFIX) == a.name.startswith("SELLER_") for a in Account)
+
+# The platform's accounts by their old names (adapters and checkers import these).
+PSP_CLEARING = Account.PSP_CLEARING
+PROVIDER_FEES = Account.PROVIDER_FEES
+DISPUTES = Account.DISPUTES
+HOLDS_PSP_CLEARING = Account.HOLDS_PSP_CLEARING
+PAYOUTS_IN_TRANSIT = Account.PAYOUTS_IN_TRANSIT
+RECON_ADJUSTMENTS = Account.RECON_ADJUSTMENTS
 
 
 def merchant_payable(merchant_id: str) -> str:
-    return f"merchant_payable:{merchant_id}"
+    return Account.MERCHANT_PAYABLE.of(merchant_id)
 
 
 def holds_merchant_payable(merchant_id: str) -> str:
-    return f"holds:merchant_payable:{merchant_id}"
+    return Account.HOLDS_MERCHANT_PAYABLE.of(merchant_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,16 +180,22 @@ def dispute_reinstatement(disputed: Money) -> Journal:
 # -- marketplace (split payments) ----------------------------------------------------
 # A seller's money sits on ``seller_pending:`` until the payment settles, then on
 # ``seller_available:``; the platform's fees on ``platform_fees:<merchant>``.
-SELLER_BUCKETS = ("pending", "available")
+SELLER_BUCKETS = {"pending": Account.SELLER_PENDING, "available": Account.SELLER_AVAILABLE}
 
 
 def seller_account(seller_id: str, bucket: str) -> str:
-    assert bucket in SELLER_BUCKETS, bucket
-    return f"seller_{bucket}:{seller_id}"
+    return SELLER_BUCKETS[bucket].of(seller_id)
+
+
+def seller_of(account: str) -> tuple[str, str]:
+    """A seller account's (bucket, seller id)."""
+    kind, seller_id = Account.parse(account)
+    assert seller_id is not None and kind in (Account.SELLER_PENDING, Account.SELLER_AVAILABLE)
+    return kind.value.removeprefix(SELLERS_PREFIX), seller_id
 
 
 def platform_fees(merchant_id: str) -> str:
-    return f"platform_fees:{merchant_id}"
+    return Account.PLATFORM_FEES.of(merchant_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,9 +299,6 @@ def split_settlement(currency: str, moves: list[tuple[str, int]]) -> Journal:
 
 
 # -- payouts --------------------------------------------------------------------------
-PAYOUTS_IN_TRANSIT = "payouts_in_transit"
-
-
 def payout_reserve(seller_id: str, amount: Money) -> Journal:
     """A payout leaves the seller's available balance the moment it is asked for."""
     return Journal(

@@ -16,6 +16,10 @@ Rules:
   amount all the same.
 - A dispute that is won returns the payment to ``settled``, or to ``refunded``
   when it was refunded in full; a lost one stays ``disputed``.
+
+The engine's other lifecycles (provider attempts, refunds, payouts, webhook
+inbox rows, idempotency keys, reconciliation exceptions) are tables of the same
+kind beside this one, in ``engine.domain.lifecycles``.
 """
 
 from __future__ import annotations

@@ -13,19 +13,23 @@ call; ``complete`` applies the provider's answer. The money is never guessed:
 - no answer: ``unknown``, looked up by its idempotency key on the recovery
   schedule, like any payment call.
 
-No payout exceeds the available balance at the moment it is asked for.
+No payout exceeds the available balance at the moment it is asked for. A
+payout's statuses move along the payout lifecycle's table
+(``engine.domain.lifecycles``). ``PayoutSteps`` holds the engine's payout steps;
+the functions below run inside their units of work.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
+from typing import Any
 
 from engine.adapters.store import Row, Store
 from engine.domain import ledger
 from engine.domain.commands import CreatePayout
 from engine.domain.errors import InsufficientFunds, NotFound
+from engine.domain.lifecycles import OPEN_PAYOUT, PAYOUT_MOVES, PayoutStatus, moved
 from engine.domain.money import Money
 from engine.domain.provider import (
     CallKind,
@@ -35,11 +39,11 @@ from engine.domain.provider import (
     ProviderEvent,
     ProviderOutcome,
 )
+from engine.service.steps import Steps
 
-if TYPE_CHECKING:
-    from engine.service.engine import PaymentEngine
-
-OPEN = ("pending", "unknown")
+P = PayoutStatus
+OPEN = OPEN_PAYOUT
+FAR_AHEAD = timedelta(days=36_500)  # "due by then" takes every open payout
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +69,7 @@ def call_of(row: Row) -> ProviderCall:
     )  # fmt: skip
 
 
-def begin(e: PaymentEngine, s: Store, command: CreatePayout, key_id: str) -> PayoutResult:
+def begin(e: Steps, s: Store, command: CreatePayout, key_id: str) -> PayoutResult:
     """Reserve the amount from the available balance and ask for the provider call."""
     wallet = s.wallet(command.seller_id, command.currency, lock=True)
     available = 0 if wallet is None else int(wallet["available_minor"])
@@ -78,7 +82,8 @@ def begin(e: PaymentEngine, s: Store, command: CreatePayout, key_id: str) -> Pay
     payout_id = e.ids.new_id("po")
     row: Row = {
         "id": payout_id, "seller_id": command.seller_id, "currency": command.currency,
-        "amount_minor": command.amount_minor, "status": "pending", "provider_payout_id": None,
+        "amount_minor": command.amount_minor, "status": moved(PAYOUT_MOVES, None, P.PENDING).value,
+        "provider_payout_id": None,
         "provider_idempotency_key": f"paychaos-{payout_id}", "idempotency_id": key_id,
         "failure_code": None, "lookups": 0, "needs_review": False,
         "next_lookup_at": now + e.settings.recovery_schedule[0],
@@ -91,9 +96,7 @@ def begin(e: PaymentEngine, s: Store, command: CreatePayout, key_id: str) -> Pay
     return PayoutResult(view(row), 202, call_of(row))
 
 
-def complete(
-    e: PaymentEngine, s: Store, payout_id: str, outcome: ProviderOutcome, looked_up: bool
-) -> Row:
+def complete(e: Steps, s: Store, payout_id: str, outcome: ProviderOutcome, looked_up: bool) -> Row:
     """Apply the provider's answer to a payout call (or, ``looked_up``, to a lookup by its key)."""
     row = s.payout(payout_id, lock=True)
     if row is None:
@@ -103,7 +106,7 @@ def complete(
     now = e.clock.now()
     status = outcome.status
     if status is OutcomeStatus.SUCCEEDED:
-        _update(s, row, now, status="in_transit", provider_payout_id=outcome.provider_payout_id)
+        _update(s, row, now, status=P.IN_TRANSIT, provider_payout_id=outcome.provider_payout_id)
     elif status in (OutcomeStatus.DECLINED, OutcomeStatus.NOT_FOUND):
         # NOT_FOUND comes from a lookup: the provider never saw the request, and the
         # caller resends it under its key before giving up (as for payments).
@@ -112,13 +115,13 @@ def complete(
     elif looked_up:  # the provider could not tell: ask again later, then a person
         _schedule_lookup(e, s, row, now)
     else:  # the call went unanswered: its first lookup stays as begin scheduled it
-        _update(s, row, now, status="unknown")
+        _update(s, row, now, status=P.UNKNOWN)
     return row
 
 
-def apply_event(e: PaymentEngine, s: Store, row: Row, event: ProviderEvent) -> str:
+def apply_event(e: Steps, s: Store, row: Row, event: ProviderEvent) -> str:
     """``payout.paid`` or ``payout.failed`` from the provider: exactly once."""
-    if row["status"] in ("paid", "failed"):
+    if row["status"] in (P.PAID, P.FAILED):
         return "stale"
     now = e.clock.now()
     paid = event.type == EventType.PAYOUT_PAID
@@ -127,29 +130,77 @@ def apply_event(e: PaymentEngine, s: Store, row: Row, event: ProviderEvent) -> s
     if paid:
         money = Money(row["amount_minor"], row["currency"])
         _post(e, s, ledger.payout_paid(money), now)
-        _update(s, row, now, status="paid", arrived_at=now)
+        _update(s, row, now, status=P.PAID, arrived_at=now)
     else:
         _return_money(e, s, row, now, event.decline_code or "payout_failed")
     return "applied"
 
 
-def _return_money(e: PaymentEngine, s: Store, row: Row, now: datetime, code: str) -> None:
+def _return_money(e: Steps, s: Store, row: Row, now: datetime, code: str) -> None:
     money = Money(row["amount_minor"], row["currency"])
     _post(e, s, ledger.payout_returned(row["seller_id"], money), now)
     s.add_to_wallet(row["seller_id"], row["currency"], 0, row["amount_minor"], now)
-    _update(s, row, now, status="failed", failure_code=code[:64])
+    _update(s, row, now, status=P.FAILED, failure_code=code[:64])
 
 
-def _schedule_lookup(e: PaymentEngine, s: Store, row: Row, now: datetime) -> None:
+def _schedule_lookup(e: Steps, s: Store, row: Row, now: datetime) -> None:
     """The recovery schedule of payment attempts, then review: the engine's own rule."""
     lookups = int(row["lookups"]) + 1
-    _update(s, row, now, status="unknown", lookups=lookups, **e._next_lookup(lookups))
+    _update(s, row, now, status=P.UNKNOWN, lookups=lookups, **e._next_lookup(lookups))
 
 
-def _update(s: Store, row: Row, now: datetime, **values: Any) -> None:
+def _update(
+    s: Store, row: Row, now: datetime, status: PayoutStatus | None = None, **values: Any
+) -> None:
+    """Write a payout's changes (a status move checked against its table) to the row too."""
+    if status is not None:
+        values["status"] = moved(PAYOUT_MOVES, P(row["status"]), status).value
     s.update_payout(row["id"], updated_at=now, **values)
     row.update(values, updated_at=now)
 
 
-def _post(e: PaymentEngine, s: Store, journal: ledger.Journal, at: datetime) -> None:
+def _post(e: Steps, s: Store, journal: ledger.Journal, at: datetime) -> None:
     s.insert_journal(e.ids.new_id("jnl"), journal, None, None, at)
+
+
+class PayoutSteps(Steps):
+    def begin_payout(self, command: CreatePayout) -> PayoutResult:
+        """Reserve a payout from the seller's available balance: the call to make, or a replay."""
+
+        def step(s: Store) -> PayoutResult:
+            key = self._saved_key(s, command)
+            if key is not None:
+                body = key["response_body"]
+                return PayoutResult(dict(body["payout"]), key["response_code"], None, True)
+            key_id = self._new_key(s, command)
+            return begin(self, s, command, key_id)
+
+        return self._run(step)
+
+    def complete_payout(
+        self, payout_id: str, outcome: ProviderOutcome, *, looked_up: bool = False
+    ) -> PayoutResult:
+        """Apply a payout call's answer, or (``looked_up``) a lookup's by its key."""
+
+        def step(s: Store) -> PayoutResult:
+            row = complete(self, s, payout_id, outcome, looked_up)
+            code = 202 if row["status"] in OPEN else 200
+            if row["idempotency_id"] is not None and code == 200:
+                s.finish_idempotency_key(row["idempotency_id"], code,
+                                         {"payout": view(row)})  # fmt: skip
+            return PayoutResult(view(row), code)
+
+        return self._run(step)
+
+    def due_payouts(self, limit: int = 100) -> list[ProviderCall]:
+        """Payout calls whose outcome is unknown and whose lookup is due."""
+        now = self.clock.now()
+        return self._run(lambda s: [call_of(row) for row in s.due_payouts(now, limit)])
+
+    def open_payouts(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Payouts whose provider call has no answer yet (pending or unknown)."""
+        far = self.clock.now() + FAR_AHEAD
+        return self._run(lambda s: [view(row) for row in s.due_payouts(far, limit)])
+
+    def payouts(self, seller_id: str | None = None, limit: int = 1_000) -> list[dict[str, Any]]:
+        return self._run(lambda s: [view(row) for row in s.payouts_of(seller_id, limit)])

@@ -56,7 +56,8 @@ from engine.adapters import recon_store
 from engine.adapters.database import Database
 from engine.adapters.store import Row, Store
 from engine.domain.errors import Conflict, InvalidRequest, NotFound, SettlementFileInvalid
-from engine.domain.ledger import PROVIDER_FEES, PSP_CLEARING, Entry, Journal, Side
+from engine.domain.ledger import Account, Entry, Journal, Side
+from engine.domain.lifecycles import EXCEPTION_MOVES, ExceptionStatus, moved
 from engine.domain.ports import Clock, IdSource
 from engine.domain.reconciliation import (
     BankPayout,
@@ -76,7 +77,6 @@ from engine.domain.settlement import SettlementReport, SettlementRow, parse_sett
 from engine.domain.validation import contains_pan
 from engine.service.engine import PaymentEngine
 
-RECON_ADJUSTMENTS = "recon_adjustments"
 JOURNAL_KIND = "recon_adjustment"
 SOURCE_CHARS_MAX = 255
 REF_CHARS_MAX = 255  # the tables' reference columns
@@ -89,7 +89,8 @@ INFLOWS = frozenset({K.CHARGE.value, K.DISPUTE_REVERSAL.value, K.PAYOUT_REVERSAL
 SETTLES_ON_RESOLVE = frozenset(
     {C.AMOUNT_MISMATCH, C.FEE_MISMATCH, C.CURRENCY_MISMATCH, C.OUTSIDE_WINDOW}
 )
-STATUSES = ("open", "resolved")
+STATUSES = tuple(status.value for status in ExceptionStatus)
+RECON_ADJUSTMENTS = Account.RECON_ADJUSTMENTS  # the suspense account, by its old name
 # The row's fields a reference is taken from (``payout_id`` is the report's automatic_payout_id).
 REF_COLUMNS = ("balance_transaction_id", "payment_intent_id", "charge_id", "refund_id",
                "dispute_id", "source_id", "payout_id")  # fmt: skip
@@ -179,7 +180,7 @@ def _against(account: str, other: str, delta_minor: int, currency: str) -> list[
 
 
 def _clearing(delta_minor: int, currency: str) -> list[Entry]:
-    return _against(PSP_CLEARING, RECON_ADJUSTMENTS, delta_minor, currency)
+    return _against(Account.PSP_CLEARING, Account.RECON_ADJUSTMENTS, delta_minor, currency)
 
 
 def correction(row: Mapping[str, Any], ledger_currency: str | None = None) -> Journal | None:
@@ -200,7 +201,8 @@ def correction(row: Mapping[str, Any], ledger_currency: str | None = None) -> Jo
     ):
         entries = _clearing(-sign * expected, currency)
     elif category is C.FEE_MISMATCH:
-        entries = _against(PROVIDER_FEES, PSP_CLEARING, reported - expected, currency)
+        entries = _against(Account.PROVIDER_FEES, Account.PSP_CLEARING, reported - expected,
+                           currency)  # fmt: skip
     elif category is C.CURRENCY_MISMATCH:
         assert ledger_currency is not None, "a currency mismatch needs the ledger's currency"
         entries = _clearing(-sign * expected, ledger_currency) + _clearing(
@@ -371,7 +373,8 @@ class Reconciler:
             # The report's currency when it has a figure: the one a correction books.
             "currency": found.reported_currency or found.expected_currency or found.bank_currency,
             "expected_minor": found.expected_minor, "reported_minor": found.reported_minor,
-            "detail": found.detail[:DETAIL_CHARS_MAX], "status": "open",
+            "detail": found.detail[:DETAIL_CHARS_MAX],
+            "status": moved(EXCEPTION_MOVES, None, ExceptionStatus.OPEN).value,
             "resolution_reason": None, "journal_id": None, "created_at": now, "resolved_at": None,
         }  # fmt: skip
 
@@ -392,7 +395,10 @@ class Reconciler:
 
     # -- exceptions ---------------------------------------------------------------------------
     def exceptions(
-        self, status: str | None = "open", category: str | None = None, limit: int = 100
+        self,
+        status: str | None = ExceptionStatus.OPEN.value,
+        category: str | None = None,
+        limit: int = 100,
     ) -> list[ExceptionItem]:
         """Stored exceptions, oldest first; ``status`` None lists every status."""
         parse_listing(status, category)
@@ -413,7 +419,7 @@ class Reconciler:
                 raise NotFound(
                     "recon_exception_not_found", f"no exception {exception_id}", "exception_id"
                 )
-            if row["status"] != "open":
+            if row["status"] != ExceptionStatus.OPEN:
                 raise Conflict(
                     "recon_exception_resolved",
                     f"exception {exception_id} was resolved at "
@@ -440,7 +446,8 @@ class Reconciler:
         journal = correction(row, ledger_currency)
         now = self.clock.now()
         journal_id = None if journal is None else self.ids.new_id("jnl")
-        values = {"status": "resolved", "resolution_reason": reason, "journal_id": journal_id,
+        resolved = moved(EXCEPTION_MOVES, ExceptionStatus.OPEN, ExceptionStatus.RESOLVED)
+        values = {"status": resolved.value, "resolution_reason": reason, "journal_id": journal_id,
                   "resolved_at": now}  # fmt: skip
         recon_store.resolve_exception(c, row["id"], **values)
         store = Store(c)

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from engine.adapters.store import Store
+from engine.domain.entities import Payment
 from engine.domain.ledger import LineShare
 from engine.domain.marketplace import FeePlan, Split, allocate, fee_reversal_minor
 
@@ -41,23 +42,23 @@ def _move_wallet(s: Store, line: Row, currency: str, delta_minor: int, at: datet
         s.add_to_wallet(line["seller_id"], currency, pending, delta_minor - pending, at)
 
 
-def capture_shares(s: Store, p: Row, captured_minor: int, at: datetime) -> list[LineShare]:
+def capture_shares(s: Store, p: Payment, captured_minor: int, at: datetime) -> list[LineShare]:
     """Allocate a capture to the lines; each seller's net goes to its pending balance."""
-    lines = s.lines_of(p["id"])
-    assert lines and len(lines) == p["lines_count"], (p["id"], len(lines))
+    lines = s.lines_of(p.id)
+    assert lines and len(lines) == p.lines_count, (p.id, len(lines))
     parts = allocate(captured_minor, [line["amount_minor"] for line in lines])
     shares = []
     for line, part in zip(lines, parts, strict=True):
         fee = FeePlan(line["fee_bps"], line["fee_fixed_minor"]).fee_minor(part)
-        s.update_line(p["id"], line["line_no"], captured_minor=part, fee_minor=fee)
-        _move_wallet(s, line, p["currency"], part - fee, at)
+        s.update_line(p.id, line["line_no"], captured_minor=part, fee_minor=fee)
+        _move_wallet(s, line, p.currency, part - fee, at)
         shares.append(LineShare(line["seller_id"], line["bucket"], part - fee, fee))
     return shares
 
 
-def refund_shares(s: Store, p: Row, refund_minor: int, at: datetime) -> list[LineShare]:
+def refund_shares(s: Store, p: Payment, refund_minor: int, at: datetime) -> list[LineShare]:
     """Allocate a refund to what the lines still hold; reverse fees in proportion."""
-    lines = s.lines_of(p["id"])
+    lines = s.lines_of(p.id)
     parts = allocate(
         refund_minor, [line["captured_minor"] - line["refunded_minor"] for line in lines]
     )
@@ -69,47 +70,49 @@ def refund_shares(s: Store, p: Row, refund_minor: int, at: datetime) -> list[Lin
             line["fee_minor"], line["fee_reversed_minor"], line["captured_minor"],
             line["refunded_minor"], part,
         )  # fmt: skip
-        s.update_line(p["id"], line["line_no"], refunded_minor=line["refunded_minor"] + part,
+        s.update_line(p.id, line["line_no"], refunded_minor=line["refunded_minor"] + part,
                       fee_reversed_minor=line["fee_reversed_minor"] + reversed_fee)  # fmt: skip
-        _move_wallet(s, line, p["currency"], -(part - reversed_fee), at)
+        _move_wallet(s, line, p.currency, -(part - reversed_fee), at)
         shares.append(LineShare(line["seller_id"], line["bucket"], part - reversed_fee,
                                 reversed_fee))  # fmt: skip
     return shares
 
 
-def dispute_shares(s: Store, p: Row, amount_minor: int, at: datetime) -> list[LineShare]:
+def dispute_shares(s: Store, p: Payment, amount_minor: int, at: datetime) -> list[LineShare]:
     """The sellers bear a disputed amount, in proportion to what their lines hold.
 
     The platform keeps its fee; a dispute for more than the lines still hold
     (the provider's amount is the truth) leaves the excess to the platform.
     """
-    lines = s.lines_of(p["id"])
+    lines = s.lines_of(p.id)
     held = [_held(line) for line in lines]
     borne = min(amount_minor, sum(held))
     parts = allocate(borne, held) if borne else [0] * len(lines)
     shares = []
     for line, part in zip(lines, parts, strict=True):
         if part:
-            s.update_line(p["id"], line["line_no"], disputed_minor=line["disputed_minor"] + part)
-            _move_wallet(s, line, p["currency"], -part, at)
+            s.update_line(p.id, line["line_no"], disputed_minor=line["disputed_minor"] + part)
+            _move_wallet(s, line, p.currency, -part, at)
             shares.append(LineShare(line["seller_id"], line["bucket"], part, 0))
     if amount_minor > borne:
         shares.append(LineShare(lines[0]["seller_id"], lines[0]["bucket"], 0, amount_minor - borne))
     return shares
 
 
-def reinstatement_shares(s: Store, p: Row, disputed_minor: int, at: datetime) -> list[LineShare]:
+def reinstatement_shares(
+    s: Store, p: Payment, disputed_minor: int, at: datetime
+) -> list[LineShare]:
     """A won dispute gives each seller back exactly what the withdrawal took."""
     shares = []
-    for line in s.lines_of(p["id"]):
+    for line in s.lines_of(p.id):
         part = line["disputed_minor"]
         if part:
-            s.update_line(p["id"], line["line_no"], disputed_minor=0)
-            _move_wallet(s, line, p["currency"], part, at)
+            s.update_line(p.id, line["line_no"], disputed_minor=0)
+            _move_wallet(s, line, p.currency, part, at)
             shares.append(LineShare(line["seller_id"], line["bucket"], part, 0))
     excess = disputed_minor - sum(share.seller_minor for share in shares)
     if excess > 0:
-        first = s.lines_of(p["id"])[0]
+        first = s.lines_of(p.id)[0]
         shares.append(LineShare(first["seller_id"], first["bucket"], 0, excess))
     return shares
 
@@ -119,16 +122,16 @@ def _held(line: Row) -> int:
     return int(line["captured_minor"] - line["refunded_minor"] - line["disputed_minor"])
 
 
-def settlement_moves(s: Store, p: Row, at: datetime) -> list[tuple[str, int]]:
+def settlement_moves(s: Store, p: Payment, at: datetime) -> list[tuple[str, int]]:
     """Move each pending line to available: (seller, amount moved) per line moved."""
     moves = []
-    for line in s.lines_of(p["id"]):
+    for line in s.lines_of(p.id):
         if line["bucket"] != "pending":
             continue
         amount = _net_on_bucket(line)
-        s.update_line(p["id"], line["line_no"], bucket="available")
+        s.update_line(p.id, line["line_no"], bucket="available")
         if amount:
-            s.add_to_wallet(line["seller_id"], p["currency"], -amount, amount, at)
+            s.add_to_wallet(line["seller_id"], p.currency, -amount, amount, at)
         moves.append((line["seller_id"], amount))
     return moves
 

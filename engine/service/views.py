@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from engine.domain.entities import Payment
 from engine.domain.provider import ProviderCall
 
 PAYMENT_FIELDS = (
@@ -52,7 +53,23 @@ class PaymentView:
         return self.body[name]
 
     @classmethod
-    def of(cls, row: dict[str, Any]) -> PaymentView:
+    def of(cls, p: Payment) -> PaymentView:
+        """A payment's view; the body's keys in ``PAYMENT_FIELDS`` order, then its times."""
+        return cls({
+            "id": p.id, "merchant_id": p.merchant_id, "order_id": p.order_id,
+            "amount_minor": p.amount_minor, "currency": p.currency,
+            "payment_method": p.payment_method, "capture_method": p.capture_method,
+            "state": p.state.value, "authorized_minor": p.authorized_minor,
+            "captured_minor": p.captured_minor, "refunded_minor": p.refunded_minor,
+            "refund_reserved_minor": p.refund_reserved_minor, "fee_minor": p.fee_minor,
+            "disputed_minor": p.disputed_minor, "provider_payment_id": p.provider_payment_id,
+            "decline_code": p.decline_code, "metadata": dict(p.metadata),
+            "created_at": _iso(p.created_at), "updated_at": _iso(p.updated_at),
+        })  # fmt: skip
+
+    @classmethod
+    def of_row(cls, row: dict[str, Any]) -> PaymentView:
+        """A listed payment's view, straight from its row (no entity needed to show it)."""
         body = {name: row[name] for name in PAYMENT_FIELDS}
         body["metadata"] = dict(row["metadata"])
         body["created_at"] = _iso(row["created_at"])

@@ -1,14 +1,18 @@
 """Reconciliation in the service: the provider's settlement report, window by window.
 
-Time is cut into windows of ``interval_s`` (UTC, from the epoch: hours, days);
-window ``[start, end)`` is reconciled ``delay_s`` after it ends, when the
+Time is cut into windows of ``interval_s`` (UTC, from the epoch: hours, days;
+or from another ``origin``); window ``[start, end)`` is reconciled ``delay_s``
+after it ends, when the
 provider's report of it is complete and what the engine learns late (by
 recovery, by webhook) is booked. The report is fetched for the window widened
 by ``lateness_s`` on each side (``ReportSource``: the mock PSP's
 ``GET /_admin/settlement`` over HTTP) and handed to the ``Reconciler``.
 
 Where to start: after the last window this source reconciled (``recon_runs``),
-or the first time at the last window that is due. At most ``windows_max``
+or the first time at ``first_start_at`` if given, else at the last window that
+is due. A closing pass (``run_once(closing=True)``, a simulation's at its end)
+takes every window that has ended without waiting for the delay, and one more
+up to now. At most ``windows_max``
 windows per loop: a worker that was away catches up over a few loops, and
 ``stopping()`` is asked between windows. A report that cannot be fetched is
 transient (``ReportUnavailable``: the loop skips, the window waits); a report
@@ -20,27 +24,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 
-from engine.domain.errors import PaychaosError, SettlementFileInvalid
+from engine.domain.errors import ReportUnavailable as ReportUnavailable  # re-exported: raised here
+from engine.domain.errors import SettlementFileInvalid
 from engine.domain.reconciliation import Tolerances
 from engine.domain.settlement import REPORT_CHARS_MAX
-from engine.service.reconciliation import Reconciler
+from engine.service.reconciliation import Reconciler, RunSummary
 
 log = logging.getLogger("paychaos.worker.reconciliation")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SOURCE = "worker:psp"
-
-
-class ReportUnavailable(PaychaosError):
-    """The provider did not hand over its report this time: try again next loop."""
-
-    code = "settlement_report_unavailable"
-    http_status = 503
 
 
 class ReportSource:
@@ -98,11 +96,14 @@ class ReconReport:
     settled: int = 0
     exceptions_new: int = 0
     refused: int = 0
+    summaries: list[RunSummary] = field(default_factory=list)  # one per window run
+    refusals: list[str] = field(default_factory=list)  # why a report was refused
 
 
-def window_end(start_at: datetime, interval: timedelta) -> datetime:
-    """The end of the window holding ``start_at``: the next multiple of ``interval``."""
-    return EPOCH + ((start_at - EPOCH) // interval + 1) * interval
+def window_end(start_at: datetime, interval: timedelta, origin: datetime = EPOCH) -> datetime:
+    """The end of the window holding ``start_at``: the next multiple of ``interval``
+    from ``origin``."""
+    return origin + ((start_at - origin) // interval + 1) * interval
 
 
 class ReconciliationWorker:
@@ -116,45 +117,69 @@ class ReconciliationWorker:
         lateness_s: int = 300,
         windows_max: int = 24,
         source_name: str = SOURCE,
+        amount_tolerance_minor: int = 0,
+        origin: datetime = EPOCH,
+        first_start_at: datetime | None = None,
     ):
         assert interval_s >= 60 and delay_s >= lateness_s >= 0 and windows_max > 0
         self.reconciler = reconciler
         self.source = source
         self.interval = timedelta(seconds=interval_s)
         self.delay = timedelta(seconds=delay_s)
-        self.tolerances = Tolerances(lateness_s=lateness_s)
+        self.tolerances = Tolerances(amount_tolerance_minor, lateness_s=lateness_s)
         self.windows_max = windows_max
         self.source_name = source_name
+        self.origin = origin
+        self.first_start_at = first_start_at
         self._next_start_at: datetime | None = None
+
+    @property
+    def next_start_at(self) -> datetime | None:
+        """Where the next window starts (None until the first loop)."""
+        return self._next_start_at
 
     def _start_at(self, now: datetime) -> datetime:
         if self._next_start_at is None:
             last = self.reconciler.last_window_end(self.source_name)
             # The first time: the last window that is due, not the whole past.
-            due_end = window_end(now - self.delay - self.interval, self.interval)
-            self._next_start_at = last or due_end - self.interval
+            due_end = window_end(now - self.delay - self.interval, self.interval, self.origin)
+            self._next_start_at = last or self.first_start_at or due_end - self.interval
         return self._next_start_at
 
-    def run_once(self, stopping: Callable[[], bool] = lambda: False) -> ReconReport:
+    def _window(self, now: datetime, closing: bool) -> tuple[datetime, datetime] | None:
+        """The next window if it is due: whole, or (closing) the last one, up to now."""
+        start_at = self._start_at(now)
+        end_at = window_end(start_at, self.interval, self.origin)
+        if end_at + (timedelta(0) if closing else self.delay) <= now:
+            return start_at, end_at
+        # The provider's rows are whole seconds: the last window takes this one's in.
+        tail_end_at = now.replace(microsecond=0) + timedelta(seconds=1)
+        return (start_at, tail_end_at) if closing and start_at < tail_end_at else None
+
+    def run_once(
+        self, stopping: Callable[[], bool] = lambda: False, *, closing: bool = False
+    ) -> ReconReport:
         """The windows that are due, oldest first, at most ``windows_max``."""
         report = ReconReport()
         now = self.reconciler.clock.now()
         slack = timedelta(seconds=self.tolerances.lateness_s)
         for _ in range(self.windows_max):
-            start_at = self._start_at(now)
-            end_at = window_end(start_at, self.interval)
-            if end_at + self.delay > now or stopping():
+            window = self._window(now, closing)
+            if window is None or stopping():
                 break
+            start_at, end_at = window
             document = self.source.fetch(_epoch_s(start_at - slack), _epoch_s(end_at + slack))
             try:
                 summary = self.reconciler.run(document, self.source_name, start_at, end_at,
                                               self.tolerances)  # fmt: skip
             except SettlementFileInvalid as exc:
                 report.refused += 1
+                report.refusals.append(f"{start_at.isoformat()}: {exc.code}: {exc.message}")
                 log.error("the provider's settlement report was refused: %s", exc.message,
                           extra={"window_start": start_at.isoformat()})  # fmt: skip
                 break
             self._next_start_at = end_at
+            report.summaries.append(summary)
             report.windows += 1
             report.matched += summary.matched_count
             report.settled += summary.settled_count

@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from engine.adapters.psp_http import CircuitBreaker, CircuitState
+from engine.domain.breaker import CircuitBreaker
 from engine.domain.provider import OutcomeStatus, ProviderCall
 from engine.service.driver import (
     Operation,
@@ -56,9 +56,7 @@ class RecoveryReport:
 def provider_known_away(provider: Provider) -> bool:
     """An open circuit that lets no trial call through yet: every call would fail fast."""
     breaker = getattr(provider, "breaker", None)
-    if not isinstance(breaker, CircuitBreaker) or breaker.state is not CircuitState.OPEN:
-        return False
-    return breaker.clock() - breaker.opened_at_s < breaker.open_s
+    return isinstance(breaker, CircuitBreaker) and breaker.away()
 
 
 def never() -> bool:
@@ -86,6 +84,7 @@ def recovery_batch(
             return report
         if away():
             report.deferred = len(calls) - index
+            report.paths["recovery deferred: circuit open"] += 1
             return report
         _count(report, call, (yield from recover_attempt(engine, call)))
     for fee in engine.fee_lookups(batch_max):

@@ -14,16 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from engine.domain.errors import PaychaosError
+from engine.domain.errors import PublishFailed as PublishFailed  # re-exported: raised here
 from engine.service.engine import PaymentEngine
 from engine.service.views import OutboxEvent
-
-
-class PublishFailed(PaychaosError):
-    """The bus did not acknowledge a batch: nothing is marked, the next run publishes it again."""
-
-    code = "bus_unavailable"
-    http_status = 503
 
 
 class Publisher(Protocol):

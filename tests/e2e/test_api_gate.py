@@ -397,9 +397,17 @@ def test_no_input_gets_a_5xx_and_a_refused_request_changes_no_money(database: Da
     services.provider.close()  # type: ignore[attr-defined]
 
 
-EVENT_TYPES = ["payment_intent.amount_capturable_updated", "payment_intent.succeeded",
-               "payment_intent.payment_failed", "payment_intent.canceled", "refund.updated",
-               "charge.dispute.created", "charge.dispute.closed", "payout.paid", "x" * 70]
+EVENT_TYPES = [
+    "payment_intent.amount_capturable_updated",
+    "payment_intent.succeeded",
+    "payment_intent.payment_failed",
+    "payment_intent.canceled",
+    "refund.updated",
+    "charge.dispute.created",
+    "charge.dispute.closed",
+    "payout.paid",
+    "x" * 70,
+]
 provider_objects = st.fixed_dictionaries({}, optional={
     "id": json_values, "payment_intent": json_values, "status": json_values,
     "amount": json_values, "amount_received": json_values, "amount_capturable": json_values,

@@ -18,7 +18,7 @@ runner = CliRunner()
 
 
 def ignore_idempotency_keys(mp: pytest.MonkeyPatch) -> None:
-    mp.setattr(PaymentEngine, "_replay", lambda self, s, command: None)
+    mp.setattr(PaymentEngine, "_replay", lambda self, command, key: None)
     insert = Store.insert_idempotency_key
 
     def insert_unmatched(self: Store, row: Row) -> None:

@@ -28,15 +28,17 @@ subscribed to the events it acts on only):
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from engine.adapters import stripe_dialect
-from engine.adapters.store import Row, Store
+from engine.adapters.store import EventReads, LoadedEvent, Row, Store
 from engine.domain import ledger
 from engine.domain.commands import Authorize, Capture
+from engine.domain.entities import Payment
 from engine.domain.errors import IllegalTransition, PaychaosError
 from engine.domain.marketplace import FeePlan
 from engine.domain.provider import (
@@ -62,7 +64,7 @@ Plant = Callable[[pytest.MonkeyPatch], None]
 # -- the defects ----------------------------------------------------------------------------
 def idempotency_keys_ignored(mp: pytest.MonkeyPatch) -> None:
     """Keys are stored but never looked up, and their unique index never bites."""
-    mp.setattr(PaymentEngine, "_replay", lambda self, s, command: None)
+    mp.setattr(PaymentEngine, "_replay", lambda self, command, key: None)
     insert = Store.insert_idempotency_key
 
     def insert_unmatched(self: Store, row: Row) -> None:
@@ -71,8 +73,55 @@ def idempotency_keys_ignored(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(Store, "insert_idempotency_key", insert_unmatched)
 
 
+def inbox_dedupe_skipped(mp: pytest.MonkeyPatch, event_type: str | None = None) -> None:
+    """The webhook inbox keeps every delivery (of ``event_type``, or all) as a new one:
+    the intake's first dedupe, ahead of the provider-event record."""
+    kept = Store.inbox_by_event
+    load = Store.load
+    insert = Store.insert_inbox
+    numbers = itertools.count()
+
+    def inbox_by_event(self: Store, provider_event_id: str, *, lock: bool = False) -> Row | None:
+        row = kept(self, provider_event_id, lock=lock)
+        return None if row is not None and event_type in (None, row["type"]) else row
+
+    def load_without_inbox(self: Store, reads: Any) -> Any:
+        loaded = load(self, reads)
+        if (
+            isinstance(loaded, LoadedEvent)
+            and loaded.inbox is not None
+            and event_type in (None, loaded.inbox["type"])
+        ):  # read the rest as for a delivery not kept
+            return load(self, dataclasses.replace(reads, inbox=False))
+        return loaded
+
+    def insert_inbox(self: Store, row: Row) -> None:
+        if event_type in (None, row["type"]):  # under a name of its own: no unique index bites
+            row = {**row, "provider_event_id": f"{row['provider_event_id']}#{next(numbers)}"}
+        insert(self, row)
+
+    mp.setattr(Store, "inbox_by_event", inbox_by_event)
+    mp.setattr(Store, "load", load_without_inbox)
+    mp.setattr(Store, "insert_inbox", insert_inbox)
+
+
+def events_taken_forgotten(mp: pytest.MonkeyPatch, forget: Callable[[Row], bool]) -> None:
+    """Event read sets answer as if the events taken that ``forget`` picks were not."""
+    load = Store.load
+
+    def load_forgetting(self: Store, reads: Any) -> Any:
+        loaded = load(self, reads)
+        if isinstance(reads, EventReads) and loaded.taken is not None and forget(loaded.taken):
+            return dataclasses.replace(loaded, taken=None)
+        return loaded
+
+    mp.setattr(Store, "load", load_forgetting)
+
+
 def webhook_dedupe_skipped(mp: pytest.MonkeyPatch) -> None:
-    """The intake neither checks nor records provider event ids."""
+    """The intake neither checks nor records provider event ids (inbox included)."""
+    inbox_dedupe_skipped(mp)
+    events_taken_forgotten(mp, lambda row: True)
     mp.setattr(Store, "provider_event", lambda self, event_id: None)
     mp.setattr(Store, "insert_provider_event", lambda self, row: None)
 
@@ -93,16 +142,14 @@ def ledger_outside_the_transaction(mp: pytest.MonkeyPatch) -> None:
 
             def post_hold(s: Store) -> None:
                 p = self._locked(s, command.payment_id)
-                hold = ledger.authorization_hold(
-                    p["merchant_id"], self._money(p, p["amount_minor"])
-                )
+                hold = ledger.authorization_hold(p.merchant_id, self._money(p, p.amount_minor))
                 post(self, s, p, hold, None)
 
             self._run(post_hold)
         return result
 
     def post_except_holds(
-        self: PaymentEngine, s: Store, p: Row, journal: ledger.Journal, seq: int | None
+        self: PaymentEngine, s: Store, p: Payment, journal: ledger.Journal, seq: int | None
     ) -> None:
         if journal.kind != "authorization_hold":  # already posted when the call began
             post(self, s, p, journal, seq)
@@ -119,12 +166,12 @@ def ledger_written_after_the_state_change(mp: pytest.MonkeyPatch) -> None:
     """
     post = PaymentEngine._post
     run = PaymentEngine._run
-    stash: list[tuple[Row, ledger.Journal, int | None]] = []
+    stash: list[tuple[Payment, ledger.Journal, int | None]] = []
 
     def stash_journal(
-        self: PaymentEngine, s: Store, p: Row, journal: ledger.Journal, seq: int | None
+        self: PaymentEngine, s: Store, p: Payment, journal: ledger.Journal, seq: int | None
     ) -> None:
-        stash.append((dict(p), journal, seq))
+        stash.append((dataclasses.replace(p), journal, seq))
 
     def run_then_post(self: PaymentEngine, step: Callable[[Store], object]) -> object:
         stash.clear()
@@ -184,14 +231,15 @@ def capture_allowed_after_void(mp: pytest.MonkeyPatch) -> None:
 
     def begin_capture(self: PaymentEngine, command: Capture) -> StepResult:
         def step(s: Store) -> StepResult:
-            replay = self._replay(s, command)
+            loaded = s.load(self._command_reads(command, (CallKind.CAPTURE, CallKind.VOID)))
+            replay = self._replay(command, loaded.key)
             if replay is not None:
                 return replay
-            payment = self._locked(s, command.payment_id, command.merchant_id)
-            if payment["state"] not in {"authorized", "canceled"}:  # the defect: canceled
-                raise IllegalTransition(payment["state"], "captured")
-            self._refuse_if_busy(s, payment, [CallKind.CAPTURE, CallKind.VOID])
-            amount = command.amount_minor or payment["authorized_minor"]
+            payment = self._found(loaded.payment, command.payment_id, command.merchant_id)
+            if payment.state not in {"authorized", "canceled"}:  # the defect: canceled
+                raise IllegalTransition(payment.state, "captured")
+            self._refuse_if_busy(loaded.busy)
+            amount = command.amount_minor or payment.authorized_minor
             key_id = self._new_key(s, command)
             attempt = self._new_attempt(s, payment, CallKind.CAPTURE, amount, key_id)
             return StepResult(PaymentView.of(payment), 202, self._call(payment, attempt))
@@ -221,21 +269,24 @@ def refund_posted_twice_on_a_duplicate_webhook(mp: pytest.MonkeyPatch) -> None:
         if seen(self, row["provider_event_id"]) is None:
             insert(self, row)
 
-    def apply_event(self: PaymentEngine, s: Store, p: Row, event: ProviderEvent) -> str:
+    def apply_event(
+        self: PaymentEngine, s: Store, p: Payment, event: ProviderEvent, attempts: list[Row]
+    ) -> str:
         again = seen(s, event.event_id) is not None
-        outcome = apply(self, s, p, event)
+        outcome = apply(self, s, p, event, attempts)
         refund = s.refund(event.refund_id) if again and event.refund_id else None
         if refund is None or refund["status"] != "succeeded":
             return outcome
         amount = refund["amount_minor"]
-        if p["refunded_minor"] + amount > p["captured_minor"]:
+        if p.refunded_minor + amount > p.captured_minor:
             return outcome
-        refunded, now = p["refunded_minor"] + amount, self.clock.now()
-        s.update_payment(p["id"], p["history_count"], refunded_minor=refunded, updated_at=now)
-        p.update(refunded_minor=refunded, updated_at=now)
-        self._post(s, p, ledger.refund(p["merchant_id"], self._money(p, amount)), None)
+        refunded, now = p.refunded_minor + amount, self.clock.now()
+        self._update(s, p, refunded_minor=refunded, updated_at=now)
+        self._post(s, p, ledger.refund(p.merchant_id, self._money(p, amount)), None)
         return "applied"
 
+    inbox_dedupe_skipped(mp, EventType.REFUND_SUCCEEDED.value)
+    events_taken_forgotten(mp, lambda row: row["type"] == EventType.REFUND_SUCCEEDED.value)
     mp.setattr(Store, "provider_event", provider_event)
     mp.setattr(Store, "insert_provider_event", insert_provider_event)
     mp.setattr(PaymentEngine, "_apply_event", apply_event)
@@ -285,9 +336,9 @@ def dispute_debited_twice(mp: pytest.MonkeyPatch) -> None:
 
     apply_dispute = PaymentEngine._apply_dispute
 
-    def post_again(self: PaymentEngine, s: Store, p: Row, event: ProviderEvent) -> str:
-        if event.type == EventType.DISPUTE_CREATED and p["state"] == "disputed":
-            money = self._money(p, event.amount_minor or p["disputed_minor"])
+    def post_again(self: PaymentEngine, s: Store, p: Payment, event: ProviderEvent) -> str:
+        if event.type == EventType.DISPUTE_CREATED and p.state == "disputed":
+            money = self._money(p, event.amount_minor or p.disputed_minor)
             self._post(s, p, ledger.dispute_withdrawal(money), None)
             return "applied"
         return apply_dispute(self, s, p, event)

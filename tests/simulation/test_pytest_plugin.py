@@ -55,7 +55,7 @@ def test_a_scenario_written_inline_runs_and_can_be_replayed_from_its_file(
 def test_a_failing_run_names_the_invariant_the_problems_and_the_replay_command(
     paychaos_run: PaychaosRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(PaymentEngine, "_replay", lambda self, s, command: None)
+    monkeypatch.setattr(PaymentEngine, "_replay", lambda self, command, key: None)
     insert = Store.insert_idempotency_key
 
     def insert_unmatched(self: Store, row: Row) -> None:
