@@ -87,6 +87,24 @@ def _register_benches(root: CommandRoot) -> None:
 
         raise typer.Exit(run(small=small, console=console))
 
+    @bench.command("detect")
+    def bench_detect(
+        small: Annotated[
+            bool, typer.Option("--small", help="The test suite's shorter scenario lengths.")
+        ] = False,
+        with_tests: Annotated[
+            bool,
+            typer.Option(
+                "--with-tests",
+                help="Also run tests/unit and tests/integration once per defect (a checkout).",
+            ),
+        ] = False,
+    ) -> None:
+        """Planted defects caught by the shipped scenarios, next to the unplanted runs."""
+        from loadtests.bench_detect import run
+
+        raise typer.Exit(run(small=small, with_tests=with_tests, console=console))
+
 
 def _register_load(root: CommandRoot) -> None:
     @root.app.command("load")
