@@ -14,7 +14,16 @@ The core never sleeps, reads the wall clock or draws from global randomness: the
 clock and a seeded ``random.Random`` are injected, and every stream (ids, API faults,
 webhook faults, settlement salt) is derived from that seed. Webhooks go out through
 ``due_deliveries``/``ack``; time-driven work (async confirmations, pending refunds,
-payouts arriving) runs in ``tick``, which ``handle`` also calls first.
+payouts arriving, requests arriving late) runs in ``tick``, which ``handle`` also
+calls first.
+
+Late arrivals (the fault plan's ``late_arrivals``): a request the client saw go
+unanswered (lost before processing, 429, 503) may be parked and run on a later
+``tick``, without faults, through the same idempotency check as any request. Until
+then a lookup by its key says "not found", as a real provider's would: a client that
+took "not found" for "failed" is refuted when it lands. A resend with the key and the
+late arrival make one object between them: whichever comes second is a replay (or a
+409 while the first is in flight).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import base64
 import hashlib
 import heapq
 import random
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +65,7 @@ from mock_psp.webhooks import Delivery, DeliveryScheduler
 from mock_psp.world import ProviderConfig, ProviderState, World
 
 TICK_BATCH_MAX = 100_000
+PARKED_MAX = 100_000  # late arrivals waiting at once; past it a lost request stays lost
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +87,16 @@ class _Call:
     fingerprint: str
     key: str | None
     request_id: str
+
+
+@dataclass(slots=True)
+class _Parked:
+    """An unanswered request that will reach the provider late (``late_arrivals``)."""
+
+    request: ApiRequest
+    endpoint: str
+    key: str
+    not_found_seen: bool = False  # a lookup by its key said "not found" meanwhile
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,18 +135,27 @@ class ProviderCore:
         self.state = ProviderState()
         self.truth = GroundTruth()
         self.idempotency = IdempotencyStore()
+        # The streams are drawn in this order, a new one last: adding one shifts no other.
         self._ids = IdSource(substream(rng, "ids"))
+        api_rng = substream(rng, "api-faults")
+        webhook_rng = substream(rng, "webhook-faults")
+        salt = f"{rng.getrandbits(128):032x}"
+        late_rng = substream(rng, "late-arrivals")
         now_s = clock.now()
-        self.planner = ApiFaultPlanner(plan, substream(rng, "api-faults"), now_s)
+        self.planner = ApiFaultPlanner(plan, api_rng, now_s, late_rng)
         self.scheduler = DeliveryScheduler(
             self.state.webhook_endpoints,
             plan,
-            substream(rng, "webhook-faults"),
+            webhook_rng,
             self.fault_log,
             now_s,
             payload_indent=self.config.webhook_payload_indent,
         )
-        salt = f"{rng.getrandbits(128):032x}"
+        # Late arrivals waiting, by timer id and by key; what became of those that landed.
+        self._parked: dict[str, _Parked] = {}
+        self._parked_by_key: dict[str, list[_Parked]] = {}
+        self._parked_seq = 0
+        self.late_arrival_paths: Counter[str] = Counter()
         self.reporter = SettlementReporter(salt, self.fault_log)
         # Payout failures hash the payout id with a salt of their own: deterministic,
         # and drawing nothing from the streams the other faults use.
@@ -161,7 +191,11 @@ class ProviderCore:
         self.world.begin(now_s, None, None)
         while timers and timers[0][0] <= now_s and fired < TICK_BATCH_MAX:
             _, _, kind, object_id = heapq.heappop(timers)
-            self._fire_timer(kind, object_id)
+            if kind == "late_arrival":
+                self._arrive(object_id)
+                self.world.begin(now_s, None, None)  # the request's ids stay its own
+            else:
+                self._fire_timer(kind, object_id)
             fired += 1
         return fired
 
@@ -209,7 +243,22 @@ class ProviderCore:
         decision = self.planner.decide(route.endpoint, now_s)
         early = self._edge_faults(decision, now_s)
         if early is not None:
+            if route.mutates:
+                self._maybe_park(request, route.endpoint, now_s)
             return early
+        return self._admit(request, route, args, decision, now_s)
+
+    def _admit(
+        self,
+        request: ApiRequest,
+        route: Route,
+        args: dict[str, str],
+        decision: ApiFaultDecision,
+        now_s: float,
+    ) -> ApiResult:
+        """A request past the edge: authenticate, decode, check its key, run it."""
+        method = request.method.upper()
+        path = request.path.split("?", 1)[0]
         headers = {key.lower(): value for key, value in request.headers.items()}
         request_id = self._ids.new("req")
         try:
@@ -228,6 +277,53 @@ class ProviderCore:
             return self._finish(decision, response, now_s, processed=False)
         call = _Call(route, args, path, tree, request_fp, key, request_id)
         return self._execute(call, decision, now_s)
+
+    # --- late arrivals -------------------------------------------------------------------
+
+    def _maybe_park(self, request: ApiRequest, endpoint: str, now_s: float) -> None:
+        """An unanswered request that may reach the provider later all the same."""
+        key = next((v for k, v in request.headers.items() if k.lower() == "idempotency-key"), None)
+        if key is None or len(self._parked) >= PARKED_MAX:
+            return
+        delay_s = self.planner.late_arrival_s(endpoint)
+        if delay_s is None:
+            return
+        self._parked_seq += 1
+        timer_id = f"late_{self._parked_seq}"
+        parked = _Parked(request, endpoint, key)
+        self._parked[timer_id] = parked
+        self._parked_by_key.setdefault(key, []).append(parked)
+        self.world.add_timer(now_s + delay_s, "late_arrival", timer_id)
+
+    def _arrive(self, timer_id: str) -> None:
+        """A parked request lands: processed as any request would be, without faults."""
+        parked = self._parked.pop(timer_id, None)
+        if parked is None:
+            return  # forgotten by a reset
+        same_key = self._parked_by_key[parked.key]
+        same_key.remove(parked)
+        if not same_key:
+            del self._parked_by_key[parked.key]
+        now_s = self.now()
+        request = parked.request
+        matched = match_route(request.method.upper(), request.path.split("?", 1)[0])
+        assert matched is not None, "only routed requests are parked"
+        result = self._admit(request, *matched, ApiFaultDecision(parked.endpoint, 0.0), now_s)
+        status = None if result.response is None else result.response.status
+        if result.replayed:
+            outcome = "replayed: the resend came first"
+        elif result.processed:
+            outcome = "processed"
+        else:
+            outcome = f"refused ({status})"
+        if parked.not_found_seen:
+            outcome += ", after a lookup said not found"
+        self.late_arrival_paths[f"late arrival {outcome}"] += 1
+        self.fault_log.record(now_s, FaultKind.API_LATE_ARRIVAL, parked.endpoint, outcome)
+
+    def parked_count(self) -> int:
+        """Requests still to arrive late."""
+        return len(self._parked)
 
     def _edge_faults(self, decision: ApiFaultDecision, now_s: float) -> ApiResult | None:
         """Faults that stop a request before the API runs: lost, rate-limited, shed."""
@@ -375,11 +471,16 @@ class ProviderCore:
     def lookup_idempotency(self, key: str) -> IdempotencyLookup:
         """What became of the request with this key.
 
-        Not found: the provider never received it (safe to send again with the
-        key). Found with a saved 500: the endpoint failed before changing
-        anything, and every retry with the key replays that 500.
+        Not found: the provider has not received it (safe to send again with the
+        key: a late arrival then makes one object with the resend). Found with a
+        saved 500: the endpoint failed before changing anything, and every retry
+        with the key replays that 500.
         """
-        return self.idempotency.lookup(key, self.now())
+        found = self.idempotency.lookup(key, self.now())
+        if not found.found:
+            for parked in self._parked_by_key.get(key, ()):
+                parked.not_found_seen = True  # refuted when it lands
+        return found
 
     def settlement_report(self, start_s: int, end_s: int) -> SettlementReport:
         return self.reporter.build(
@@ -400,6 +501,9 @@ class ProviderCore:
         self.fault_log.clear()
         self.scheduler.clear(now_s)
         self.planner.restart(now_s)
+        self._parked.clear()
+        self._parked_by_key.clear()
+        self.late_arrival_paths.clear()
 
 
 def _as_plan(faults: FaultPlanConfig | Mapping[str, Any] | None) -> FaultPlanConfig:

@@ -22,6 +22,7 @@ class FaultKind(StrEnum):
     API_503 = "api.http_503"
     API_429 = "api.http_429"
     API_DECLINE = "api.extra_decline"
+    API_LATE_ARRIVAL = "api.late_arrival"  # an unanswered request processed later
     WEBHOOK_DROP_ATTEMPT = "webhook.drop_attempt"
     WEBHOOK_PERMANENT_LOSS = "webhook.permanent_loss"
     WEBHOOK_DUPLICATE = "webhook.duplicate"

@@ -123,6 +123,30 @@ class RateLimitSpec(_Strict):
     endpoints: list[str] = Field(default_factory=lambda: ["*"], max_length=64)
 
 
+class LateArrivalSpec(_Strict):
+    """Requests the provider did not answer that reach it later all the same.
+
+    A request lost on the way in (a timeout before processing) or refused at the edge
+    (429, 503) is, at ``rate``, parked and processed ``delay_min_s``..``delay_max_s``
+    later, as if a queue or a slow network hop had held it: by then a lookup by its
+    idempotency key may have said "not found". Only requests that change something
+    (those that carry an idempotency key) arrive late; on arrival the provider's
+    idempotency applies as to any request, so a resend with the same key and the late
+    arrival make one object between them.
+    """
+
+    rate: Probability = 0.0
+    delay_min_s: float = Field(default=5.0, ge=0.0, le=86_400.0)
+    delay_max_s: float = Field(default=120.0, ge=0.0, le=86_400.0)
+    endpoints: list[str] = Field(default_factory=lambda: ["*"], max_length=64)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LateArrivalSpec:
+        if self.delay_max_s < self.delay_min_s:
+            raise ValueError("delay_max_s must not be below delay_min_s")
+        return self
+
+
 class WebhookFaultSpec(_Strict):
     event_types: list[str] = Field(default_factory=lambda: ["*"], max_length=64)
     windows: list[TimeWindow] = Field(default_factory=list, max_length=64)
@@ -169,6 +193,7 @@ class FaultPlanConfig(_Strict):
     api_latency: LatencySpec = Field(default_factory=LatencySpec)
     api_rules: list[ApiFaultRule] = Field(default_factory=list, max_length=RULES_MAX)
     rate_limit: RateLimitSpec | None = None
+    late_arrivals: LateArrivalSpec = Field(default_factory=LateArrivalSpec)
     webhooks: WebhookFaultSpec = Field(default_factory=WebhookFaultSpec)
     webhook_retry: WebhookRetrySpec = Field(default_factory=WebhookRetrySpec)
     settlement: SettlementFaultSpec = Field(default_factory=SettlementFaultSpec)
@@ -226,10 +251,19 @@ class TokenBucket:
 class ApiFaultPlanner:
     """Draws per-request API faults from the config and a seeded stream."""
 
-    __slots__ = ("_bucket", "_config", "_rng", "_started_at_s")
+    __slots__ = ("_bucket", "_config", "_late_rng", "_rng", "_started_at_s")
 
-    def __init__(self, config: FaultPlanConfig, rng: random.Random, started_at_s: float) -> None:
+    def __init__(
+        self,
+        config: FaultPlanConfig,
+        rng: random.Random,
+        started_at_s: float,
+        late_rng: random.Random | None = None,
+    ) -> None:
         self._rng = rng
+        # Late arrivals draw from a stream of their own, and only for unanswered
+        # requests: turning them on does not shift any other decision of a run.
+        self._late_rng = late_rng if late_rng is not None else random.Random("late-arrivals")
         self._started_at_s = started_at_s
         self._config = config
         self._bucket: TokenBucket | None = None
@@ -272,6 +306,15 @@ class ApiFaultPlanner:
             if decline is None and draws[4] < rule.decline_rate:
                 decline = DECLINES_BY_CODE[rule.decline_code]
         return self._resolve(endpoint, now_s, latency_s, fired, decline)
+
+    def late_arrival_s(self, endpoint: str) -> float | None:
+        """For a request left unanswered: after how long it reaches the provider all
+        the same, or None (it is lost for good). Two draws whenever the rate is on."""
+        spec = self._config.late_arrivals
+        if spec.rate <= 0 or not name_matches(spec.endpoints, endpoint):
+            return None
+        fires, u = self._late_rng.random() < spec.rate, self._late_rng.random()
+        return spec.delay_min_s + (spec.delay_max_s - spec.delay_min_s) * u if fires else None
 
     def _resolve(
         self,

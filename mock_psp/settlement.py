@@ -175,7 +175,10 @@ class SettlementReporter:
         order_ref_key: str,
     ) -> SettlementReport:
         rows: list[SettlementRow] = []
+        late_s = int(spec.late_by_s) if spec.late_row_rate > 0 else 0
         for bt in state.balance_transactions.values():
+            if bt.created_s >= end_s or bt.created_s + late_s < start_s:
+                continue  # its row cannot fall in the span (a late one moves later only)
             row = self._faulted_row(state, spec, bt, now_s)
             if row is not None and start_s <= row.created_s < end_s and row.created_s <= now_s:
                 rows.append(row)

@@ -8,8 +8,10 @@ A client retries with the *same* idempotency key when the engine could not
 answer (down, database outage, key still in flight), with exponential backoff,
 and gives up after ``retries_max``. Some clients re-submit an order with a new
 key (a double click); some replay a finished request to check that the engine
-answers the same (I6); some send a capture after their void, which the
-engine must refuse as an illegal transition (I4).
+answers the same (I6): right after its answer, at a random later time (once the
+payment may have moved on), and, once the world is quiet, a sample of every kind
+of request (``replay_at_quiescence``); some send a capture after their void,
+which the engine must refuse as an illegal transition (I4).
 """
 
 from __future__ import annotations
@@ -44,6 +46,16 @@ ILLEGAL_TRANSITION = "illegal_transition"
 KEY_REUSED = "idempotency_key_reused"
 UNANSWERED = frozenset({NO_ANSWER, "store_unavailable"})  # no answer to compare at all
 Act = Callable[[Any], Acting[Answer]]
+REPLAYED_KINDS = ("CreatePayment", "Authorize", "Capture", "Void", "Refund")
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A request that was answered: what a later replay of it must get again."""
+
+    act: Act
+    command: Any
+    first: Answer
 
 
 def accepted(answer: Answer | None) -> bool:
@@ -121,6 +133,11 @@ class Clients:
         self.rng = world.rng["clients"]
         self.workload_rng = world.rng["workload"]
         self.mix = Mix.of(self.s.workload)
+        # Late replays draw from a stream of their own: turning them on shifts no
+        # other decision of the run. A reservoir of finished requests per kind.
+        self.replay_rng = random.Random(f"replays:{world.seed}")
+        self.finished: dict[str, list[Finished]] = {kind: [] for kind in REPLAYED_KINDS}
+        self.finished_seen: dict[str, int] = dict.fromkeys(REPLAYED_KINDS, 0)
 
     # -- arrivals --------------------------------------------------------------------
     def rate_at(self, t_s: float) -> float:
@@ -187,22 +204,12 @@ class Clients:
     def maybe_replay(self, act: Act, command: Any, first: Answer) -> Step:
         """Send the same request again: the engine must answer exactly as before."""
         policy = self.s.clients
+        self._remember(Finished(act, command, first))
+        if policy.late_replay_rate > 0 and self.replay_rng.random() < policy.late_replay_rate:
+            self.w.env.process(self._late_replay(Finished(act, command, first)))
         if self.rng.random() < policy.replay_rate:
             again: Answer = yield from act(command)
-            if again.error_code in UNANSWERED:
-                return  # no answer at all: nothing to compare
-            self.w.hit("client replayed a finished request")
-            if not again.ok:
-                # The request finished: a replay must get its saved answer, not
-                # "still in flight" or any other error.
-                detail = f"replay of {command.idempotency_key} answered {again.error_code}"
-                self.w.idempotency_violations.append((first.seen.id, detail))
-                return
-            same = (again.status_code, again.seen.body) == (first.status_code, first.seen.body)
-            if not (again.replayed and same):
-                self.w.idempotency_violations.append(
-                    (first.seen.id, f"replay of {command.idempotency_key} answered differently")
-                )
+            self._judge_replay(command, first, again, "client replayed a finished request")
         if self.rng.random() < policy.conflicting_replay_rate and isinstance(
             command, CreatePayment
         ):
@@ -220,6 +227,61 @@ class Clients:
             self.w.idempotency_violations.append(
                 (first.seen.id, f"key {command.idempotency_key} accepted another body")
             )
+
+    def _judge_replay(self, command: Any, first: Answer, again: Answer, path: str) -> None:
+        if again.error_code in UNANSWERED:
+            return  # no answer at all: nothing to compare
+        self.w.hit(path)
+        if not again.ok:
+            # The request finished: a replay must get its saved answer, not
+            # "still in flight" or any other error.
+            detail = f"replay of {command.idempotency_key} answered {again.error_code}"
+            self.w.idempotency_violations.append((first.seen.id, detail))
+            return
+        same = (again.status_code, again.seen.body) == (first.status_code, first.seen.body)
+        if not (again.replayed and same):
+            when = path.removeprefix("client replayed a finished request").strip()
+            self.w.idempotency_violations.append(
+                (
+                    first.seen.id,
+                    f"replay of {command.idempotency_key} answered differently {when}".strip(),
+                )
+            )
+
+    def _remember(self, finished: Finished) -> None:
+        """Keep a uniform sample of each kind of finished request (a reservoir)."""
+        kind = type(finished.command).__name__
+        size = self.s.clients.quiescence_replays
+        if kind not in self.finished or size == 0:
+            return
+        self.finished_seen[kind] += 1
+        sample = self.finished[kind]
+        if len(sample) < size:
+            sample.append(finished)
+            return
+        slot = self.replay_rng.randrange(self.finished_seen[kind])
+        if slot < size:
+            sample[slot] = finished
+
+    def _late_replay(self, finished: Finished) -> Step:
+        """The same request again, a while later: the payment may have moved on since."""
+        yield self.w.env.timeout(self.replay_rng.uniform(0.0, self.s.clients.late_replay_within_s))
+        if self.w.quiescent_at_s is not None:
+            return  # the world is quiet: the quiescence replay judges from here
+        again: Answer = yield from finished.act(finished.command)
+        path = "client replayed a finished request later"
+        self._judge_replay(finished.command, finished.first, again, path)
+
+    def replay_at_quiescence(self) -> Step:
+        """Once the world is quiet (before the oracles): a sample of every kind of finished
+        request is sent again with its key and body; each must get its first answer."""
+        for kind in REPLAYED_KINDS:
+            for finished in self.finished[kind]:
+                again: Answer = yield from finished.act(finished.command)
+                path = "client replayed a finished request at quiescence"
+                self._judge_replay(finished.command, finished.first, again, path)
+                if again.error_code not in UNANSWERED:
+                    self.w.hit(f"{kind} replayed at quiescence")
 
     # -- a checkout --------------------------------------------------------------------------
     def checkout(self, order: Order) -> Step:

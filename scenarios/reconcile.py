@@ -38,8 +38,22 @@ fault log, which exceptions a correct reconciliation finds, and compares:
   ``missing_at_provider``, different amounts ``amount_mismatch``.
 
 Every expected exception must exist (none silently ignored) and every stored
-exception must be expected (none invented). Not applicable without
-reconciliation.
+exception must be expected (none invented). An exception reconciliation closed
+itself as "booked late" (the engine booked the movement after the run that
+missed it, and a later run matched the pair) is not a finding, but its row must
+then be matched.
+
+R also checks what reconciliation did, from the report rows it matched and the
+payments' histories and journals (the read API):
+
+- a payment whose charge has an open amount, fee or currency exception was
+  never settled (no ``settlement_*`` move, no ``settlement`` journal);
+- no matched row is also an exception (but one closed as booked late);
+- every matched row agrees with the ledger: its gross with what the engine
+  booked (within the amount tolerance), its fee with the fees the ledger holds
+  for that movement, and its net with gross less fee.
+
+Not applicable without reconciliation.
 """
 
 from __future__ import annotations
@@ -61,13 +75,16 @@ from mock_psp.faultlog import FaultKind
 from mock_psp.faults import SettlementFaultSpec
 from mock_psp.records import BalanceTransaction
 from scenarios.schema import Reconciliation
-from scenarios.sut import PayoutRecord, ReconExceptionRecord, every
+from scenarios.sut import PayoutRecord, ReconExceptionRecord, SettlementRowRecord, every
 from scenarios.world import EPOCH, EPOCH_S, EngineDown, EngineFault, SimClock, Step, World
 
 if TYPE_CHECKING:
     from scenarios.oracles import Facts, Invariant
 
 SOURCE = "simulation"
+# How long after the provider moved money the engine may book it: the world's
+# webhooks are delayed up to 5 minutes and retried after 1, 2, 4, 8 minutes.
+BOOKING_LAG_S = 900
 WINDOWS_PER_PASS_MAX = 10_000
 VIOLATIONS_MAX = 50
 EPOCH_INT_S = int(EPOCH_S)
@@ -126,7 +143,7 @@ def desk(world: World) -> Desk:
             delay_s=config.delay_s, lateness_s=int(config.lateness_s),
             windows_max=WINDOWS_PER_PASS_MAX, source_name=SOURCE,
             amount_tolerance_minor=config.amount_tolerance_minor, origin=EPOCH,
-            first_start_at=EPOCH,
+            first_start_at=EPOCH, booking_lag_s=BOOKING_LAG_S,
         )  # fmt: skip
         found = _DESKS[world] = Desk(worker, spec)
     return found
@@ -169,6 +186,8 @@ def _covered(world: World, d: Desk, summary: RunSummary) -> None:
     _count(world, "settlement row matched", summary.matched_count)
     _count(world, "payout matched three ways (ledger, report, bank)", summary.landed_count)
     _count(world, "payment settled by reconciliation", summary.settled_count)
+    _count(world, "reconciliation matched a row booked late, closing its exception",
+           summary.closed_count)  # fmt: skip
     for category, count in summary.counts().items():
         _count(world, f"reconciliation found {category}", count)
 
@@ -289,9 +308,55 @@ def _row(bt: BalanceTransaction) -> Ident:
     return ("bt", bt.id)
 
 
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """When the provider reported a row and when the engine booked its movement, in
+    seconds from the world's start, and the reconciliation's tolerances."""
+
+    reported_by_s: float  # where the last reconciled window ended
+    late_by_s: float
+    lateness_s: float
+    booking_lag_s: float
+    period_s: float
+    booked_at_s: Mapping[Ident, float]  # the engine's first booking of a movement
+
+    def near(self, booked_s: float, reported_s: float) -> bool:
+        """The engine's one matching rule, as documented: the row at most
+        ``lateness_s`` after the booking, or before it by up to lateness and lag."""
+        lag_s = booked_s - reported_s
+        return -self.lateness_s <= lag_s <= self.lateness_s + self.booking_lag_s
+
+    def reported_to_bookings_run(self, booked_s: float, reported_s: float) -> bool:
+        """Whether the run of the window holding the booking read the row: it reads
+        up to ``lateness_s`` past its end, and only rows the provider had reported."""
+        window_end_s = (booked_s // self.period_s + 1) * self.period_s
+        return reported_s < min(window_end_s + self.lateness_s, self.reported_by_s)
+
+
+def _expect_late_row(e: Expectation, bt: BalanceTransaction, booked: bool, timing: Timing) -> None:
+    """A row the provider reported ``late_by_s`` after it moved the money: judged, as
+    the engine judges it, against when the engine booked the movement."""
+    key, row = _key(bt), _row(bt)
+    reported_s = bt.created_s - EPOCH_S + timing.late_by_s
+    in_run = reported_s < timing.reported_by_s
+    if not booked:
+        if in_run:
+            e.want(MISSING_IN_LEDGER, row, "its row came late, in a later window")
+        return
+    booked_s = timing.booked_at_s.get(key, bt.created_s - EPOCH_S)
+    if timing.near(booked_s, reported_s) and in_run:
+        return  # late, but near its late booking: one movement, matched
+    if timing.reported_to_bookings_run(booked_s, reported_s):
+        e.want(OUTSIDE_WINDOW, row, "its row came late, too far from its booking")
+        return
+    e.want(MISSING_AT_PROVIDER, key, "its row came late: absent from its booking's window")
+    if in_run:
+        e.want(OUTSIDE_WINDOW, row, "its row came late, in a later window")
+
+
 def _expect_row(
     e: Expectation, bt: BalanceTransaction, kinds: set[FaultKind], booked_minor: int | None,
-    reported_by_s: float, late_by_s: float,
+    timing: Timing,
 ) -> None:  # fmt: skip
     """What one real balance transaction, with the faults planted in its row, gives."""
     key, row, booked = _key(bt), _row(bt), booked_minor is not None
@@ -299,11 +364,7 @@ def _expect_row(
         if booked:
             e.want(MISSING_AT_PROVIDER, key, "its row was left out of the report")
     elif FaultKind.SETTLEMENT_LATE_ROW in kinds:
-        if booked:
-            e.want(MISSING_AT_PROVIDER, key, "its row came late: absent from its window")
-        if bt.created_s - EPOCH_S + late_by_s < reported_by_s:
-            category = OUTSIDE_WINDOW if booked else MISSING_IN_LEDGER
-            e.want(category, row, "its row came late, in a later window")
+        _expect_late_row(e, bt, booked, timing)
     elif not booked:
         e.want(MISSING_IN_LEDGER, row, "the provider moved money the engine did not book")
     elif FaultKind.SETTLEMENT_AMOUNT_MISMATCH in kinds:
@@ -313,15 +374,36 @@ def _expect_row(
                                      f"{abs(bt.amount_minor)}")  # fmt: skip
 
 
-def expectation(world: World, d: Desk, booked: Mapping[Ident, int]) -> Expectation:
+def booked_at(facts: Facts) -> dict[Ident, float]:
+    """When the engine first booked each payment's movement (its journal), in seconds
+    from the world's start; refunds and payouts are judged at the provider's time."""
+    provider_ids = {p.id: p.provider_payment_id for p in facts.payments}
+    kinds = {"capture": "charge", **DISPUTE_CATEGORIES}
+    found: dict[Ident, float] = {}
+    for journal in facts.journals:
+        category = kinds.get(journal.kind)
+        ref = provider_ids.get(journal.payment_id or "")
+        if category is None or ref is None:
+            continue
+        at_s = (journal.created_at - EPOCH).total_seconds()
+        key: Ident = ("key", category, ref)
+        found[key] = min(at_s, found.get(key, at_s))
+    return found
+
+
+def expectation(world: World, d: Desk, booked: Mapping[Ident, int], facts: Facts) -> Expectation:
     e = Expectation()
     by_bt, _ = _faults(world)
     provider_keys: set[Ident] = set()
-    late_by_s = float(int(d.spec.late_by_s))
+    config = world.scenario.reconciliation
+    assert config is not None
+    timing = Timing(float(d.next_start_s), float(int(d.spec.late_by_s)),
+                    float(int(config.lateness_s)), float(BOOKING_LAG_S),
+                    float(config.interval_s), booked_at(facts))  # fmt: skip
     for bt in world.psp.state.balance_transactions.values():
         key = _key(bt)
         provider_keys.add(key)
-        _expect_row(e, bt, by_bt.get(bt.id, set()), booked.get(key), d.next_start_s, late_by_s)
+        _expect_row(e, bt, by_bt.get(bt.id, set()), booked.get(key), timing)
     for bt_id, kinds in by_bt.items():
         if FaultKind.SETTLEMENT_UNEXPECTED_ROW in kinds:
             e.want(MISSING_IN_LEDGER, ("bt", bt_id), "the provider reported a row it never made")
@@ -340,12 +422,124 @@ def _found(exceptions: Iterable[ReconExceptionRecord]) -> Iterator[tuple[str, Id
         yield x.category, ident, x.detail
 
 
+# --- R: what reconciliation did ------------------------------------------------------------
+
+BOOKED_LATE = "booked late"  # how reconciliation names an exception a later run matched
+HOLDS_SETTLEMENT = frozenset({"amount_mismatch", "fee_mismatch", "currency_mismatch"})
+SETTLED_REASONS = frozenset({"settlement_matched", "settlement_resolved"})
+SETTLEMENT_JOURNAL = "settlement"
+# Journals whose provider_fees entries are a movement's fee, by the movement's kind.
+FEE_JOURNALS = {
+    "capture": "charge",
+    "provider_fee": "charge",
+    "dispute_withdrawal": "dispute",
+    "dispute_reinstatement": "dispute_reversal",
+}
+# The sign of a row's gross for its category: money into the provider balance is positive.
+GROSS_SIGN = {"charge": 1, "refund": -1, "dispute": -1, "dispute_reversal": 1, "payout": -1,
+              "payout_reversal": 1}  # fmt: skip
+
+
+def _booked_late(x: ReconExceptionRecord) -> bool:
+    return x.status == "resolved" and (x.resolution_reason or "").startswith(BOOKED_LATE)
+
+
+def ledger_fees(facts: Facts) -> dict[Ident, int]:
+    """The provider fee the ledger holds per movement (debits of provider_fees less
+    credits), keyed as ``booked_movements`` keys them."""
+    provider_ids = {p.id: p.provider_payment_id for p in facts.payments}
+    fees: dict[Ident, int] = defaultdict(int)
+    for journal in facts.journals:
+        category = FEE_JOURNALS.get(journal.kind)
+        if category is None or provider_ids.get(journal.payment_id or "") is None:
+            continue
+        key = ("key", category, provider_ids[journal.payment_id or ""])
+        for e in journal.entries:
+            if e.account == Account.PROVIDER_FEES:
+                fees[key] += e.amount_minor if e.side == "D" else -e.amount_minor
+    return dict(fees)
+
+
+def settled_payments(facts: Facts) -> set[str]:
+    """Payments reconciliation settled: a ``settlement_*`` move or a settlement journal."""
+    settled = {p.id for p in facts.payments
+               if any(h.reason in SETTLED_REASONS for h in p.history)}  # fmt: skip
+    settled |= {j.payment_id for j in facts.journals
+                if j.kind == SETTLEMENT_JOURNAL and j.payment_id is not None}  # fmt: skip
+    return settled
+
+
+def check_settled(inv: Invariant, facts: Facts, exceptions: list[ReconExceptionRecord]) -> None:
+    """No payment whose charge has an open amount, fee or currency exception is settled."""
+    by_provider_id = {p.provider_payment_id: p.id for p in facts.payments if p.provider_payment_id}
+    settled = settled_payments(facts)
+    for x in exceptions:
+        if x.status != "open" or x.kind != "charge" or x.category not in HOLDS_SETTLEMENT:
+            continue
+        inv.checked += 1
+        payment_id = by_provider_id.get(x.provider_ref or "")
+        if payment_id in settled and len(inv.violations) < VIOLATIONS_MAX:
+            inv.add(payment_id, f"settled although its charge has an open {x.category} "
+                                f"({x.balance_transaction_id})")  # fmt: skip
+
+
+def _row_disagrees(
+    row: SettlementRowRecord, booked: Mapping[Ident, int], fees: Mapping[Ident, int],
+    tolerance_minor: int,
+) -> str | None:  # fmt: skip
+    key: Ident = ("key", row.kind, row.provider_ref)
+    sign = GROSS_SIGN.get(row.kind, 1)
+    if key not in booked:
+        return "the ledger booked no such movement"
+    if abs(row.gross_minor * sign - booked[key]) > tolerance_minor:
+        return f"gross {row.gross_minor}, the ledger booked {booked[key]}"
+    if row.fee_minor != fees.get(key, 0):
+        return f"fee {row.fee_minor}, the ledger holds {fees.get(key, 0)}"
+    if row.net_minor != row.gross_minor - row.fee_minor:
+        return f"net {row.net_minor} is not gross {row.gross_minor} less fee {row.fee_minor}"
+    return None
+
+
+def check_matched(
+    inv: Invariant, facts: Facts, booked: Mapping[Ident, int],
+    exceptions: list[ReconExceptionRecord], rows: list[SettlementRowRecord], tolerance_minor: int,
+) -> None:  # fmt: skip
+    """Matched rows agree with the ledger and are no exception; closed-as-late ones matched."""
+    fees = ledger_fees(facts)
+    matched = {row.balance_transaction_id for row in rows}
+    for row in rows:
+        inv.checked += 1
+        why = _row_disagrees(row, booked, fees, tolerance_minor)
+        if why is not None and len(inv.violations) < VIOLATIONS_MAX:
+            inv.add(row.balance_transaction_id, f"matched {row.kind} {row.provider_ref}: {why}")
+    for x in exceptions:
+        bt = x.balance_transaction_id
+        if len(inv.violations) >= VIOLATIONS_MAX:
+            break
+        if _booked_late(x) and bt not in matched:
+            inv.add(bt or x.id, f"{x.category} closed as booked late, its row never matched")
+        elif bt in matched and not _booked_late(x):
+            inv.add(bt, f"matched and also {x.category} ({x.status})")
+
+
+def _paths(world: World, facts: Facts) -> None:
+    """Paths only the final facts show: split payments settled and disputed."""
+    split = {p.id for p in facts.payments if p.lines_count}
+    for kind, path in (("settlement", "split payment settled by reconciliation"),
+                       ("dispute_withdrawal", "split payment disputed")):  # fmt: skip
+        _count(world, path, sum(1 for j in facts.journals
+                                if j.kind == kind and j.payment_id in split))  # fmt: skip
+
+
 def check_reconciliation(world: World, facts: Facts | None = None) -> Invariant:
     """R, over what the engine shows (``world.sut.reads``; ``facts`` when already read)."""
     # oracles lists this check: not imported at the top
     from scenarios.oracles import Facts, Invariant
 
-    what = "every settlement fault found in its category; none invented"
+    what = (
+        "every settlement fault found in its category, none invented; nothing settled "
+        "or matched against an exception; matched rows agree with the ledger"
+    )
     inv = Invariant("R", "reconciliation", what)
     d = _DESKS.get(world)
     if world.scenario.reconciliation is None:
@@ -361,10 +555,17 @@ def check_reconciliation(world: World, facts: Facts | None = None) -> Invariant:
         inv.add("fault_log", "the fault log dropped settlement records: faults cannot be checked")
     reads = world.sut.reads
     facts = Facts.read(reads) if facts is None else facts
-    e = expectation(world, d, booked_movements(facts, every(reads.payouts)))
+    booked = booked_movements(facts, every(reads.payouts))
+    e = expectation(world, d, booked, facts)
     inv.checked = len(world.psp.state.balance_transactions)  # each judged, faulted or not
+    exceptions = list(every(reads.recon_exceptions))
+    _paths(world, facts)
+    check_settled(inv, facts, exceptions)
+    tolerance_minor = world.scenario.reconciliation.amount_tolerance_minor
+    check_matched(inv, facts, booked, exceptions, list(every(reads.settlement_rows)),
+                  tolerance_minor)  # fmt: skip
     seen: set[tuple[str, Ident]] = set()
-    for category, ident, detail in _found(every(reads.recon_exceptions)):
+    for category, ident, detail in _found(x for x in exceptions if not _booked_late(x)):
         inv.checked += 1
         seen.add((category, ident))
         if (category, ident) not in e.wanted and len(inv.violations) < VIOLATIONS_MAX:

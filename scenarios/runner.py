@@ -95,6 +95,8 @@ def declared_faults(scenario: Scenario) -> list[str]:
         declared |= {kind for name, kind in rule_faults.items() if getattr(rule, name) > 0}
     if plan.rate_limit is not None:
         declared.add("api.http_429")
+    if plan.late_arrivals.rate > 0:
+        declared.add("api.late_arrival")
     webhook_faults = {
         "drop_attempt_rate": "webhook.drop_attempt",
         "permanent_loss_rate": "webhook.permanent_loss",
@@ -219,6 +221,9 @@ def _run_world(world: World, on_progress: Callable[[float], None] | None) -> Run
         if on_progress is not None:
             on_progress(min(env.now, scenario.duration_s))
     env.run(until=done)
+    # Quiet now: replay a sample of every kind of request (I6); count what arrived late.
+    env.run(until=env.process(clients.replay_at_quiescence()))
+    world.coverage.update(world.psp.late_arrival_paths)
     if world.projection.duplicates:
         world.coverage["outbox event delivered twice, deduped by the consumer"] = (
             world.projection.duplicates
@@ -283,6 +288,8 @@ def unmet_expectations(
     if payments < expect.payments_min:
         problems.append(f"only {payments} payments, expected at least {expect.payments_min}")
     for path, minimum in sorted(expect.coverage_min.items()):
+        if expect.coverage_for_s and scenario.duration_s < expect.coverage_for_s:
+            minimum = int(minimum * scenario.duration_s / expect.coverage_for_s)
         if coverage.get(path, 0) < minimum:
             problems.append(
                 f"path {path!r} reached {coverage.get(path, 0)} times, expected {minimum}"

@@ -159,6 +159,12 @@ class Clients(_Strict):
     backoff_factor: float = Field(default=2.0, ge=1.0, le=10.0)
     new_key_resubmit_rate: Probability = 0.0  # a "double click": same order, a new key
     replay_rate: Probability = 0.05  # re-send a finished request with its key: same answer
+    # ... and again at a random later time, up to ``late_replay_within_s`` after its answer
+    late_replay_rate: Probability = 0.0
+    late_replay_within_s: DurationS = 600.0
+    # Once the world is quiet, a sample of each kind of finished request is sent again
+    # (create, authorize, capture, void, refund): its answer must not have changed.
+    quiescence_replays: int = Field(default=20, ge=0, le=10_000)  # per kind of request
     conflicting_replay_rate: Probability = 0.0  # the same key with another body: refused
 
 
@@ -227,6 +233,9 @@ class Expect(_Strict):
     payments_min: int = Field(default=1, ge=0)
     faults_fired: list[str] | Literal["declared"] = "declared"
     coverage_min: dict[str, int] = Field(default_factory=dict, max_length=100)
+    # The run length ``coverage_min`` is counted for (default: the scenario's own
+    # duration); a shorter run (``--duration``, a test) needs proportionally fewer.
+    coverage_for_s: DurationS | None = None
     unresolved_max: int = Field(default=0, ge=0)
 
 
@@ -247,6 +256,15 @@ class Scenario(_Strict):
 
     def fault_plan(self) -> FaultPlanConfig:
         return parse_fault_config(self.psp_faults)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _coverage_for_own_duration(cls, data: Any) -> Any:
+        expect = data.get("expect") if isinstance(data, dict) else None
+        if isinstance(expect, dict) and expect.get("coverage_for_s") is None:
+            duration = data.get("duration_s", 600.0)
+            return {**data, "expect": {**expect, "coverage_for_s": duration}}
+        return data
 
     @model_validator(mode="after")
     def _valid_fault_plan(self) -> Scenario:

@@ -44,6 +44,7 @@ from engine.service.read_api import (
     PayoutRecord,
     ReadApi,
     ReconExceptionRecord,
+    SettlementRowRecord,
     WalletRecord,
     every,
 )
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
 __all__ = [  # the read API's records, what the oracles read, re-exported for the harness
     "NO_ANSWER", "Acting", "Answer", "InProcessEngine", "JournalRecord", "LineRecord",
     "OutboxRecord", "PaymentRecord", "PaymentSeen", "PayoutRecord", "Reads",
-    "ReconExceptionRecord", "SystemUnderTest", "WalletRecord", "every",
+    "ReconExceptionRecord", "SettlementRowRecord", "SystemUnderTest", "WalletRecord", "every",
 ]  # fmt: skip
 
 T = TypeVar("T")
@@ -141,6 +142,10 @@ class Reads(Protocol):
     def recon_exceptions(
         self, after: str | None = None, limit: int = PAGE_SIZE
     ) -> Page[ReconExceptionRecord, str]: ...
+
+    def settlement_rows(
+        self, after: str | None = None, limit: int = PAGE_SIZE
+    ) -> Page[SettlementRowRecord, str]: ...
 
 
 class SystemUnderTest(Protocol):

@@ -302,6 +302,11 @@ class World:
         self.client_latencies_s: list[float] = []
         self.idempotency_violations: list[tuple[str, str]] = []
         self.intake_violations: list[tuple[str, str]] = []
+        # What the intake answered (``take_webhook``) for the delivery in hand, and for
+        # each event's first genuine delivery it took: (delivery kind, answer).
+        self.intake_answer: str | None = None
+        self.first_takes: dict[str, tuple[str, str]] = {}
+        self.newest_taken_s: dict[str, int] = {}  # per provider payment: its newest event taken
         self.transition_violations: list[tuple[str, str]] = []  # illegal commands accepted
         self.engine_errors: list[tuple[str, str]] = []  # steps that failed untyped
         self.applied_events: set[str] = set()
@@ -440,15 +445,37 @@ class World:
             yield self.env.timeout(max(wait_s, 0.001))
 
     def take_delivery(self, delivery: Any) -> None:
+        self.intake_answer = None
         status = self.webhook_intake(delivery.payload, delivery.headers.get("Stripe-Signature"))
         kind = str(delivery.kind)
         self.note("webhook", event=delivery.event_id, delivery=kind, status=status)
         accepted = status is not None and 200 <= status < 300
+        if accepted and delivery.should_be_accepted and delivery.event_id not in self.first_takes:
+            # The event's first genuine delivery the intake took (nothing earlier was kept:
+            # an earlier one went unanswered or was refused whole): never a duplicate.
+            self.first_takes[delivery.event_id] = (kind, self.intake_answer or "?")
+            self._count_overtaken(delivery.payload)
         if status == 400 and delivery.should_be_accepted:
             self.intake_violations.append((delivery.event_id, "a genuine webhook was refused"))
         if accepted and not delivery.should_be_accepted:
             self.intake_violations.append((delivery.event_id, f"a {kind} webhook was accepted"))
         self.psp.ack(delivery, status)
+
+    def _count_overtaken(self, payload: bytes) -> None:
+        """Coverage: an event taken after a newer event of its payment (a reorder or a
+        delay that overtook), by the provider's creation times (whole seconds)."""
+        event = orjson.loads(payload)
+        obj = event["data"]["object"]
+        is_intent = obj.get("object") == "payment_intent"
+        pi_id = obj.get("id") if is_intent else obj.get("payment_intent")
+        if not isinstance(pi_id, str):
+            return
+        created_s = int(event["created"])
+        newest_s = self.newest_taken_s.get(pi_id)
+        if newest_s is not None and created_s < newest_s:
+            self.hit(f"webhook {event['type']} taken after a newer event of its payment")
+        else:
+            self.newest_taken_s[pi_id] = created_s
 
     def webhook_intake(self, payload: bytes, signature: str | None) -> int | None:
         """The engine's webhook route: verify, then production's intake (``take_webhook``:
@@ -477,6 +504,7 @@ class World:
         except PaychaosError as exc:  # refused as the route refuses it (too large, malformed)
             self.hit(f"webhook refused: {exc.code}")
             return exc.http_status
+        self.intake_answer = taken
         if taken == "pending":
             code = (detail or "").split(":", 1)[0]
             self.hit(f"webhook {event.type} kept for the inbox worker: {code}")

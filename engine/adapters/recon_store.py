@@ -314,3 +314,18 @@ def runs(c: Connection, limit: int) -> list[Row]:
     r = t.recon_runs.c
     query = sa.select(t.recon_runs).order_by(r.created_at, r.id).limit(limit)
     return [dict(row) for row in c.execute(query).mappings()]
+
+
+def open_exceptions_of_rows(
+    c: Connection, balance_transaction_ids: Collection[str], categories: Collection[str]
+) -> list[str]:
+    """Ids of the open exceptions of ``categories`` raised about these report rows."""
+    x = t.recon_exceptions.c
+    found: list[str] = []
+    for batch in _batches(balance_transaction_ids):
+        query = sa.select(x.id).where(
+            x.balance_transaction_id.in_(batch), x.status == "open",
+            x.category.in_(sorted(categories)),
+        ).order_by(x.id)  # fmt: skip
+        found.extend(c.execute(query).scalars())
+    return found

@@ -18,10 +18,18 @@ Matching rules
    refund; the payout for payout rows; else the row's ``source_id``.
 2. Scope. A movement is in scope when ``start_at <= at < end_at``; a row when its
    ``created_at`` is. A row matches an in-scope movement when it was created
-   within ``lateness_s`` of the window (the caller passes rows for
-   ``[start - lateness, end + lateness)`` and movements for a wider span: extra
-   inputs never hurt). A pair belongs to the run whose window holds the
-   movement, so each discrepancy is reported by one run only.
+   at most ``lateness_s`` after the movement, or before it by up to
+   ``lateness_s + booking_lag_s`` (one rule, ``_near``, used by the movement's
+   run and by any other run holding the row; the caller passes rows for
+   ``[start - lateness - booking_lag, end + lateness)`` and movements for a
+   wider span: extra inputs never hurt). A pair belongs to the run whose window
+   holds the movement, so each discrepancy is reported by one run only.
+   The ledger learns of money after the provider moves it (a dispute or its
+   reversal by webhook, retried for minutes; a capture by recovery), so a row
+   *earlier* than its movement by up to ``booking_lag_s`` is the engine learning
+   late, not a report out of time: it is compared as a pair, never
+   ``outside_window``. A row *later* than its movement by more than
+   ``lateness_s`` is the report's lateness.
 3. Duplicates. Rows are taken in ``(created_at, balance transaction, input
    order)``, so the outcome does not hang on the file's order; a row whose
    balance transaction or key was already seen is a ``duplicate`` (one per extra
@@ -59,6 +67,11 @@ Tolerances
   on either side of the window's edge may be before it is ``outside_window``.
 - ``payout_arrival_s`` (3 days): how long after its report row a payout must
   have landed, judged at ``end_at``.
+- ``booking_lag_s`` (0): how long after the provider moved money the ledger may
+  book it (see rule 2); a movement booked later than that after its row is
+  ``outside_window`` (or, when its row's window ran before the booking, that
+  run's ``missing_in_ledger``, which the service closes when a later run
+  matches the pair).
 
 Categories are the seven of issue 6 plus ``missing_at_bank``, which only the
 three-way payout check gives.
@@ -182,12 +195,13 @@ class Tolerances:
     fee_tolerance_minor: int = 0
     lateness_s: int = 0
     payout_arrival_s: int = 3 * 86_400
+    booking_lag_s: int = 0
 
     def __post_init__(self) -> None:
         for name in ("amount_tolerance_minor", "fee_tolerance_minor"):
             if not 0 <= getattr(self, name) <= TOLERANCE_MINOR_MAX:
                 raise InvalidRequest("tolerance_invalid", f"0 <= {name} <= 1000000", name)
-        for name in ("lateness_s", "payout_arrival_s"):
+        for name in ("lateness_s", "payout_arrival_s", "booking_lag_s"):
             if not 0 <= getattr(self, name) <= TOLERANCE_S_MAX:
                 raise InvalidRequest("tolerance_invalid", f"0 <= {name} <= 60 days", name)
 
@@ -492,8 +506,12 @@ def _compare_bank(
     ]
 
 
-def _near(movement: LedgerMovement, row: SettlementRow, lateness_s: int) -> bool:
-    return abs(row.created_at - movement.at) <= timedelta(seconds=lateness_s)
+def _near(movement: LedgerMovement, row: SettlementRow, tolerances: Tolerances) -> bool:
+    """Close enough in time to be one movement: the row at most ``lateness_s`` after
+    the booking, or before it by up to ``lateness_s + booking_lag_s`` (learned late)."""
+    lag = movement.at - row.created_at
+    lateness = timedelta(seconds=tolerances.lateness_s)
+    return -lateness <= lag <= lateness + timedelta(seconds=tolerances.booking_lag_s)
 
 
 # --- one run --------------------------------------------------------------------------
@@ -520,20 +538,22 @@ class _Run:
         self.in_transit: list[str] = []
 
     def movement(self, movement: LedgerMovement, row: SettlementRow | None) -> None:
-        window, lateness_s = self.window, self.tol.lateness_s
+        window = self.window
         if not window.holds(movement.at):
             # Its own run compares the pair; this one speaks only of a row in this
             # window that the ledger booked far from it.
             if (
                 row is not None
                 and window.holds(row.created_at)
-                and not _near(movement, row, lateness_s)
+                and not _near(movement, row, self.tol)
             ):
                 self._outside(movement, row, "booked by the ledger outside this window")
             return
         if row is None:
             self._missing_at_provider(movement)
-        elif not window.reaches(row.created_at, lateness_s):
+        elif not _near(movement, row, self.tol):
+            # The one rule both branches use: the out-of-scope one cannot know the
+            # movement's window, so a window's reach never makes a pair.
             self._outside(movement, row, "reported outside this window")
         else:
             self._pair(movement, row)

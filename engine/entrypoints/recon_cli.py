@@ -21,6 +21,7 @@ from engine.domain.money import Money
 from engine.domain.reconciliation import ExceptionCategory, Tolerances
 from engine.domain.settlement import REPORT_CHARS_MAX, SettlementReport, parse_settlement_report
 from engine.service.reconciliation import ExceptionItem, Reconciler, RunSummary
+from engine.workers.reconciliation import BOOKING_LAG_S
 
 DbUrl = Annotated[
     str,
@@ -184,10 +185,19 @@ def register(app: typer.Typer, console: Console) -> None:
         ] = 0,
         amount_tolerance_minor: Annotated[int, typer.Option(min=0, max=1_000_000)] = 0,
         fee_tolerance_minor: Annotated[int, typer.Option(min=0, max=1_000_000)] = 0,
+        booking_lag_s: Annotated[
+            int,
+            typer.Option(
+                min=0,
+                max=60 * 86_400,
+                help="How long after the provider moved money the ledger may book it.",
+            ),
+        ] = BOOKING_LAG_S,
     ) -> None:
         """Match a report with the ledger; exit 1 when it finds exceptions."""
         content = _read_report(console, report)
-        tolerances = Tolerances(amount_tolerance_minor, fee_tolerance_minor, lateness_s)
+        tolerances = Tolerances(amount_tolerance_minor, fee_tolerance_minor, lateness_s,
+                                booking_lag_s=booking_lag_s)  # fmt: skip
         summary = _run(console, _reconciler(console, db), content, f"file:{report.name}"[:255],
                        (window_start, window_end), tolerances)  # fmt: skip
         console.print(summary_table(summary))

@@ -4,7 +4,8 @@ Read-only, typed and paged views over the engine's database, for whoever judges
 the engine from outside (the simulation's oracles, an auditor over HTTP): payments
 with their state history, provider attempts, refunds and split lines; ledger
 journals with their entries; outbox events; wallets; payouts; reconciliation
-exceptions. Nothing else: a view is added when a checker needs it.
+exceptions and the report rows reconciliation matched. Nothing else: a view is
+added when a checker needs it.
 
 Each page is read in one unit of work that is never committed (and on PostgreSQL
 is declared ``READ ONLY``); pages are keyed by their table's primary key, in its
@@ -15,6 +16,7 @@ the store's rows.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -105,6 +107,10 @@ class PaymentRecord:
     attempts: tuple[AttemptRecord, ...]
     refunds: tuple[RefundRecord, ...]
     lines: tuple[LineRecord, ...]
+    # What a chargeback withdrew and has not given back, and the last decision the engine
+    # applied about it (open | won | lost; None: no dispute taken).
+    disputed_minor: int = 0
+    dispute_status: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,13 +172,31 @@ class ReconExceptionRecord:
     detail: str
     status: str
     created_at: datetime
+    resolution_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementRowRecord:
+    """A report row reconciliation matched to a ledger movement (a balance transaction
+    once, ever): the report's figures, as the run that matched it read them."""
+
+    balance_transaction_id: str
+    run_id: str
+    kind: str
+    provider_ref: str
+    payment_id: str | None
+    currency: str
+    gross_minor: int
+    fee_minor: int
+    net_minor: int
+    created_at: datetime
 
 
 _p = t.payments.c
 _PAYMENT = sa.select(
     _p.id, _p.merchant_id, _p.order_id, _p.state, _p.amount_minor, _p.currency,
     _p.authorized_minor, _p.captured_minor, _p.refunded_minor, _p.provider_payment_id,
-    _p.lines_count,
+    _p.lines_count, _p.disputed_minor,
 )  # fmt: skip
 
 
@@ -240,8 +264,13 @@ class ReadApi:
         attempts = _by_payment(c, t.attempts, ids, t.attempts.c.id, _attempt)
         refunds = _by_payment(c, t.refunds, ids, t.refunds.c.id, _refund)
         lines = _by_payment(c, t.payment_lines, ids, t.payment_lines.c.line_no, _line)
+        disputes = _dispute_statuses(c, ids)
         return [
-            _payment(row, history[pid], attempts[pid], refunds[pid], lines[pid])
+            dataclasses.replace(
+                _payment(row, history[pid], attempts[pid], refunds[pid], lines[pid]),
+                disputed_minor=int(row["disputed_minor"]),
+                dispute_status=disputes.get(pid),
+            )
             for row in rows
             for pid in (row["id"],)
         ]
@@ -324,13 +353,31 @@ class ReadApi:
         """The exceptions reconciliation found, open or resolved, by id."""
         x = t.recon_exceptions.c
         query = sa.select(x.id, x.category, x.kind, x.provider_ref, x.balance_transaction_id,
-                          x.detail, x.status, x.created_at)  # fmt: skip
+                          x.detail, x.status, x.created_at, x.resolution_reason)  # fmt: skip
         query = query.order_by(x.id).limit(_limit(limit))
         if after is not None:
             query = query.where(x.id > after)
         with self._unit() as c:
             records = [ReconExceptionRecord(*row) for row in c.execute(query)]
         return _page(records, limit, lambda record: record.id)
+
+    def settlement_rows(
+        self, after: str | None = None, limit: int = PAGE_SIZE
+    ) -> Page[SettlementRowRecord, str]:
+        """The report rows reconciliation matched, by balance transaction id."""
+        r = t.settlement_rows.c
+        query = sa.select(r.balance_transaction_id, r.run_id, r.kind, r.provider_ref,
+                          r.payment_id, r.currency, r.gross_minor, r.fee_minor, r.net_minor,
+                          r.created_at)  # fmt: skip
+        query = query.order_by(r.balance_transaction_id).limit(_limit(limit))
+        if after is not None:
+            query = query.where(r.balance_transaction_id > after)
+        with self._unit() as c:
+            records = [
+                SettlementRowRecord(bt, run, kind, ref, pid, cur, int(g), int(f), int(n), at)
+                for bt, run, kind, ref, pid, cur, g, f, n, at in c.execute(query)
+            ]
+        return _page(records, limit, lambda record: record.balance_transaction_id)
 
 
 def _by_payment(
@@ -343,6 +390,32 @@ def _by_payment(
         for row in c.execute(query).mappings():
             grouped[row["payment_id"]].append(make(row))
     return grouped
+
+
+APPLIED = ("applied", "applied_no_change")  # a lost dispute moves no state: "no change"
+# The dispute events the engine applied, the later decision first: one dispute per charge.
+DISPUTE_STATUS = (
+    ("charge.dispute.lost", "lost"), ("charge.dispute.won", "won"),
+    ("charge.dispute.created", "open"),
+)  # fmt: skip
+
+
+def _dispute_statuses(c: Connection, ids: list[str]) -> dict[str, str]:
+    """Per payment: its dispute's status, by the dispute events the engine applied."""
+    if not ids:
+        return {}
+    e = t.provider_events.c
+    types = [kind for kind, _ in DISPUTE_STATUS]
+    query = sa.select(e.payment_id, e.type).where(
+        e.payment_id.in_(ids), e.type.in_(types), e.outcome.in_(APPLIED)
+    )
+    applied: dict[str, set[str]] = defaultdict(set)
+    for payment_id, kind in c.execute(query):
+        applied[payment_id].add(kind)
+    return {
+        pid: next(status for kind, status in DISPUTE_STATUS if kind in kinds)
+        for pid, kinds in applied.items()
+    }
 
 
 def _payment(

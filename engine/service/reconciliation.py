@@ -6,7 +6,11 @@ the movements the engine booked around the window and those the report names
 ``engine.domain.reconciliation.reconcile``, then records, in one unit of work,
 the run, the rows it matched (a balance transaction once, ever) and the new
 exceptions (one per discrepancy, ever: a second run over the same report adds
-none), and last settles each matched charge's payment (``settle_payment``, one
+none), closes the open exceptions an earlier run raised about a row this run
+matched (``missing_in_ledger``, ``outside_window``: the ledger booked the movement
+after that run, as it does money it learns of late, within the tolerances'
+``booking_lag_s``; resolved with no journal, the reason naming this run), and
+last settles each matched charge's payment (``settle_payment``, one
 unit of work each, idempotent). A malformed report raises
 ``SettlementFileInvalid`` naming the line and column before anything is read or
 written. Re-running a window is safe: that is how a run cut short is finished.
@@ -90,6 +94,10 @@ SETTLES_ON_RESOLVE = frozenset(
     {C.AMOUNT_MISMATCH, C.FEE_MISMATCH, C.CURRENCY_MISMATCH, C.OUTSIDE_WINDOW}
 )
 STATUSES = tuple(status.value for status in ExceptionStatus)
+# What an earlier run said of a row the ledger had not booked yet (or booked far
+# from it): closed when a later run matches that row.
+CLOSED_BY_MATCH = frozenset({C.MISSING_IN_LEDGER.value, C.OUTSIDE_WINDOW.value})
+BOOKED_LATE = "booked late"  # the resolution reason's prefix
 RECON_ADJUSTMENTS = Account.RECON_ADJUSTMENTS  # the suspense account, by its old name
 # The row's fields a reference is taken from (``payout_id`` is the report's automatic_payout_id).
 REF_COLUMNS = ("balance_transaction_id", "payment_intent_id", "charge_id", "refund_id",
@@ -113,6 +121,7 @@ class RunSummary:
     payouts_in_transit: tuple[str, ...]
     landed_count: int = 0  # matched payouts the bank received too: three ways
     settled_count: int = 0
+    closed_count: int = 0  # earlier runs' exceptions this run matched: booked late
 
     @property
     def clean(self) -> bool:
@@ -261,9 +270,11 @@ def parse_listing(status: str | None, category: str | None) -> None:
 
 
 def reach(window: ReconciliationWindow, tolerances: Tolerances) -> tuple[datetime, datetime]:
-    """The span of time a run reads: its window widened by the lateness on each side."""
+    """The span of time a run reads: its window widened by the lateness on each side,
+    and before it by the booking lag (rows of money the ledger booked late)."""
     slack = timedelta(seconds=tolerances.lateness_s)
-    return window.start_at - slack, window.end_at + slack
+    lag = timedelta(seconds=tolerances.booking_lag_s)
+    return window.start_at - slack - lag, window.end_at + slack
 
 
 # --- the service ----------------------------------------------------------------------
@@ -350,13 +361,28 @@ class Reconciler:
             })  # fmt: skip
             recon_store.insert_settlement_rows(c, [_matched_row(run_id, m) for m in result.matched])
             recon_store.insert_exceptions(c, fresh)
+            closed = self._close_matched(c, run_id, result.matched, now)
             c.commit()
         landed = sum(1 for match in result.matched if match.bank is not None)
         return RunSummary(
             run_id, source, report_format, window.start_at, window.end_at, rows_count,
             len(result.matched), result.exceptions, len(fresh), result.payouts_in_transit,
-            landed,
+            landed, closed_count=closed,
         )  # fmt: skip
+
+    @staticmethod
+    def _close_matched(c: Connection, run_id: str, matched: Sequence[Match], now: datetime) -> int:
+        """An earlier run's exception about a row this run matched was the ledger booking
+        late: closed, with no journal (the ledger and the report agree). How many."""
+        bt_ids = {match.row.balance_transaction_id for match in matched}
+        resolved = moved(EXCEPTION_MOVES, ExceptionStatus.OPEN, ExceptionStatus.RESOLVED)
+        closing = recon_store.open_exceptions_of_rows(c, bt_ids, CLOSED_BY_MATCH)
+        for exception_id in closing:
+            recon_store.resolve_exception(
+                c, exception_id, status=resolved.value, resolved_at=now,
+                resolution_reason=f"{BOOKED_LATE}: matched by run {run_id}",
+            )  # fmt: skip
+        return len(closing)
 
     def _exception_row(
         self, run_id: str, key: str, found: ReconciliationException, now: datetime

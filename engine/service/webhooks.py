@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from typing import Any
 
 from engine.adapters.store import Row, Store
 from engine.domain.errors import (
     Conflict,
+    EventTooEarly,
     InvalidRequest,
     LedgerGuardRefused,
     NotFound,
@@ -26,7 +28,7 @@ from engine.domain.errors import (
     StoreUnavailable,
 )
 from engine.domain.lifecycles import INBOX_MOVES, InboxStatus, moved
-from engine.domain.provider import ProviderEvent
+from engine.domain.provider import EventType, ProviderEvent
 from engine.domain.validation import PAN_SEPARATORS
 from engine.service.events import EventSteps
 from engine.service.views import InboxItem, InboxResult
@@ -40,6 +42,10 @@ _SECRET = re.compile(
     rf"\b(?:sk|rk|pk|whsec)_[A-Za-z0-9_]+|(?<!\d)\d(?:[{re.escape(PAN_SEPARATORS)}]?\d){{12,18}}(?!\d)"
 )
 ERROR_TEXT_MAX = 500
+# A dispute's decision that overtook its opening waits for it, not for a person: the
+# opening is already on its way, and the provider retries it for up to three days.
+DISPUTE_DECISIONS = frozenset({EventType.DISPUTE_WON.value, EventType.DISPUTE_LOST.value})
+EARLY_DECISION_WAIT = timedelta(days=3)
 I = InboxStatus  # noqa: E741
 
 
@@ -150,6 +156,15 @@ class WebhookSteps(EventSteps):
         """A webhook whose ``attempts``-th application failed: tried again, or dead."""
         return I.DEAD if attempts >= self.settings.webhook_attempts_max else I.PENDING
 
+    def _waits_for_its_opening(self, row: Row, error: str) -> bool:
+        """A dispute's decision refused as too early stays pending (not dead) while its
+        opening may still arrive."""
+        return (
+            row["type"] in DISPUTE_DECISIONS
+            and error.startswith(f"{EventTooEarly.code}:")
+            and self.clock.now() < row["received_at"] + EARLY_DECISION_WAIT
+        )
+
     def _webhook_failed(self, s: Store, inbox_id: int, error: str) -> InboxResult:
         row = s.inbox_row(inbox_id, lock=True)
         assert row is not None
@@ -158,6 +173,8 @@ class WebhookSteps(EventSteps):
             return InboxResult(inbox_id, row["provider_event_id"], "skipped")
         attempts = row["attempts"] + 1
         status = moved(INBOX_MOVES, I.PENDING, self._status_after_failure(attempts))
+        if self._waits_for_its_opening(row, error):
+            status = I.PENDING
         s.update_inbox(inbox_id, status=status.value, attempts=attempts, last_error=error)
         return InboxResult(inbox_id, row["provider_event_id"], status.value, error=error)
 

@@ -5,7 +5,9 @@ or from another ``origin``); window ``[start, end)`` is reconciled ``delay_s``
 after it ends, when the
 provider's report of it is complete and what the engine learns late (by
 recovery, by webhook) is booked. The report is fetched for the window widened
-by ``lateness_s`` on each side (``ReportSource``: the mock PSP's
+by ``lateness_s`` on each side, and before it by ``booking_lag_s`` (rows of money
+the engine booked late, by webhook or recovery: ``engine.domain.reconciliation``,
+rule 2) (``ReportSource``: the mock PSP's
 ``GET /_admin/settlement`` over HTTP) and handed to the ``Reconciler``.
 
 Where to start: after the last window this source reconciled (``recon_runs``),
@@ -39,6 +41,9 @@ from engine.service.reconciliation import Reconciler, RunSummary
 log = logging.getLogger("paychaos.worker.reconciliation")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SOURCE = "worker:psp"
+# How long after the provider moved money the ledger may book it: webhooks are
+# retried for up to three days, but nearly all land within the hour.
+BOOKING_LAG_S = 3_600
 
 
 class ReportSource:
@@ -120,13 +125,16 @@ class ReconciliationWorker:
         amount_tolerance_minor: int = 0,
         origin: datetime = EPOCH,
         first_start_at: datetime | None = None,
+        booking_lag_s: int = BOOKING_LAG_S,
     ):
         assert interval_s >= 60 and delay_s >= lateness_s >= 0 and windows_max > 0
         self.reconciler = reconciler
         self.source = source
         self.interval = timedelta(seconds=interval_s)
         self.delay = timedelta(seconds=delay_s)
-        self.tolerances = Tolerances(amount_tolerance_minor, lateness_s=lateness_s)
+        self.tolerances = Tolerances(
+            amount_tolerance_minor, lateness_s=lateness_s, booking_lag_s=booking_lag_s
+        )
         self.windows_max = windows_max
         self.source_name = source_name
         self.origin = origin
@@ -163,12 +171,14 @@ class ReconciliationWorker:
         report = ReconReport()
         now = self.reconciler.clock.now()
         slack = timedelta(seconds=self.tolerances.lateness_s)
+        lag = timedelta(seconds=self.tolerances.booking_lag_s)
         for _ in range(self.windows_max):
             window = self._window(now, closing)
             if window is None or stopping():
                 break
             start_at, end_at = window
-            document = self.source.fetch(_epoch_s(start_at - slack), _epoch_s(end_at + slack))
+            # Rows from before the window too: money the ledger booked late matches them.
+            document = self.source.fetch(_epoch_s(start_at - slack - lag), _epoch_s(end_at + slack))
             try:
                 summary = self.reconciler.run(document, self.source_name, start_at, end_at,
                                               self.tolerances)  # fmt: skip

@@ -12,8 +12,9 @@ functions (I2, the provider's side of I3, I7):
 - I3 0 <= refunded <= captured <= authorized <= amount per payment, the ledger
   says the same (hold, capture, refunds), and the same at the provider.
 - I4 each history (``GET /v1/payments/{id}``) is a contiguous walk along the
-  state machine's table (``engine.domain.states``) ending in the payment's
-  state; a capture sent after a void was refused.
+  oracles' own state machine (``scenarios.references.states``, not the
+  engine's table) ending in the payment's state; a capture sent after a void
+  was refused.
 - I6 replays of finished requests answered the same; keys reused with another
   body were refused.
 - I7 each payment agrees with the provider's intent (state and amounts), none
@@ -42,12 +43,12 @@ from engine.domain.ledger import (
     journal_balances,
     merchant_payable,
 )
-from engine.domain.states import PaymentState, is_legal
 from loadtests.live.clients import Evidence
 from loadtests.live.settle import Snapshot
 from scenarios.oracles import Invariant, convergence, no_double_charge, provider_amounts
+from scenarios.references import states as canon
 
-STATES = frozenset(state.value for state in PaymentState)
+STATES = canon.STATES
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +59,13 @@ class IntentView:
     status: str
     amount_capturable_minor: int
     amount_received_minor: int
+    amount_minor: int = 0
 
     @classmethod
     def of(cls, body: dict[str, Any]) -> IntentView:
         return cls(
             str(body["id"]), str(body["status"]), int(body.get("amount_capturable") or 0),
-            int(body.get("amount_received") or 0),
+            int(body.get("amount_received") or 0), int(body.get("amount") or 0),
         )  # fmt: skip
 
 
@@ -220,7 +222,7 @@ def check_amounts(shot: Snapshot) -> Invariant:
             ledger = _ledger_totals(shot.ledgers.get(pid, []))
         except (KeyError, ValueError, TypeError):
             continue  # an unreadable ledger is I1's finding
-        held = authorized if p["state"] == PaymentState.AUTHORIZED else 0
+        held = authorized if p["state"] == canon.AUTHORIZED else 0
         expected = {"held": held, "captured": captured, "refunded": refunded}
         for name, value in expected.items():
             if ledger[name] != value:
@@ -237,7 +239,7 @@ def history_breaks(history: list[dict[str, Any]], state: str) -> list[str]:
             problems.append(f"history breaks at seq {seq}: from {from_state} after {previous}")
         elif to_state not in STATES or (from_state is not None and from_state not in STATES):
             problems.append(f"unknown state in {from_state} -> {to_state} at seq {seq}")
-        elif not is_legal(PaymentState(from_state) if from_state else None, PaymentState(to_state)):
+        elif not canon.legal(from_state, to_state):
             problems.append(f"illegal transition {from_state} -> {to_state} at seq {seq}")
         previous_seq, previous = seq, to_state
     if not history:

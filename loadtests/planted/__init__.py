@@ -7,9 +7,15 @@ Each module holds one class of bug (``catalogue.Defect.blind_spot``).
 
 from __future__ import annotations
 
-from loadtests.planted import classic
+from loadtests.planted import classic, faults, ledger, recon, states
 from loadtests.planted.catalogue import Defect, Patcher, Plant
 
-DEFECTS: list[Defect] = [*classic.DEFECTS]
+DEFECTS: list[Defect] = [
+    *classic.DEFECTS,
+    *ledger.DEFECTS,
+    *faults.DEFECTS,
+    *states.DEFECTS,
+    *recon.DEFECTS,
+]
 
 __all__ = ["DEFECTS", "Defect", "Patcher", "Plant"]

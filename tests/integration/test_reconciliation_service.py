@@ -328,6 +328,37 @@ def test_a_dispute_and_its_reversal_match_their_rows_and_a_wrong_one_is_found(
     assert_audit_holds(database)
 
 
+def test_a_dispute_booked_after_its_rows_window_ran_is_matched_by_the_next_window(
+    book: Book, database: Database
+) -> None:
+    """The provider withdrew at 00:59; the engine learned it by a retried webhook at
+    01:03, after the 00:00-01:00 window ran: that run's missing_in_ledger was true
+    then, and the next window matches the pair and closes it (no outside_window, no
+    missing_at_provider, no journal)."""
+    payment_id, intent = book.payments["plain"], f"pi_{book.payments['plain']}"
+    later, report = START + 2 * DAY, Report()
+    tolerances = Tolerances(lateness_s=120, booking_lag_s=900)
+    withdrawn_at = later + timedelta(minutes=59)
+    report.add("txn_dispute", withdrawn_at, "USD", -2_000, 1_500, "dispute", intent=intent)
+    book.clock.set(later + timedelta(minutes=62))
+    first = book.recon.run(report.csv(), "test", later, later + HOUR, tolerances)
+    assert [(e.category.value, e.balance_transaction_id) for e in first.exceptions] == [
+        ("missing_in_ledger", "txn_dispute")
+    ]
+    book.clock.set(later + timedelta(minutes=63))
+    opened = ProviderEvent("evt_d1", EventType.DISPUTE_CREATED.value, withdrawn_at,
+                           payment_id=payment_id, amount_minor=2_000, fee_minor=1_500)  # fmt: skip
+    assert book.engine.apply_provider_event(opened).outcome == "applied"
+    book.clock.set(later + 2 * HOUR)
+    second = book.recon.run(report.csv(), "test", later + HOUR, later + 2 * HOUR, tolerances)
+    assert second.clean and second.matched_count == 1, second.exceptions
+    (closed,) = book.recon.exceptions(status=None)
+    assert (closed.status, closed.journal_id) == ("resolved", None)
+    assert closed.resolution_reason == f"booked late: matched by run {second.run_id}"
+    assert book.recon.exceptions() == []
+    assert_audit_holds(database)
+
+
 def test_a_fee_learned_after_its_capture_is_the_fee_compared(book: Book) -> None:
     later, report = START + 2 * DAY, Report()
     book.clock.set(later + timedelta(hours=1))

@@ -282,6 +282,46 @@ def test_a_row_late_within_the_lateness_tolerance_matches() -> None:
     assert found(run([charge], [late], lateness_s=60)) == [("outside_window", "pi_1")]
 
 
+def test_a_row_before_its_booking_within_the_booking_lag_matches() -> None:
+    """The ledger learns of money after the provider moves it (a dispute by a retried
+    webhook): a row earlier than its movement is the engine learning late."""
+    dispute = movement("pi_1", K.DISPUTE, fee=1_500, at_s=600)
+    early = row_for(dispute, created_at=at(-240))  # in the previous window
+    assert found(run([dispute], [early], lateness_s=120)) == [("outside_window", "pi_1")]
+    assert run([dispute], [early], lateness_s=120, booking_lag_s=900).clean
+
+
+def test_the_booking_lag_never_excuses_a_row_later_than_its_movement() -> None:
+    charge = movement("pi_1", at_s=DAY_S - 10)
+    late = row_for(charge, created_at=END + timedelta(minutes=5))
+    result = run([charge], [late], lateness_s=60, booking_lag_s=3_600)
+    assert found(result) == [("outside_window", "pi_1")]
+
+
+def test_a_row_of_this_window_booked_later_within_the_lag_is_left_to_the_bookings_run() -> None:
+    booked_next_window = movement("pi_1", K.DISPUTE, fee=1_500, at_s=DAY_S + 200)
+    row = row_for(booked_next_window, created_at=at(DAY_S - 30))
+    assert found(run([booked_next_window], [row], lateness_s=60)) == [("outside_window", "pi_1")]
+    assert run([booked_next_window], [row], lateness_s=60, booking_lag_s=900).clean
+
+
+def test_the_movements_run_and_the_rows_run_judge_a_pair_by_one_rule() -> None:
+    """A row the movement's widened window reaches, but later than the booking by more
+    than the lateness: both runs call it outside_window, never one matched and the
+    other an exception."""
+    charge = movement("pi_1", at_s=DAY_S - 200)
+    late = row_for(charge, created_at=END + timedelta(seconds=30))
+    tolerances = Tolerances(lateness_s=60, booking_lag_s=900)
+    own = reconcile([charge], [late], [], WINDOW, tolerances)
+    next_window = ReconciliationWindow(END, END + timedelta(days=1))
+    rows_run = reconcile([charge], [late], [], next_window, tolerances)
+    assert found(own) == found(rows_run) == [("outside_window", "pi_1")]
+    assert not own.matched and not rows_run.matched
+    near = replace(late, created_at=at(DAY_S - 170))
+    assert reconcile([charge], [near], [], WINDOW, tolerances).matched
+    assert reconcile([charge], [near], [], next_window, tolerances).clean
+
+
 def test_a_row_in_the_window_booked_far_outside_it_is_outside_window() -> None:
     early = movement("pi_1", at_s=-3 * DAY_S)
     (exception,) = run([early], [row_for(early, created_at=at(100))]).exceptions

@@ -50,6 +50,11 @@ def test_the_oracles_and_clients_import_nothing_of_the_engines_service() -> None
     assert offending(ACTORS, ("engine.service",)) == []
 
 
+def test_the_oracles_judge_states_by_their_own_reference_not_the_engines_table() -> None:
+    judges = ("oracles.py", "references/states.py")
+    assert offending(judges, ("engine.domain.states", "engine.service")) == []
+
+
 def test_clients_reach_the_engine_only_through_the_system_under_test() -> None:
     tree = ast.parse((ROOT / "clients.py").read_text(encoding="utf-8"))
     reached = sorted(
