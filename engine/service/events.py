@@ -221,10 +221,16 @@ class EventSteps(OutcomeSteps):
         fee = ledger.dispute_fee(self._money(p, event.fee_minor), returned=False)
         self._post(s, p, ledger.Journal(journal.kind, journal.entries + fee), seq)
 
+    @staticmethod
+    def _state_after_won_dispute(s: Store, p: Payment) -> S:
+        """Where a won dispute leaves the payment: refunded if its charge was refunded in
+        full meanwhile, else settled."""
+        return S.REFUNDED if p.refunded_minor == p.captured_minor else S.SETTLED
+
     def _win_dispute(self, s: Store, p: Payment, event: ProviderEvent) -> None:
         """A won dispute gives the withdrawn amount (and the dispute fee) back."""
         disputed = p.disputed_minor
-        won = S.REFUNDED if p.refunded_minor == p.captured_minor else S.SETTLED
+        won = self._state_after_won_dispute(s, p)
         seq = self._move(s, p, won, "dispute_won_by_event", event_id=event.event_id,
                          amount_minor=disputed, disputed_minor=0)  # fmt: skip
         money = self._money(p, disputed)

@@ -16,7 +16,6 @@ the store's rows.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -266,11 +265,7 @@ class ReadApi:
         lines = _by_payment(c, t.payment_lines, ids, t.payment_lines.c.line_no, _line)
         disputes = _dispute_statuses(c, ids)
         return [
-            dataclasses.replace(
-                _payment(row, history[pid], attempts[pid], refunds[pid], lines[pid]),
-                disputed_minor=int(row["disputed_minor"]),
-                dispute_status=disputes.get(pid),
-            )
+            _payment(row, history[pid], attempts[pid], refunds[pid], lines[pid], disputes.get(pid))
             for row in rows
             for pid in (row["id"],)
         ]
@@ -420,13 +415,14 @@ def _dispute_statuses(c: Connection, ids: list[str]) -> dict[str, str]:
 
 def _payment(
     row: Any, history: list[HistoryRecord], attempts: list[AttemptRecord],
-    refunds: list[RefundRecord], lines: list[LineRecord],
+    refunds: list[RefundRecord], lines: list[LineRecord], dispute_status: str | None,
 ) -> PaymentRecord:  # fmt: skip
     return PaymentRecord(
         row["id"], row["merchant_id"], row["order_id"], str(row["state"]),
         int(row["amount_minor"]), row["currency"], int(row["authorized_minor"]),
         int(row["captured_minor"]), int(row["refunded_minor"]), row["provider_payment_id"],
         int(row["lines_count"]), tuple(history), tuple(attempts), tuple(refunds), tuple(lines),
+        int(row["disputed_minor"]), dispute_status,
     )  # fmt: skip
 
 

@@ -172,9 +172,9 @@ class WebhookSteps(EventSteps):
             # Another worker took it since this one failed: its outcome stands.
             return InboxResult(inbox_id, row["provider_event_id"], "skipped")
         attempts = row["attempts"] + 1
-        status = moved(INBOX_MOVES, I.PENDING, self._status_after_failure(attempts))
-        if self._waits_for_its_opening(row, error):
-            status = I.PENDING
+        waits = self._waits_for_its_opening(row, error)
+        status = moved(INBOX_MOVES, I.PENDING,
+                       I.PENDING if waits else self._status_after_failure(attempts))  # fmt: skip
         s.update_inbox(inbox_id, status=status.value, attempts=attempts, last_error=error)
         return InboxResult(inbox_id, row["provider_event_id"], status.value, error=error)
 

@@ -10,11 +10,9 @@ provider's intent, charge and dispute to the state the payment must show.
 from __future__ import annotations
 
 from engine.adapters.store import Store
-from engine.domain import ledger
 from engine.domain.entities import Payment
 from engine.domain.provider import EventType, ProviderEvent
 from engine.domain.states import TRANSITIONS, PaymentState
-from engine.service import splits
 from engine.service.events import EventSteps
 from loadtests.planted.catalogue import Defect, Patcher
 
@@ -39,10 +37,7 @@ def won_dispute_forgets_a_full_refund(mp: Patcher) -> None:
     """A won dispute always returns the payment to ``settled``, even when the charge
     was refunded in full while it was open (the money is right, the state is not)."""
 
-    def win_dispute(self: EventSteps, s: Store, p: Payment, event: ProviderEvent) -> None:
-        _reinstate(self, s, p, event, S.SETTLED)
-
-    mp.setattr(EventSteps, "_win_dispute", win_dispute)
+    mp.setattr(EventSteps, "_state_after_won_dispute", staticmethod(lambda s, p: S.SETTLED))
 
 
 def won_dispute_restores_the_state_before_it(mp: Patcher) -> None:
@@ -52,26 +47,11 @@ def won_dispute_restores_the_state_before_it(mp: Patcher) -> None:
     mp.setitem(TRANSITIONS, S.DISPUTED, TRANSITIONS[S.DISPUTED] | {S.CAPTURED,
                S.PARTIALLY_CAPTURED, S.PARTIALLY_REFUNDED})  # fmt: skip
 
-    def win_dispute(self: EventSteps, s: Store, p: Payment, event: ProviderEvent) -> None:
+    def state_before_the_dispute(s: Store, p: Payment) -> S:
         opened = [row for row in s.history(p.id) if row["reason"] == "dispute_created_by_event"]
-        _reinstate(self, s, p, event, S(opened[-1]["from_state"]))
+        return S(opened[-1]["from_state"])
 
-    mp.setattr(EventSteps, "_win_dispute", win_dispute)
-
-
-def _reinstate(self: EventSteps, s: Store, p: Payment, event: ProviderEvent, won: S) -> None:
-    """The engine's ``_win_dispute``, landing on ``won`` (the plants' change)."""
-    disputed = p.disputed_minor
-    seq = self._move(s, p, won, "dispute_won_by_event", event_id=event.event_id,
-                     amount_minor=disputed, disputed_minor=0)  # fmt: skip
-    money = self._money(p, disputed)
-    if p.lines_count:
-        shares = splits.reinstatement_shares(s, p, disputed, self.clock.now())
-        journal = ledger.split_dispute_reinstatement(p.merchant_id, money, shares)
-    else:
-        journal = ledger.dispute_reinstatement(money)
-    fee = ledger.dispute_fee(self._money(p, event.fee_minor), returned=True)
-    self._post(s, p, ledger.Journal(journal.kind, journal.entries + fee), seq)
+    mp.setattr(EventSteps, "_state_after_won_dispute", staticmethod(state_before_the_dispute))
 
 
 BLIND_SPOT = "reference states"
