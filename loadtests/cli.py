@@ -101,6 +101,12 @@ def _register_benches(root: CommandRoot) -> None:
         ] = False,
     ) -> None:
         """Planted defects caught by the shipped scenarios, next to the unplanted runs."""
+        import importlib.util
+
+        if importlib.util.find_spec("pytest") is None:  # the plants monkeypatch with pytest's
+            needs = "bench detect needs pytest: pip install -e '.[dev]' (or '.[bench]')"
+            console.print(needs, markup=False)
+            raise typer.Exit(2)
         from loadtests.bench_detect import run
 
         raise typer.Exit(run(small=small, with_tests=with_tests, console=console))
