@@ -7,3 +7,10 @@ Layers (ports and adapters):
 - ``engine.adapters``: the SQLAlchemy store and its Alembic migrations.
 - ``engine.entrypoints``: the command line (and later the HTTP API and workers).
 """
+
+import logging
+
+# A library's loggers say nothing until the application configures them (``paychaos
+# serve`` does, as JSON lines): a simulation pumping the workers in process must not
+# print their warnings on the terminal through logging's last resort.
+logging.getLogger("paychaos").addHandler(logging.NullHandler())

@@ -9,6 +9,7 @@ Each operation is a Python method (for in-process drivers) and a path (for HTTP)
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -44,7 +45,7 @@ DISPUTE_REASONS = (
     "general",
     "unrecognized",
 )
-AdminHandler = Callable[[Mapping[str, Any], dict[str, str]], JsonDict]
+AdminHandler = Callable[[Mapping[str, Any], dict[str, str]], "JsonDict | ApiResponse"]
 
 
 class AdminApi:
@@ -91,7 +92,10 @@ class AdminApi:
             if found is None or route_method != method.upper():
                 continue
             try:
-                return ApiResponse(200, handler(params, found.groupdict()), headers)
+                answer = handler(params, found.groupdict())
+                if isinstance(answer, ApiResponse):
+                    return answer
+                return ApiResponse(200, answer, headers)
             except ApiError as error:
                 return ApiResponse(error.http_status, error.to_body(), headers)
             except FaultConfigError as error:
@@ -120,7 +124,11 @@ class AdminApi:
             "records": [record.to_json() for record in log.records()],
         }
 
-    def settlement(self, params: Mapping[str, Any]) -> JsonDict:
+    def settlement(self, params: Mapping[str, Any]) -> ApiResponse:
+        """One download of the report (JSON as sent, CSV inside a JSON object), with the
+        plan's download faults: garbled, or 503 when not ready."""
+        from mock_psp.core import ApiResponse
+
         reader = ParamReader(decode_params(params), ("start", "end", "format"))
         start = reader.integer("start", required=True)
         end = reader.integer("end", required=True)
@@ -128,10 +136,16 @@ class AdminApi:
         assert start is not None and end is not None
         if end <= start:
             raise ParameterInvalid("end", "end must be after start.")
-        report = self._core.settlement_report(start, end)
+        served = self._core.settlement_download(start, end, fmt)
+        headers = {"Content-Type": "application/json"}
+        if served.status != 200:
+            return ApiResponse(served.status, {}, headers, text=served.text)
         if fmt == "csv":
-            return {"object": "settlement_report_csv", "csv": report.to_csv()}
-        return report.to_json()
+            return ApiResponse(200, {"object": "settlement_report_csv", "csv": served.text},
+                               headers)  # fmt: skip
+        if served.fault is None:
+            return ApiResponse(200, json.loads(served.text), headers)
+        return ApiResponse(200, {}, headers, text=served.text)  # garbled: sent as it is
 
     def advance_clock(self, delta_s: float) -> float:
         clock = self._core.clock

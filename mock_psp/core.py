@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import heapq
+import json
 import random
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -59,7 +60,7 @@ from mock_psp.ids import IdSource, substream
 from mock_psp.params import decode_params, fingerprint, refuse_card_numbers
 from mock_psp.records import API_VERSION, JsonDict, Payout
 from mock_psp.routes import Route, match_route
-from mock_psp.settlement import SettlementReport, SettlementReporter
+from mock_psp.settlement import Served, SettlementReport, SettlementReporter
 from mock_psp.truth import GroundTruth
 from mock_psp.webhooks import Delivery, DeliveryScheduler
 from mock_psp.world import ProviderConfig, ProviderState, World
@@ -104,6 +105,7 @@ class ApiResponse:
     status: int
     body: JsonDict
     headers: dict[str, str]
+    text: str | None = None  # sent as is instead of ``body`` (a report download)
 
 
 @dataclass(frozen=True, slots=True)
@@ -481,6 +483,15 @@ class ProviderCore:
             for parked in self._parked_by_key.get(key, ()):
                 parked.not_found_seen = True  # refuted when it lands
         return found
+
+    def settlement_download(self, start_s: int, end_s: int, report_format: str) -> Served:
+        """One download of the report for ``[start_s, end_s)``, with the plan's download
+        faults (``SettlementReporter.serve``)."""
+        report = self.settlement_report(start_s, end_s)
+        text = report.to_csv() if report_format == "csv" else json.dumps(report.to_json())
+        return self.reporter.serve(text, len(report.rows), self.faults.settlement,
+                                   f"{start_s}:{end_s}:{report_format}", self.now(),
+                                   report_format)  # fmt: skip
 
     def settlement_report(self, start_s: int, end_s: int) -> SettlementReport:
         return self.reporter.build(

@@ -36,6 +36,8 @@ class FaultKind(StrEnum):
     SETTLEMENT_AMOUNT_MISMATCH = "settlement.amount_mismatch"
     SETTLEMENT_UNEXPECTED_ROW = "settlement.unexpected_row"
     SETTLEMENT_LATE_ROW = "settlement.late_row"
+    SETTLEMENT_GARBLED = "settlement.garbled"  # one download cut short or with a bad row
+    SETTLEMENT_UNAVAILABLE = "settlement.unavailable"  # one download answered 503
     PAYOUT_FAILED = "payout.failed"
 
 

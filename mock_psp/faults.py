@@ -181,6 +181,10 @@ class SettlementFaultSpec(_Strict):
     unexpected_row_count: int = Field(default=0, ge=0, le=1_000)
     late_row_rate: Probability = 0.0
     late_by_s: float = Field(default=86_400.0, gt=0.0, le=30 * 86_400.0)
+    # Per download of a report: served garbled (cut short, or one row with a value no
+    # parser can read) or not ready (503). The next download of the span is drawn anew.
+    garbled_rate: Probability = 0.0
+    unavailable_rate: Probability = 0.0
 
 
 class PayoutFaultSpec(_Strict):

@@ -500,7 +500,7 @@ def _refusal(error: ApiError) -> Response:
 def _json_response(response: ApiResponse) -> Response:
     headers = {k: v for k, v in response.headers.items() if k.lower() != "content-type"}
     return Response(
-        orjson.dumps(response.body),
+        orjson.dumps(response.body) if response.text is None else response.text,
         status_code=response.status,
         headers=headers,
         media_type="application/json",

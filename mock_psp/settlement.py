@@ -10,6 +10,13 @@ report does not change between downloads) and each fault is logged once:
 missing row, amount mismatch (gross and net off by ``mismatch_delta_minor``), late row
 (reported ``late_by_s`` after it happened, so it falls in a later window) and
 unexpected rows (rows for money the provider never moved).
+
+Downloads fail too (``SettlementReporter.serve``): a download is served garbled
+(JSON cut short at a byte, or one row with an amount no parser reads) or answered
+503 (not ready), each drawn per download of a span (the n-th download of a span
+draws anew), and logged once per download. A whole one always follows, sooner or
+later: the reader must refuse a garbled one and download again, never read it as
+far as it goes.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -150,13 +158,70 @@ def _uniform(salt: str, kind: str, key: str) -> float:
     return int(digest[:13], 16) / float(16**13)
 
 
+@dataclass(frozen=True, slots=True)
+class Served:
+    """One download of a report: its HTTP status and its text as sent."""
+
+    status: int
+    text: str
+    fault: FaultKind | None = None
+
+
+NOT_READY = '{"error": {"type": "api_error", "message": "The report is not ready yet."}}'
+
+
+def _garbled_row(text: str, report_format: str, index: int) -> str:
+    """The text with row ``index``'s gross replaced by a value no reader accepts."""
+    if report_format == "csv":
+        records = list(csv.reader(io.StringIO(text)))
+        column = records[0].index("gross")
+        records[index + 1][column] = "12.3.4"
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerows(records)
+        return out.getvalue()
+    document = json.loads(text)
+    document["data"][index]["gross_minor"] = "12.3.4"
+    return json.dumps(document)
+
+
 class SettlementReporter:
-    __slots__ = ("_logged", "_salt", "log")
+    __slots__ = ("_downloads", "_logged", "_salt", "log")
 
     def __init__(self, salt: str, log: FaultLog) -> None:
         self._salt = salt
         self._logged: set[str] = set()
+        self._downloads: dict[str, int] = {}
         self.log = log
+
+    def serve(
+        self, text: str, rows: int, spec: SettlementFaultSpec, span: str, now_s: float,
+        report_format: str = "json",
+    ) -> Served:  # fmt: skip
+        """A download of the report ``text`` (``rows`` rows) for ``span``, with the
+        plan's download faults: whole, garbled or not ready."""
+        count = self._downloads.get(span, 0) + 1
+        self._downloads[span] = count
+        key = f"{span}#{count}"
+        if _uniform(self._salt, "unavailable", key) < spec.unavailable_rate:
+            self._log_once(now_s, FaultKind.SETTLEMENT_UNAVAILABLE, key)
+            return Served(503, NOT_READY, FaultKind.SETTLEMENT_UNAVAILABLE)
+        if len(text) < 2 or _uniform(self._salt, "garbled", key) >= spec.garbled_rate:
+            return Served(200, text)
+        if report_format == "csv" and not rows:
+            return Served(200, text)  # nothing to garble that a reader could tell
+        where = _uniform(self._salt, "garbled-where", key)
+        # A CSV cut short at a row's end reads as a shorter report (CSV cannot tell), and
+        # one cut inside its last cell as a row with another value: CSV only gets bad rows.
+        bad_row = report_format == "csv" or _uniform(self._salt, "garbled-how", key) < 0.5
+        if rows and bad_row:
+            index = int(where * rows)
+            self._log_once(now_s, FaultKind.SETTLEMENT_GARBLED, key, f"bad row {index}")
+            return Served(200, _garbled_row(text, report_format, index),
+                          FaultKind.SETTLEMENT_GARBLED)  # fmt: skip
+        cut = 1 + int(where * (len(text) - 2))  # never the whole text, never nothing
+        self._log_once(now_s, FaultKind.SETTLEMENT_GARBLED, key,
+                       f"cut at {cut} of {len(text)} characters")  # fmt: skip
+        return Served(200, text[:cut], FaultKind.SETTLEMENT_GARBLED)
 
     def _log_once(self, now_s: float, kind: FaultKind, target: str, detail: str = "") -> None:
         key = f"{kind}:{target}"

@@ -34,6 +34,8 @@ class CoreTransport(httpx.BaseTransport):
         if path.startswith("/_admin/"):
             params = dict(pairs)
             answer = self.core.admin.handle(request.method, path, params)
+            if answer.text is not None:
+                return httpx.Response(answer.status, text=answer.text, headers=answer.headers)
             return httpx.Response(answer.status, json=answer.body, headers=answer.headers)
         headers = {name.title(): value for name, value in request.headers.items()}
         result = self.core.handle(ApiRequest(request.method, path, pairs, headers))

@@ -380,11 +380,20 @@ def check_webhook_intake(world: World) -> Invariant:
         inv.add(subject, detail)
     # A dedupe keyed on anything but the event id drops new events as duplicates; the
     # provider's recovery by lookup may hide the loss, so no money invariant need fire.
+    # An event the catch-up fetched before its first delivery may be kept already: only
+    # by what the provider's list answers carried (the world saw them), never the engine's word.
     inv.checked += len(world.first_takes)
     for event_id, (kind, answer) in world.first_takes.items():
-        if answer == "duplicate":
+        if answer == "duplicate" and not _fetched_before(world, event_id):
             inv.add(event_id, f"the event's first delivery ({kind}) was taken as a duplicate")
     return inv
+
+
+def _fetched_before(world: World, event_id: str) -> bool:
+    """Whether an answer of the provider's event list carried the event to the engine
+    before its first delivery was taken."""
+    fetched, taken = world.fetched_at.get(event_id), world.first_take_at.get(event_id)
+    return fetched is not None and taken is not None and fetched < taken
 
 
 OPEN_ATTEMPT = frozenset({"pending", "unknown"})  # sent, the provider's answer not yet known

@@ -58,15 +58,16 @@ Not applicable without reconciliation.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import weakref
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from engine.domain.errors import StoreUnavailable
+from engine.domain.errors import ReportUnavailable, StoreUnavailable
 from engine.domain.ledger import Account
 from engine.domain.ports import SeededIds
 from engine.service.reconciliation import Reconciler, RunSummary
@@ -82,9 +83,6 @@ if TYPE_CHECKING:
     from scenarios.oracles import Facts, Invariant
 
 SOURCE = "simulation"
-# How long after the provider moved money the engine may book it: the world's
-# webhooks are delayed up to 5 minutes and retried after 1, 2, 4, 8 minutes.
-BOOKING_LAG_S = 900
 WINDOWS_PER_PASS_MAX = 10_000
 VIOLATIONS_MAX = 50
 EPOCH_INT_S = int(EPOCH_S)
@@ -114,6 +112,10 @@ class Desk:
     next_start_s: int = 0
     runs: int = 0
     refused: list[str] = field(default_factory=list)
+    unavailable: int = 0  # downloads the provider answered "not ready"
+    # (window start, window end, when it ran), seconds from the world's start: what
+    # the world saw as it pumped the worker, in the order it ran them.
+    ran: list[tuple[float, float, float]] = field(default_factory=list)
 
 
 _DESKS: weakref.WeakKeyDictionary[World, Desk] = weakref.WeakKeyDictionary()
@@ -125,9 +127,19 @@ class WorldReport(ReportSource):
     def __init__(self, world: World, spec: SettlementFaultSpec):
         self.world, self.spec = world, spec
 
-    def fetch(self, start_s: int, end_s: int) -> Mapping[str, Any]:
-        return settlement_document(self.world, self.spec, start_s - EPOCH_INT_S,
-                                   end_s - EPOCH_INT_S)  # fmt: skip
+    def fetch(self, start_s: int, end_s: int) -> str | Mapping[str, Any]:
+        """One download, with the plan's download faults: garbled text, or not ready
+        (without them, the document itself: nothing to encode and read back)."""
+        document = settlement_document(self.world, self.spec, start_s - EPOCH_INT_S,
+                                       end_s - EPOCH_INT_S)  # fmt: skip
+        if self.spec.garbled_rate == 0 and self.spec.unavailable_rate == 0:
+            return document
+        psp = self.world.psp
+        served = psp.reporter.serve(json.dumps(document), len(document["data"]), self.spec,
+                                    f"{start_s}:{end_s}", psp.now())  # fmt: skip
+        if served.status != 200:
+            raise ReportUnavailable(message=f"settlement report: HTTP {served.status}")
+        return served.text
 
 
 def desk(world: World) -> Desk:
@@ -143,7 +155,7 @@ def desk(world: World) -> Desk:
             delay_s=config.delay_s, lateness_s=int(config.lateness_s),
             windows_max=WINDOWS_PER_PASS_MAX, source_name=SOURCE,
             amount_tolerance_minor=config.amount_tolerance_minor, origin=EPOCH,
-            first_start_at=EPOCH, booking_lag_s=BOOKING_LAG_S,
+            first_start_at=EPOCH, booking_lag_s=int(config.booking_lag_s),
         )  # fmt: skip
         found = _DESKS[world] = Desk(worker, spec)
     return found
@@ -188,15 +200,17 @@ def _covered(world: World, d: Desk, summary: RunSummary) -> None:
     _count(world, "payment settled by reconciliation", summary.settled_count)
     _count(world, "reconciliation matched a row booked late, closing its exception",
            summary.closed_count)  # fmt: skip
+    _count(world, "reconciliation paired a row found missing with its later booking",
+           summary.paired_late_count)  # fmt: skip
     for category, count in summary.counts().items():
         _count(world, f"reconciliation found {category}", count)
 
 
-def run_due(world: World, *, final: bool) -> int:
+def run_due(world: World, *, final: bool) -> ReconReport | None:
     """One loop of ``ReconciliationWorker.run_once`` (at quiescence a closing one: every
-    window that ended, and one up to now); returns how many payments it settled."""
+    window that ended, and one up to now); None when the engine was away."""
     if world.scenario.reconciliation is None:
-        return 0
+        return ReconReport()
     d = desk(world)
     try:
         world.node.check(world.env.now)
@@ -204,16 +218,21 @@ def run_due(world: World, *, final: bool) -> int:
     except (EngineDown, StoreUnavailable, EngineFault):
         # A run cut short is run again whole: each of its steps is idempotent.
         world.hit("reconciliation waited: engine unavailable")
-        return 0
+        return None
     finally:
         start_at = d.worker.next_start_at
         d.next_start_s = 0 if start_at is None else int((start_at - EPOCH).total_seconds())
+    if report.unavailable:
+        d.unavailable += report.unavailable
+        world.hit("reconciliation waited: the provider's report not ready")
     for summary in report.summaries:
         _covered(world, d, summary)
-    if report.refusals:  # a report the engine cannot read: R names it
+        window = (summary.window_start_at - EPOCH, summary.window_end_at - EPOCH)
+        d.ran.append((window[0].total_seconds(), window[1].total_seconds(), world.env.now))
+    if report.refusals:  # a report the engine cannot read: R judges it against the faults
         d.refused.extend(refusal[:300] for refusal in report.refusals)
-        world.hit("settlement report refused")
-    return report.settled
+        world.hit("garbled settlement report refused, its window downloaded again")
+    return report
 
 
 def reconciliation_worker(world: World, config: Reconciliation) -> Step:
@@ -230,8 +249,11 @@ def start_reconciliation(world: World) -> None:
 
 
 def reconcile_at_quiescence(world: World) -> bool:
-    """Reconcile up to now; True when that settled payments (their events to relay)."""
-    return run_due(world, final=True) > 0
+    """Reconcile up to now; True when there is more to wait for: payments it settled
+    (their events to relay), or a window left for later (the engine away, a report
+    garbled or not ready: downloaded again on the next poll)."""
+    report = run_due(world, final=True)
+    return report is None or bool(report.settled or report.refused or report.unavailable)
 
 
 # --- R -------------------------------------------------------------------------------------
@@ -319,6 +341,15 @@ class Timing:
     booking_lag_s: float
     period_s: float
     booked_at_s: Mapping[Ident, float]  # the engine's first booking of a movement
+    ran: Sequence[tuple[float, float, float]]  # Desk.ran
+
+    def ran_at(self, at_s: float) -> float | None:
+        """When the run of the window holding ``at_s`` ran (its first), or None."""
+        first = None
+        for start_s, end_s, ran_s in self.ran:
+            if start_s <= at_s < end_s and (first is None or ran_s < first):
+                first = ran_s
+        return first
 
     def near(self, booked_s: float, reported_s: float) -> bool:
         """The engine's one matching rule, as documented: the row at most
@@ -333,7 +364,30 @@ class Timing:
         return reported_s < min(window_end_s + self.lateness_s, self.reported_by_s)
 
 
-def _expect_late_row(e: Expectation, bt: BalanceTransaction, booked: bool, timing: Timing) -> None:
+def _booked_after_its_rows_run(
+    e: Expectation, bt: BalanceTransaction, reported_s: float, mismatch: str | None,
+    timing: Timing,
+) -> bool:  # fmt: skip
+    """Whether the engine booked the movement after the run of its row's window, which
+    then found it missing in the ledger; if so, what that leaves: the run of the
+    booking's window pairs the row with its movement however late (a difference of
+    amounts is that run's exception), or, if that window was not reconciled yet, the
+    ``missing_in_ledger`` is still open."""
+    row_ran_s = timing.ran_at(reported_s)
+    booked_s = timing.booked_at_s.get(_key(bt), bt.created_s - EPOCH_S)
+    if row_ran_s is None or booked_s < row_ran_s:
+        return False
+    row = _row(bt)
+    if timing.ran_at(booked_s) is None:
+        e.want(MISSING_IN_LEDGER, row, "booked after its row's run; its own window not yet run")
+    elif mismatch is not None:
+        e.want(AMOUNT_MISMATCH, row, f"booked after its row's run, then paired: {mismatch}")
+    return True
+
+
+def _expect_late_row(
+    e: Expectation, bt: BalanceTransaction, booked: bool, mismatch: str | None, timing: Timing
+) -> None:
     """A row the provider reported ``late_by_s`` after it moved the money: judged, as
     the engine judges it, against when the engine booked the movement."""
     key, row = _key(bt), _row(bt)
@@ -343,9 +397,13 @@ def _expect_late_row(e: Expectation, bt: BalanceTransaction, booked: bool, timin
         if in_run:
             e.want(MISSING_IN_LEDGER, row, "its row came late, in a later window")
         return
+    if _booked_after_its_rows_run(e, bt, reported_s, mismatch, timing):
+        return
     booked_s = timing.booked_at_s.get(key, bt.created_s - EPOCH_S)
     if timing.near(booked_s, reported_s) and in_run:
-        return  # late, but near its late booking: one movement, matched
+        if mismatch is not None:  # late, but near its late booking: one movement, compared
+            e.want(AMOUNT_MISMATCH, row, mismatch)
+        return
     if timing.reported_to_bookings_run(booked_s, reported_s):
         e.want(OUTSIDE_WINDOW, row, "its row came late, too far from its booking")
         return
@@ -360,18 +418,22 @@ def _expect_row(
 ) -> None:  # fmt: skip
     """What one real balance transaction, with the faults planted in its row, gives."""
     key, row, booked = _key(bt), _row(bt), booked_minor is not None
+    mismatch = None
+    if FaultKind.SETTLEMENT_AMOUNT_MISMATCH in kinds:
+        mismatch = "its row's amount was changed"
+    elif booked and booked_minor != abs(bt.amount_minor):
+        mismatch = f"the engine booked {booked_minor}, the provider moved {abs(bt.amount_minor)}"
     if FaultKind.SETTLEMENT_MISSING_ROW in kinds:
         if booked:
             e.want(MISSING_AT_PROVIDER, key, "its row was left out of the report")
     elif FaultKind.SETTLEMENT_LATE_ROW in kinds:
-        _expect_late_row(e, bt, booked, timing)
+        _expect_late_row(e, bt, booked, mismatch, timing)
     elif not booked:
         e.want(MISSING_IN_LEDGER, row, "the provider moved money the engine did not book")
-    elif FaultKind.SETTLEMENT_AMOUNT_MISMATCH in kinds:
-        e.want(AMOUNT_MISMATCH, row, "its row's amount was changed")
-    elif booked_minor != abs(bt.amount_minor):
-        e.want(AMOUNT_MISMATCH, row, f"the engine booked {booked_minor}, the provider moved "
-                                     f"{abs(bt.amount_minor)}")  # fmt: skip
+    elif _booked_after_its_rows_run(e, bt, bt.created_s - EPOCH_S, mismatch, timing):
+        return
+    elif mismatch is not None:
+        e.want(AMOUNT_MISMATCH, row, mismatch)
 
 
 def booked_at(facts: Facts) -> dict[Ident, float]:
@@ -398,8 +460,8 @@ def expectation(world: World, d: Desk, booked: Mapping[Ident, int], facts: Facts
     config = world.scenario.reconciliation
     assert config is not None
     timing = Timing(float(d.next_start_s), float(int(d.spec.late_by_s)),
-                    float(int(config.lateness_s)), float(BOOKING_LAG_S),
-                    float(config.interval_s), booked_at(facts))  # fmt: skip
+                    float(int(config.lateness_s)), float(int(config.booking_lag_s)),
+                    float(config.interval_s), booked_at(facts), tuple(d.ran))  # fmt: skip
     for bt in world.psp.state.balance_transactions.values():
         key = _key(bt)
         provider_keys.add(key)
@@ -426,6 +488,7 @@ def _found(exceptions: Iterable[ReconExceptionRecord]) -> Iterator[tuple[str, Id
 
 BOOKED_LATE = "booked late"  # how reconciliation names an exception a later run matched
 HOLDS_SETTLEMENT = frozenset({"amount_mismatch", "fee_mismatch", "currency_mismatch"})
+PAIR_DIFFERS = HOLDS_SETTLEMENT | {"missing_at_bank"}  # a pair compared, and not matched
 SETTLED_REASONS = frozenset({"settlement_matched", "settlement_resolved"})
 SETTLEMENT_JOURNAL = "settlement"
 # Journals whose provider_fees entries are a movement's fee, by the movement's kind.
@@ -504,9 +567,11 @@ def check_matched(
     inv: Invariant, facts: Facts, booked: Mapping[Ident, int],
     exceptions: list[ReconExceptionRecord], rows: list[SettlementRowRecord], tolerance_minor: int,
 ) -> None:  # fmt: skip
-    """Matched rows agree with the ledger and are no exception; closed-as-late ones matched."""
+    """Matched rows agree with the ledger and are no exception; one closed as booked late
+    was matched, or paired with a difference that is an exception of its own."""
     fees = ledger_fees(facts)
     matched = {row.balance_transaction_id for row in rows}
+    differs = {x.balance_transaction_id for x in exceptions if x.category in PAIR_DIFFERS}
     for row in rows:
         inv.checked += 1
         why = _row_disagrees(row, booked, fees, tolerance_minor)
@@ -516,10 +581,24 @@ def check_matched(
         bt = x.balance_transaction_id
         if len(inv.violations) >= VIOLATIONS_MAX:
             break
-        if _booked_late(x) and bt not in matched:
+        if _booked_late(x) and bt not in matched and bt not in differs:
             inv.add(bt or x.id, f"{x.category} closed as booked late, its row never matched")
         elif bt in matched and not _booked_late(x):
             inv.add(bt, f"matched and also {x.category} ({x.status})")
+
+
+def _check_downloads(inv: Invariant, world: World, d: Desk) -> None:
+    """Every garbled download refused, and nothing else: a report read as far as it
+    goes, or a whole one refused, is the engine's defect."""
+    garbled = world.psp.fault_log.counts().get(str(FaultKind.SETTLEMENT_GARBLED), 0)
+    inv.checked += garbled
+    refused = len(d.refused)
+    if refused > garbled:
+        inv.add("report", f"{refused - garbled} whole report(s) refused (of {refused} refused): "
+                          f"{d.refused[0]}")  # fmt: skip
+    elif refused < garbled:
+        inv.add("report", f"{garbled - refused} garbled report(s) read as if whole: "
+                          f"{refused} refused of {garbled} the provider garbled")  # fmt: skip
 
 
 def _paths(world: World, facts: Facts) -> None:
@@ -549,8 +628,7 @@ def check_reconciliation(world: World, facts: Facts | None = None) -> Invariant:
     if d is None or d.runs == 0:
         inv.add("reconciliation", "never ran")
         return inv
-    for refusal in d.refused:
-        inv.add("report", f"the provider's report was refused: {refusal}")
+    _check_downloads(inv, world, d)
     if not _faults(world)[1]:
         inv.add("fault_log", "the fault log dropped settlement records: faults cannot be checked")
     reads = world.sut.reads

@@ -2,8 +2,9 @@
 
 After the scenario's duration the faults stop (the provider's fault plan is
 cleared, the engine stops crashing), arrivals end, and the workers run until
-nothing is left to do: no checkout in progress, no unresolved provider attempt
-and no webhook waiting for delivery (bounded by ``quiescence_max_s``). Only
+nothing is left to do: no checkout in progress, no unresolved provider attempt,
+no webhook waiting for delivery and no event the catch-up has yet to read
+(bounded by ``quiescence_max_s``). Only
 then are the invariants checked.
 """
 
@@ -113,6 +114,8 @@ def declared_faults(scenario: Scenario) -> list[str]:
         "amount_mismatch_rate": "settlement.amount_mismatch",
         "late_row_rate": "settlement.late_row",
         "unexpected_row_count": "settlement.unexpected_row",
+        "garbled_rate": "settlement.garbled",
+        "unavailable_rate": "settlement.unavailable",
     }
     declared |= {kind for name, kind in settlement_faults.items() if getattr(plan.settlement, name)}
     if plan.payouts.failure_rate > 0:
@@ -155,7 +158,7 @@ def quiesce(world: World) -> Step:
             continue
         if world.psp.next_delivery_at_s() is not None:
             continue
-        if world.recovery_pending():
+        if world.recovery_pending() or world.catch_up_pending():
             continue
         if world.engine.open_payouts(1) or world.engine.fee_lookups(1):
             continue
@@ -206,6 +209,8 @@ def _run_world(world: World, on_progress: Callable[[float], None] | None) -> Run
     env.process(world.crashes())
     env.process(world.outbox_relay())
     env.process(world.inbox_worker())
+    if scenario.workers.events_catch_up_s > 0:
+        env.process(world.event_catch_up())
     if scenario.workload.marketplace.payouts is not None:
         env.process(world.payout_scheduler())
     if scenario.workload.flows.dispute > 0 or scenario.workload.flows.refund_dispute > 0:

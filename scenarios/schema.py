@@ -198,6 +198,11 @@ class Workers(_Strict):
     recovery_batch_max: int = Field(default=100, ge=1, le=10_000)
     webhook_poll_s: DurationS = 1.0
     key_expiry_interval_s: DurationS = 3_600.0
+    # The event catch-up (``engine.workers.events``): a pass every events_catch_up_s
+    # (0: off) over the provider's events older than events_grace_s (whole seconds;
+    # younger ones are left to their delivery and its retries, as in production).
+    events_catch_up_s: DurationS = 30.0
+    events_grace_s: DurationS = Field(default=600.0, multiple_of=1.0)
 
 
 class Reconciliation(_Strict):
@@ -205,17 +210,21 @@ class Reconciliation(_Strict):
 
     Windows of ``interval_s`` from the start; each is reconciled ``delay_s`` after
     it ends (so that what the engine learns late is booked by then), with rows
-    matched up to ``lateness_s`` from their movements. All whole seconds.
+    matched up to ``lateness_s`` from their movements, and up to ``booking_lag_s``
+    after them when the engine booked the money late (a movement booked later than
+    that after its row is found missing by the row's run, then paired when booked).
+    All whole seconds.
     """
 
     interval_s: DurationS = 300.0
     delay_s: DurationS = 300.0
     lateness_s: DurationS = 120.0
+    booking_lag_s: DurationS = 900.0
     amount_tolerance_minor: int = Field(default=0, ge=0, le=1_000_000)
 
     @model_validator(mode="after")
     def _consistent(self) -> Reconciliation:
-        for name in ("interval_s", "delay_s", "lateness_s"):
+        for name in ("interval_s", "delay_s", "lateness_s", "booking_lag_s"):
             if not float(getattr(self, name)).is_integer():
                 raise ValueError(f"{name} is whole seconds")
         if self.interval_s < 60:

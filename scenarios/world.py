@@ -16,7 +16,9 @@ breaker is open), the outbox relay (``OutboxRelay`` into production's
 ``Projection``, with a bus that sometimes loses its acknowledgement), the
 webhook inbox (deliveries go through ``PaymentEngine.take_webhook`` as the
 route's do; ``InboxProcessor`` retries and dead-letters) and reconciliation
-(``scenarios.reconcile``: ``ReconciliationWorker``). Database outages and
+(``scenarios.reconcile``: ``ReconciliationWorker``), and the event catch-up
+(``EventCatchUp``: the provider's event list through ``WorldEventFeed``, which
+records what each answer carried, for the W oracle). Database outages and
 failed commits go through the port production's units of work ask
 (``Database.faults``); crashes stay the world's (``EngineNode``: the process
 is down, and an operation begun before a crash is lost). Payouts are
@@ -32,6 +34,8 @@ The scenario's ``workers`` settings map onto production's:
                           answer that settled nothing (3DS polls included), for the
                           scenario's duration and ``RECOVERY_STEPS_AFTER_FAULTS``
                           steps more; then the attempt is flagged for review
+    events_catch_up_s     the event catch-up's interval (0: off)
+    events_grace_s        ``EventCatchUp.grace_s``
 
 Nothing here reads the wall clock or global randomness: every random stream is
 derived from the scenario's seed, so one seed gives one run, byte for byte.
@@ -39,6 +43,7 @@ derived from the scenario's seed, so one seed gives one run, byte for byte.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections import Counter
@@ -60,10 +65,11 @@ from engine.domain.errors import (
 )
 from engine.domain.marketplace import Split
 from engine.domain.ports import SeededIds
-from engine.domain.provider import ProviderCall, ProviderOutcome
+from engine.domain.provider import EventPage, EventQuery, ProviderCall, ProviderOutcome
 from engine.service.driver import Call, Done, Operation, advance, finish
 from engine.service.engine import EngineSettings, PaymentEngine
 from engine.service.views import OutboxEvent, StepResult
+from engine.workers.events import CIRCUIT_OPEN, CatchUpReport, EventCatchUp, never
 from engine.workers.inbox import InboxProcessor
 from engine.workers.payouts import PayoutRound, payout_round
 from engine.workers.recovery import RecoveryReport, recovery_batch
@@ -80,6 +86,13 @@ API_KEY = "sk_test_paychaos_sim"
 SAMPLES_MAX = 200
 TRACE_EVENTS_MAX = 2_000_000
 EVENT_RETENTION_S = 300.0
+# The event catch-up in the world: each sweep reads the last one's final seconds again,
+# and a sweep may fall this many passes behind (failed listings, the engine down)
+# before the provider forgets the events it has not read yet.
+CATCH_UP_OVERLAP_S = 30
+CATCH_UP_FIRST_LOOKBACK_S = 3_600
+CATCH_UP_PASSES_BEHIND_MAX = 6
+CATCH_UP_BEHIND_WAIT_S = 1.0
 
 RECOVERY_STEPS_AFTER_FAULTS = 20
 
@@ -231,6 +244,33 @@ class WorldBus:
         pass
 
 
+class WorldEventFeed:
+    """The event catch-up's ``EventFeed`` in the world: ``GET /v1/events`` to the provider's
+    core, through the fault plan (an api rule for every endpoint matches it) and
+    production's breaker, answered at once as lookups are. It records each event an
+    answer carried to the engine, and when (``World.fetched_at``): the W oracle's own
+    evidence of an event the engine had before its delivery."""
+
+    def __init__(self, world: World):
+        self.world = world
+
+    def list_events(self, query: EventQuery) -> EventPage:
+        world = self.world
+        if not world.breaker.allow():
+            return EventPage(failure=CIRCUIT_OPEN)
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        request = ApiRequest("GET", dialect.EVENTS_PATH, dialect.events_params(query), headers)
+        result = world.psp.handle(request)
+        if result.response is None or result.latency_s > world.scenario.provider_timeout_s:
+            world.answered(None)
+            return dialect.event_page(None, None)
+        world.answered(result.response.status)
+        page = dialect.event_page(result.response.status, result.response.body)
+        for event in page.events:
+            world.fetched_at.setdefault(str(event["id"]), world.moment())
+        return page
+
+
 class World:
     def __init__(
         self,
@@ -306,6 +346,11 @@ class World:
         # each event's first genuine delivery it took: (delivery kind, answer).
         self.intake_answer: str | None = None
         self.first_takes: dict[str, tuple[str, str]] = {}
+        # When (``moment``) each event's first genuine delivery was taken, and when an
+        # answer of the provider's event list first carried it to the engine.
+        self.first_take_at: dict[str, tuple[float, int]] = {}
+        self.fetched_at: dict[str, tuple[float, int]] = {}
+        self._moments = itertools.count()
         self.newest_taken_s: dict[str, int] = {}  # per provider payment: its newest event taken
         self.transition_violations: list[tuple[str, str]] = []  # illegal commands accepted
         self.engine_errors: list[tuple[str, str]] = []  # steps that failed untyped
@@ -314,16 +359,39 @@ class World:
         self.active_checkouts = 0
         self.arrivals_done = False
         self.quiescent_at_s: float | None = None
+        self.catch_up = self._new_catch_up()
+        self.caught_up_to_s = 0.0  # the catch-up's cursor, as its last whole sweep left it
         from scenarios.sut import InProcessEngine, SystemUnderTest  # sut imports this module
 
         self.sut: SystemUnderTest = InProcessEngine(self)  # all the clients act on
+
+    def _new_catch_up(self) -> EventCatchUp:
+        """Production's event catch-up: a new one for each engine process (its place in a
+        sweep is memory; its cursor, the database's)."""
+        workers = self.scenario.workers
+        return EventCatchUp(
+            self.engine, WorldEventFeed(self), every_s=max(workers.events_catch_up_s, 1.0),
+            grace_s=int(workers.events_grace_s), overlap_s=CATCH_UP_OVERLAP_S,
+            first_lookback_s=CATCH_UP_FIRST_LOOKBACK_S,
+        )  # fmt: skip
+
+    def moment(self) -> tuple[float, int]:
+        """Now, ordered among the things that happen at this virtual instant."""
+        return self.env.now, next(self._moments)
 
     @staticmethod
     def _provider_config(scenario: Scenario) -> ProviderConfig:
         # Compact webhook bodies: the engine reads them the same, several times faster.
         # Whole events for a few minutes only (the deliveries keep their own bytes, the
         # traces read the provider's event log): memory follows the rate, not the run.
-        config = ProviderConfig(webhook_payload_indent=None, event_retention_s=EVENT_RETENTION_S)
+        # Long enough for the event catch-up to read them, a few failed passes late.
+        workers, retention_s = scenario.workers, EVENT_RETENTION_S
+        if workers.events_catch_up_s > 0:
+            read_by_s = workers.events_grace_s + CATCH_UP_OVERLAP_S
+            retention_s = max(
+                retention_s, read_by_s + CATCH_UP_PASSES_BEHIND_MAX * workers.events_catch_up_s
+            )
+        config = ProviderConfig(webhook_payload_indent=None, event_retention_s=retention_s)
         if scenario.workload.marketplace.payouts is None:
             return config
         # With payouts, charges become available at once and payouts land at once (on
@@ -454,6 +522,9 @@ class World:
             # The event's first genuine delivery the intake took (nothing earlier was kept:
             # an earlier one went unanswered or was refused whole): never a duplicate.
             self.first_takes[delivery.event_id] = (kind, self.intake_answer or "?")
+            self.first_take_at[delivery.event_id] = self.moment()
+            if self.intake_answer == "duplicate" and delivery.event_id in self.fetched_at:
+                self.hit("webhook delivered after the event catch-up took its event")
             self._count_overtaken(delivery.payload)
         if status == 400 and delivery.should_be_accepted:
             self.intake_violations.append((delivery.event_id, "a genuine webhook was refused"))
@@ -541,6 +612,51 @@ class World:
                     self.coverage[path] += count
             if self.quiescent_at_s is not None:
                 return
+
+    # -- the event catch-up ---------------------------------------------------------------------
+    def event_catch_up(self) -> Step:
+        """Production's event catch-up (``EventCatchUp.pass_once``) every interval on the
+        world's clock, at once again while a sweep is behind; a restarted engine runs a
+        new one, which goes on from the cursor the database kept."""
+        every_s = self.scenario.workers.events_catch_up_s
+        incarnation = self.node.incarnation
+        while True:
+            yield self.env.timeout(CATCH_UP_BEHIND_WAIT_S if self.catch_up.behind else every_s)
+            if self.node.incarnation != incarnation:
+                self.catch_up, incarnation = self._new_catch_up(), self.node.incarnation
+            report = CatchUpReport()
+            try:
+                self.node.check(self.env.now)
+                now = self.engine.clock.now()
+                self.guarded("event catch-up", self.catch_up.pass_once, now, never, report)
+            except (EngineDown, StoreUnavailable):
+                self.hit("event catch-up waited: engine unavailable")
+            except EngineFault:
+                pass  # a finding of the run (engine_errors); the next pass goes on
+            finally:
+                self._caught_up(report)
+            if self.quiescent_at_s is not None:
+                return
+
+    def _caught_up(self, report: CatchUpReport) -> None:
+        self.coverage.update(report.paths)
+        if report.read_to_at is not None:
+            self.caught_up_to_s = report.read_to_at.timestamp()
+        for event_id in report.taken_ids:
+            if event_id in self.applied_events:
+                # Inbound idempotency (I6): a provider event is taken once by its id.
+                self.idempotency_violations.append(
+                    (event_id, "an event already taken was taken again by the catch-up")
+                )
+            self.applied_events.add(event_id)
+
+    def catch_up_pending(self) -> bool:
+        """Whether the catch-up has yet to read past the provider's newest event (whose
+        webhook may be lost)."""
+        log = self.psp.state.event_log
+        if self.scenario.workers.events_catch_up_s <= 0 or not log:
+            return False
+        return log[-1].created_s >= self.caught_up_to_s
 
     # -- recovery worker ----------------------------------------------------------------------
     def recovery_worker(self) -> Step:

@@ -11,6 +11,9 @@ a busy key costs no database read per request; a revoked key stops working withi
 tells the other processes, their caches simply forget). ``CACHE_TTL_S`` stays under a
 second for that reason; a busy key still costs at most one read per process in it.
 Unknown keys are never cached: each one is looked up.
+
+Every read and write is a unit of work (``Database.transaction``): its statements
+and its commit go the one way the engine's do.
 """
 
 from __future__ import annotations
@@ -76,28 +79,28 @@ class KeyStore:
 
     def create(self, key_id: str, merchant_id: str, kind: str, secret: str, at: datetime) -> None:
         assert kind in PREFIXES and secret.startswith(PREFIXES[kind]), (kind, secret[:3])
-        with self.db.transaction() as c:
-            c.execute(
+        with self.db.transaction() as unit:
+            unit.execute(
                 t.api_keys.insert().values(
                     id=key_id, merchant_id=merchant_id, kind=kind, key_hash=key_hash(secret),
                     prefix=secret[:12], created_at=at,
                 )
             )  # fmt: skip
-            c.commit()
+            unit.commit()
 
     def revoke(self, key_id: str, at: datetime) -> Revoked:
         """Mark the key revoked at ``at``; a key already revoked keeps its first time."""
         k = t.api_keys.c
-        with self.db.transaction() as c:
-            changed = c.execute(
+        with self.db.transaction() as unit:
+            changed = unit.execute(
                 t.api_keys.update()
                 .where(k.id == key_id, k.revoked_at.is_(None))
                 .values(revoked_at=at)
             ).rowcount
             if changed:
-                c.commit()
+                unit.commit()
                 return Revoked.NOW
-            found = c.execute(sa.select(k.id).where(k.id == key_id)).first()
+            found = unit.execute(sa.select(k.id).where(k.id == key_id)).first()
         return Revoked.UNKNOWN if found is None else Revoked.ALREADY
 
     def list_keys(self, merchant_id: str | None = None) -> list[KeyInfo]:
@@ -110,23 +113,26 @@ class KeyStore:
         )
         if merchant_id is not None:
             query = query.where(k.merchant_id == merchant_id)
-        with self.db.engine.connect() as c:
-            return [KeyInfo(*row) for row in c.execute(query)]
+        with self.db.transaction() as unit:  # read only: rolled back on exit
+            return [KeyInfo(*row) for row in unit.execute(query)]
 
     def authenticate(self, secret: str) -> Principal | None:
         if not secret or len(secret) > KEY_LENGTH_MAX:
             return None
         digest = key_hash(secret)
         k = t.api_keys.c
-        with self.db.engine.connect() as c:
-            row = c.execute(
+        with self.db.transaction() as unit:  # read only: rolled back on exit
+            row = unit.execute(
                 sa.select(k.id, k.merchant_id, k.kind, k.key_hash).where(
                     k.key_hash == digest, k.revoked_at.is_(None)
                 )
             ).first()
-        if row is None or not hmac.compare_digest(row.key_hash, digest):
+        if row is None:
             return None
-        return Principal(row.id, row.merchant_id, row.kind)
+        key_id, merchant_id, kind, found_hash = row
+        if not hmac.compare_digest(found_hash, digest):
+            return None
+        return Principal(key_id, merchant_id, kind)
 
 
 class KeyCache:

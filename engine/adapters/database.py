@@ -4,9 +4,15 @@ SQLite is the embedded default: ``sqlite://`` (in memory, one shared
 connection) for simulations and tests, a file for a server. PostgreSQL
 (psycopg 3) is the production database: ``postgresql+psycopg://...``.
 
-A unit of work is one transaction: it rolls back on exit unless
-``commit()`` was called. Lower-layer errors are translated to the engine's
-error tree here and nowhere else.
+A unit of work is one transaction, and there is one kind of unit per dialect:
+``Database.transaction`` yields the unit's ``engine.adapters.direct.Direct``, the
+one path of every statement of the unit (the store's, the read API's,
+reconciliation's, the API keys') and of its commit (``Direct.commit``). On SQLite
+the unit is begun on the driver (BEGIN IMMEDIATE) and committed there; on
+PostgreSQL the driver is in autocommit for the unit, and ``Direct`` sends BEGIN
+with the unit's first trip and COMMIT with its last writes. The unit rolls back
+on exit unless it was committed. Lower-layer errors are translated to the
+engine's error tree here and nowhere else.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import StaticPool
+
+from engine.adapters.direct import CommitFailed as CommitFailed
+from engine.adapters.direct import Direct
 
 # Defined in the error tree, re-exported here where they are raised.
 from engine.domain.errors import LedgerGuardRefused as LedgerGuardRefused
@@ -73,8 +82,10 @@ def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_begin(connection: Connection) -> None:
     # On the driver's connection: through SQLAlchemy this one statement cost as
     # much as the rest of a short unit of work. Errors are wrapped as SQLAlchemy
-    # would wrap them ("database is locked" is an OperationalError). A unit begun
-    # on the driver already (``Database._driver_unit``) is joined, not begun again.
+    # would wrap them ("database is locked" is an OperationalError). A unit of work
+    # begins here too (``Database._sqlite_unit``); SQLAlchemy's own transactions
+    # (migrations, the audit) come here through the "begin" event. A transaction
+    # begun on the driver already is joined, not begun again.
     dbapi_error = connection.dialect.loaded_dbapi.Error
     driver: Any = connection.connection.driver_connection
     if driver.in_transaction:
@@ -167,9 +178,10 @@ class UnitFaults:
     """The fault port of units of work, on the path production takes: no faults here.
 
     ``Database.transaction`` asks ``unit_begins`` before a unit's first statement (raise
-    ``StoreUnavailable`` and the database is away for it), and ``Store.commit`` asks
-    ``commit_fails`` (through ``before_commit``) just before it commits. A simulation
-    installs its own on ``Database.faults``; production installs none.
+    ``StoreUnavailable`` and the database is away for it), and the one commit path
+    (``Direct.commit``, which ``Store.commit`` calls) asks ``commit_fails`` just before
+    it commits. A simulation installs its own on ``Database.faults``; production
+    installs none.
     """
 
     def unit_begins(self) -> None:
@@ -178,22 +190,6 @@ class UnitFaults:
     def commit_fails(self) -> bool:
         """Before a unit commits: True to fail the commit (the step is lost whole)."""
         return False
-
-
-UNIT_FAULTS = "paychaos.unit_faults"  # the unit's faults, on its connection's info
-
-
-class CommitFailed(sa.exc.OperationalError):
-    """A commit the database failed (a simulated fault): ``StoreUnavailable`` to callers."""
-
-
-def before_commit(connection: Connection) -> None:
-    """The commit's fault port, asked by the one commit path (``Store.commit``) before it
-    commits: a failed commit raises what a failed COMMIT raises, and the unit's exit then
-    rolls the transaction back, so nothing of the step is kept."""
-    faults: UnitFaults | None = connection.info.get(UNIT_FAULTS)
-    if faults is not None and faults.commit_fails():
-        raise CommitFailed("COMMIT", None, Exception("commit failed (simulated)"))
 
 
 class Database:
@@ -222,40 +218,29 @@ class Database:
         busy = connection.get_transaction() is not None or _driver(connection).in_transaction
         return None if busy else connection
 
-    @property
-    def sends_begin(self) -> bool:
-        """Whether a unit of ``transaction(explicit_begin=True)`` leaves BEGIN and COMMIT
-        to the caller: on PostgreSQL."""
-        return self.dialect == "postgresql"
-
-    def _on_driver(self, explicit_begin: bool) -> bool:
-        """Whether a unit runs on SQLite's driver: when asked for."""
-        return explicit_begin and self.dialect == "sqlite"
-
     @staticmethod
-    def _driver_unit(connection: Connection) -> Iterator[Connection]:
-        """A SQLite unit begun on the driver, without SQLAlchemy's transaction: its
-        bookkeeping and events cost as much as two of a step's statements. The
-        caller commits on the driver (``Direct.commit``); a statement it runs through
-        SQLAlchemy joins this transaction (``_sqlite_begin``) and is committed by
-        SQLAlchemy then. Anything left open is rolled back here."""
+    def _sqlite_unit(connection: Connection, faults: UnitFaults | None) -> Iterator[Direct]:
+        """A SQLite unit, begun on the driver (SQLAlchemy's transaction bookkeeping and
+        events cost as much as two of a step's statements) and committed there by
+        ``Direct.commit``; anything left open is rolled back here."""
         _sqlite_begin(connection)
         try:
-            yield connection
+            yield Direct(connection, faults)
         finally:
-            if connection.get_transaction() is not None:
-                connection.rollback()
-            elif (driver := _driver(connection)).in_transaction:
+            if (driver := _driver(connection)).in_transaction:
                 driver.rollback()
 
     @staticmethod
-    def _unit(connection: Connection, explicit_begin: bool) -> Iterator[Connection]:
+    def _postgres_unit(connection: Connection, faults: UnitFaults | None) -> Iterator[Direct]:
+        """A PostgreSQL unit: the driver in autocommit, so that ``Direct`` sends BEGIN
+        and COMMIT with the unit's statements. SQLAlchemy's transaction is only there
+        to roll back on exit (its error handling invalidates a connection the server
+        dropped); the driver's ROLLBACK costs nothing after a COMMIT."""
         connection.begin()
-        driver: Any = connection.connection.driver_connection if explicit_begin else None
-        if driver is not None:
-            driver.autocommit = True  # BEGIN and COMMIT are the caller's: see direct.py
+        driver = _driver(connection)
+        driver.autocommit = True
         try:
-            yield connection
+            yield Direct(connection, faults)
         finally:
             try:
                 # get_transaction, not in_transaction: a commit that failed leaves an
@@ -263,39 +248,24 @@ class Database:
                 if connection.get_transaction() is not None:
                     connection.rollback()
             finally:
-                if driver is not None:
-                    _leave_autocommit(connection, driver)
+                _leave_autocommit(connection, driver)
 
     @contextmanager
-    def transaction(self, *, explicit_begin: bool = False) -> Iterator[Connection]:
-        """A unit of work: commit only by ``connection.commit()``; rollback otherwise.
-
-        ``explicit_begin``: the caller ends the unit through ``engine.adapters.direct.
-        Direct``, whose ``commit`` it calls before ``connection.commit()``. On
-        PostgreSQL the driver is in autocommit for the unit and Direct sends BEGIN
-        and COMMIT itself, before any other statement; on SQLite the unit is begun
-        on the driver (``_driver_unit``) and Direct commits it there. The rollback
-        on exit is the driver's as usual.
-        """
-        on_driver = self._on_driver(explicit_begin)
-        explicit_begin = explicit_begin and self.sends_begin
+    def transaction(self) -> Iterator[Direct]:
+        """A unit of work: every statement through the ``Direct`` it yields, committed
+        only by its ``commit()``, rolled back on exit otherwise. One kind per dialect
+        (see the module's doc)."""
         faults = self.faults
         if faults is not None:
             faults.unit_begins()
-
-        def unit(connection: Connection) -> Iterator[Connection]:
-            connection.info[UNIT_FAULTS] = faults
-            if on_driver:
-                return self._driver_unit(connection)
-            return self._unit(connection, explicit_begin)
-
+        unit = self._sqlite_unit if self.dialect == "sqlite" else self._postgres_unit
         try:
             kept = self._kept_connection()
             if kept is not None:
-                yield from unit(kept)
+                yield from unit(kept, faults)
             else:
                 with self.engine.connect() as connection:
-                    yield from unit(connection)
+                    yield from unit(connection, faults)
         except sa.exc.OperationalError as exc:
             raise StoreUnavailable(message=f"database unavailable: {exc.orig}") from exc
         except sa.exc.DBAPIError as exc:

@@ -11,9 +11,11 @@ it with one flush and reads the answers back. What the cursor gave is kept:
 - values go to and from the database through the connection's own adapters
   (``psycopg.adapt.Transformer``, what the cursor uses), so every type, and
   SQLAlchemy's JSON loader registered on the connection, behaves as before;
-- each statement is a named prepared statement of the connection's session,
-  prepared in the batch that first needs it (psycopg prepares a statement after
-  its fifth run; these run thousands of times);
+- each of the engine's own statements is a named prepared statement of the
+  connection's session, prepared in the batch that first needs it (psycopg
+  prepares a statement after its fifth run; these run thousands of times); an
+  ad-hoc one (a listing, a poll, an ``IN`` list of any length) is sent unprepared,
+  so the session's names stay the engine's hundred or so;
 - a failed statement raises psycopg's own exception for its error, with its
   SQLSTATE and diagnostics; the statements after it in the batch are not run
   (the server aborts the rest of the pipeline), and the transaction is left
@@ -46,11 +48,12 @@ IDLE = pq.TransactionStatus.IDLE  # no transaction open on the connection
 class Statement:
     """One statement of a batch: SQL in the ``format`` paramstyle (``%s``) and its
     values; ``many`` runs it once per row of values. No values (``None``) sends the
-    SQL as it is (``BEGIN``, ``COMMIT``)."""
+    SQL as it is (``BEGIN``, ``COMMIT``); ``prepare`` False sends it unprepared."""
 
     sql: str
     args: Any
     many: bool = False
+    prepare: bool = True
 
 
 class Result:
@@ -149,7 +152,8 @@ class Session:
             for args in statement.args if statement.many else (statement.args,):
                 values = tx.dump_sequence(args, [_AUTO] * len(args))
                 key: _Key = (statement.sql, tx.types or ())
-                name = self._names.get(key) or fresh.get(key)
+                known = self._names.get(key) or fresh.get(key)
+                name = known if statement.prepare else b""  # b"": sent unprepared
                 prepare = name is None and len(self._names) + len(fresh) < self.PREPARED_MAX
                 if prepare:
                     name = fresh[key] = f"paychaos_{next(self._named)}".encode()

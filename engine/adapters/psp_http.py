@@ -29,7 +29,7 @@ import httpx
 
 from engine.adapters import stripe_dialect as dialect
 from engine.domain.breaker import RETRYABLE_STATUS, CircuitBreaker, CircuitState, is_failure
-from engine.domain.provider import ProviderCall, ProviderOutcome
+from engine.domain.provider import EventPage, EventQuery, ProviderCall, ProviderOutcome
 
 __all__ = [
     "RETRYABLE_STATUS", "CircuitBreaker", "CircuitState", "HttpProvider", "ProviderStats",
@@ -66,7 +66,8 @@ class ProviderStats:
 
 
 class HttpProvider:
-    """The engine's provider over HTTP: ``call`` performs, ``lookup`` asks what happened."""
+    """The engine's provider over HTTP: ``call`` performs, ``lookup`` asks what happened,
+    ``list_events`` lists the provider's events (an ``EventFeed``)."""
 
     def __init__(
         self,
@@ -113,6 +114,11 @@ class HttpProvider:
         if status != 200 or body is None:
             return dialect.UNKNOWN  # the lookup itself failed: still unknown
         return dialect.outcome_from_lookup(call, body)
+
+    def list_events(self, query: EventQuery) -> EventPage:
+        """One page of the provider's events (``EventFeed``), retried and broken as calls are."""
+        status, body = self._send("GET", dialect.EVENTS_PATH, dialect.events_params(query), None)
+        return dialect.event_page(status, body)
 
     def _send(
         self, method: str, path: str, params: Mapping[str, str], key: str | None

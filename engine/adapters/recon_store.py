@@ -14,8 +14,9 @@ Reads (one connection, inside the caller's unit of work):
   refund is its ``refunds`` row once succeeded (reference ``provider_refund_id``,
   fee 0: the engine books none and expects none, time of the last update). A
   payout is its ``payouts`` row once the provider took it (in transit, paid or
-  failed; time of creation), and a failed one is also a payout reversal (time of
-  the failure).
+  failed; timed when the engine learned the provider took it, ``taken_at``, which
+  a payout resent after a timeout reaches minutes after its creation), and a
+  failed one is also a payout reversal (time of the failure).
 - ``bank_payouts``: payouts the engine knows landed (``paid`` with ``arrived_at``).
 
 Each is read for a span of time and for the provider references a report names,
@@ -38,9 +39,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection
 
 from engine.adapters import schema as t
+from engine.adapters.direct import Direct
 from engine.domain.ledger import PROVIDER_FEES, PSP_CLEARING
 from engine.domain.reconciliation import BankPayout, LedgerMovement, MovementKind
 
@@ -75,9 +76,7 @@ def _span(column: sa.ColumnElement[Any], start_at: datetime, end_at: datetime) -
 # --- movements ------------------------------------------------------------------------
 
 
-def _journal_movements(
-    c: Connection, condition: Condition
-) -> dict[tuple[str, str], LedgerMovement]:
+def _journal_movements(c: Direct, condition: Condition) -> dict[tuple[str, str], LedgerMovement]:
     j, e, p = t.ledger_journals.c, t.ledger_entries.c, t.payments.c
 
     def total(account: str, side: str) -> sa.ColumnElement[Any]:
@@ -116,7 +115,7 @@ def _journal_movements(
     return found
 
 
-def _refund_movements(c: Connection, condition: Condition) -> dict[tuple[str, str], LedgerMovement]:
+def _refund_movements(c: Direct, condition: Condition) -> dict[tuple[str, str], LedgerMovement]:
     r = t.refunds.c
     query = sa.select(
         r.id, r.payment_id, r.provider_refund_id, r.currency, r.amount_minor, r.updated_at
@@ -130,16 +129,16 @@ def _refund_movements(c: Connection, condition: Condition) -> dict[tuple[str, st
     return found
 
 
-def _payout_movements(c: Connection, condition: Condition) -> dict[tuple[str, str], LedgerMovement]:
+def _payout_movements(c: Direct, condition: Condition) -> dict[tuple[str, str], LedgerMovement]:
     po = t.payouts.c
     query = sa.select(
         po.id, po.provider_payout_id, po.currency, po.amount_minor, po.status,
-        po.created_at, po.updated_at,
+        _payout_taken_at(), po.updated_at,
     ).where(po.provider_payout_id.is_not(None), po.status.in_(PAYOUT_TAKEN), condition)  # fmt: skip
     found: dict[tuple[str, str], LedgerMovement] = {}
-    for payout_id, ref, currency, amount, status, created_at, updated_at in c.execute(query):
+    for payout_id, ref, currency, amount, status, taken_at, updated_at in c.execute(query):
         found[("payout", payout_id)] = LedgerMovement(
-            ref, None, K.PAYOUT, currency, int(amount), None, created_at
+            ref, None, K.PAYOUT, currency, int(amount), None, taken_at
         )
         if status == "failed":
             found[("payout_reversal", payout_id)] = LedgerMovement(
@@ -148,13 +147,21 @@ def _payout_movements(c: Connection, condition: Condition) -> dict[tuple[str, st
     return found
 
 
-Reader = Callable[[Connection, Condition], dict[tuple[str, str], LedgerMovement]]
+def _payout_taken_at() -> sa.ColumnElement[Any]:
+    """When the engine learned the provider took a payout (its creation for payouts
+    from before that was kept)."""
+    po = t.payouts.c
+    return sa.func.coalesce(po.taken_at, po.created_at).label("taken_at")
+
+
+Reader = Callable[[Direct, Condition], dict[tuple[str, str], LedgerMovement]]
 
 
 def _readers(start_at: datetime, end_at: datetime) -> list[tuple[Reader, Condition, Any, set[K]]]:
     """(reader, its span condition, the column a reference is, the kinds it serves)."""
     j, r, po, p = t.ledger_journals.c, t.refunds.c, t.payouts.c, t.payments.c
-    payout_span = sa.or_(_span(po.created_at, start_at, end_at),
+    taken_at = sa.func.coalesce(po.taken_at, po.created_at)
+    payout_span = sa.or_(_span(taken_at, start_at, end_at),
                          _span(po.updated_at, start_at, end_at))  # fmt: skip
     return [
         (_journal_movements, _span(j.created_at, start_at, end_at), p.provider_payment_id,
@@ -166,7 +173,7 @@ def _readers(start_at: datetime, end_at: datetime) -> list[tuple[Reader, Conditi
     ]  # fmt: skip
 
 
-def _fees_learned_later(c: Connection, payment_ids: Collection[str]) -> dict[str, int]:
+def _fees_learned_later(c: Direct, payment_ids: Collection[str]) -> dict[str, int]:
     """Fees booked after their capture (``provider_fee`` journals), per payment."""
     j, e = t.ledger_journals.c, t.ledger_entries.c
     signed = sa.case((e.side == "D", e.amount_minor), else_=-e.amount_minor)
@@ -182,7 +189,7 @@ def _fees_learned_later(c: Connection, payment_ids: Collection[str]) -> dict[str
     return fees
 
 
-def _with_later_fees(c: Connection, found: dict[tuple[str, str], LedgerMovement]) -> None:
+def _with_later_fees(c: Direct, found: dict[tuple[str, str], LedgerMovement]) -> None:
     charges = {key: m for key, m in found.items() if m.kind is K.CHARGE and m.payment_id}
     later = _fees_learned_later(c, {str(m.payment_id) for m in charges.values()})
     for key, movement in charges.items():
@@ -192,7 +199,7 @@ def _with_later_fees(c: Connection, found: dict[tuple[str, str], LedgerMovement]
 
 
 def movements(
-    c: Connection,
+    c: Direct,
     start_at: datetime,
     end_at: datetime,
     refs: Mapping[MovementKind, Collection[str]],
@@ -210,7 +217,7 @@ def movements(
 
 
 def bank_payouts(
-    c: Connection, start_at: datetime, end_at: datetime, refs: Collection[str]
+    c: Direct, start_at: datetime, end_at: datetime, refs: Collection[str]
 ) -> list[BankPayout]:
     """Payouts that landed in ``[start_at, end_at)`` or carry one of ``refs``."""
     po = t.payouts.c
@@ -229,7 +236,7 @@ def bank_payouts(
     ]
 
 
-def ledger_currency(c: Connection, kind: str | None, provider_ref: str) -> str | None:
+def ledger_currency(c: Direct, kind: str | None, provider_ref: str) -> str | None:
     """The currency the engine booked a movement in, found by its provider reference."""
     if kind in (K.REFUND, K.REFUND.value):
         r = t.refunds.c
@@ -247,25 +254,25 @@ def ledger_currency(c: Connection, kind: str | None, provider_ref: str) -> str |
 # --- runs, matched rows, exceptions -----------------------------------------------------
 
 
-def _insert_ignoring_existing(c: Connection, table: sa.Table, rows: Sequence[Row]) -> None:
+def _insert_ignoring_existing(c: Direct, table: sa.Table, rows: Sequence[Row]) -> None:
     if rows:
         insert: Any = _INSERTS[c.dialect.name](table)
         c.execute(insert.on_conflict_do_nothing(), list(rows))
 
 
-def insert_run(c: Connection, row: Row) -> None:
+def insert_run(c: Direct, row: Row) -> None:
     c.execute(t.recon_runs.insert(), row)
 
 
-def insert_settlement_rows(c: Connection, rows: Sequence[Row]) -> None:
+def insert_settlement_rows(c: Direct, rows: Sequence[Row]) -> None:
     _insert_ignoring_existing(c, t.settlement_rows, rows)
 
 
-def insert_exceptions(c: Connection, rows: Sequence[Row]) -> None:
+def insert_exceptions(c: Direct, rows: Sequence[Row]) -> None:
     _insert_ignoring_existing(c, t.recon_exceptions, rows)
 
 
-def existing_dedupe_keys(c: Connection, keys: Collection[str]) -> set[str]:
+def existing_dedupe_keys(c: Direct, keys: Collection[str]) -> set[str]:
     x = t.recon_exceptions.c
     found: set[str] = set()
     for batch in _batches(keys):
@@ -273,7 +280,7 @@ def existing_dedupe_keys(c: Connection, keys: Collection[str]) -> set[str]:
     return found
 
 
-def last_window_end(c: Connection, source: str) -> datetime | None:
+def last_window_end(c: Direct, source: str) -> datetime | None:
     """Where the last run from ``source`` stopped: the next one starts there."""
     r = t.recon_runs.c
     found: datetime | None = c.execute(
@@ -282,7 +289,7 @@ def last_window_end(c: Connection, source: str) -> datetime | None:
     return found
 
 
-def exception(c: Connection, exception_id: str, *, lock: bool = False) -> Row | None:
+def exception(c: Direct, exception_id: str, *, lock: bool = False) -> Row | None:
     query = sa.select(t.recon_exceptions).where(t.recon_exceptions.c.id == exception_id)
     if lock and c.dialect.name == "postgresql":
         query = query.with_for_update()
@@ -290,13 +297,13 @@ def exception(c: Connection, exception_id: str, *, lock: bool = False) -> Row | 
     return None if row is None else dict(row)
 
 
-def resolve_exception(c: Connection, exception_id: str, **values: Any) -> None:
+def resolve_exception(c: Direct, exception_id: str, **values: Any) -> None:
     x = t.recon_exceptions
     statement = x.update().where(x.c.id == exception_id, x.c.status == "open").values(**values)
     assert c.execute(statement).rowcount == 1, f"exception {exception_id} was not open"
 
 
-def exceptions(c: Connection, status: str | None, category: str | None, limit: int) -> list[Row]:
+def exceptions(c: Direct, status: str | None, category: str | None, limit: int) -> list[Row]:
     """Oldest first; ``status``/``category`` None: any."""
     assert 0 < limit <= LIST_LIMIT_MAX, limit
     x = t.recon_exceptions.c
@@ -309,15 +316,36 @@ def exceptions(c: Connection, status: str | None, category: str | None, limit: i
     return [dict(row) for row in c.execute(query).mappings()]
 
 
-def runs(c: Connection, limit: int) -> list[Row]:
+def runs(c: Direct, limit: int) -> list[Row]:
     assert 0 < limit <= LIST_LIMIT_MAX, limit
     r = t.recon_runs.c
     query = sa.select(t.recon_runs).order_by(r.created_at, r.id).limit(limit)
     return [dict(row) for row in c.execute(query).mappings()]
 
 
+def owed_rows(c: Direct, keys: Collection[tuple[str, str]], paired_reason: str) -> list[Row]:
+    """The rows (``reported_row``) of ``missing_in_ledger`` exceptions about one of
+    ``keys`` (kind, provider reference), open or closed by a pairing (their reason
+    starts with ``paired_reason``: a window run again pairs them again): what earlier
+    runs found the ledger lacked."""
+    x = t.recon_exceptions.c
+    wanted = set(keys)
+    found: list[Row] = []
+    paired = x.resolution_reason.startswith(paired_reason, autoescape=True)
+    owed = sa.or_(x.status == "open", paired)
+    for batch in _batches({ref for _, ref in wanted}):
+        query = sa.select(x.kind, x.provider_ref, x.reported_row).where(
+            x.provider_ref.in_(batch), owed, x.category == "missing_in_ledger",
+            x.party == "ledger", x.reported_row.is_not(None),
+        ).order_by(x.id)  # fmt: skip
+        found.extend(
+            row for kind, ref, row in c.execute(query) if (kind, ref) in wanted and row is not None
+        )
+    return found
+
+
 def open_exceptions_of_rows(
-    c: Connection, balance_transaction_ids: Collection[str], categories: Collection[str]
+    c: Direct, balance_transaction_ids: Collection[str], categories: Collection[str]
 ) -> list[str]:
     """Ids of the open exceptions of ``categories`` raised about these report rows."""
     x = t.recon_exceptions.c

@@ -408,6 +408,8 @@ payouts = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("arrived_at", UTCDateTime, nullable=True),
+    # When the engine learned the provider took it: its movement's time for reconciliation.
+    sa.Column("taken_at", UTCDateTime, nullable=True),
     sa.CheckConstraint("amount_minor > 0", name="amount_positive"),
     sa.CheckConstraint(
         "status IN ('pending', 'unknown', 'in_transit', 'paid', 'failed')", name="status_valid"
@@ -472,7 +474,19 @@ recon_exceptions = sa.Table(
     sa.Column("journal_id", Id, nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("resolved_at", UTCDateTime, nullable=True),
+    # A missing_in_ledger's row (``settlement.row_document``): a later run pairs it.
+    sa.Column("reported_row", sa.JSON, nullable=True),
     sa.CheckConstraint("status IN ('open', 'resolved')", name="status_valid"),
     sa.UniqueConstraint("dedupe_key"),
     sa.Index("ix_recon_exceptions_status", "status", "category"),
+)
+
+# The event catch-up's cursor, per provider feed (``engine.workers.events``): every event
+# created before ``read_to_at`` was listed and taken through the webhook intake.
+event_cursors = sa.Table(
+    "event_cursors",
+    metadata,
+    sa.Column("feed", sa.String(64), primary_key=True),
+    sa.Column("read_to_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
 )

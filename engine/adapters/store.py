@@ -4,12 +4,16 @@ Service steps speak to a ``Store`` opened on one transaction; they never build
 SQL themselves. Payment rows are read ``FOR UPDATE`` on PostgreSQL, so steps on
 one payment serialize; SQLite serializes every writer with BEGIN IMMEDIATE.
 
-The hot statements are built once, with bind parameters, and rows go in as
-execution parameters: building a statement per call (``.values(**row)``) cost
-more than running it. On SQLite they run on the driver's connection
-(``engine.adapters.direct``): SQLAlchemy's own execution cost several times
-what SQLite did. A unique-index race raises ``RetryStep`` without a
-savepoint: the step's whole transaction is rolled back and run again anyway.
+A store is opened on a unit of work's ``Direct`` (``engine.adapters.direct``),
+the one path of its statements, on either dialect: SQLAlchemy compiles them, and
+the driver runs them (SQLAlchemy's own execution cost several times what SQLite
+did). The hot statements are built once, with bind parameters, and rows go in
+as execution parameters: building a statement per call (``.values(**row)``) cost
+more than running it. The others (listings, the workers' polls) are built per
+call and run as ad-hoc statements (``Direct.execute``), on the same path. A
+unique-index race raises ``RetryStep`` without a savepoint: the step's whole
+transaction is rolled back and run again anyway. ``Store.commit`` is the unit's
+commit (``Direct.commit``, where the database's fault port is asked).
 
 A step's first reads are declared as data, a read set (``CommandReads``,
 ``AttemptReads``, ``EventReads``), and ``Store.load`` answers them by name
@@ -28,11 +32,10 @@ from typing import Any, overload
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection
 
 from engine.adapters import schema as t
-from engine.adapters.database import Database, before_commit
-from engine.adapters.direct import FAST_PROCESSORS, Direct, RaceLost
+from engine.adapters.database import Database
+from engine.adapters.direct import FAST_PROCESSORS, Direct, RaceLost, Result
 from engine.domain import lifecycles
 from engine.domain.ledger import Journal
 from engine.domain.lifecycles import KEY_MOVES, OPEN_PAYOUT, AttemptStatus, InboxStatus, KeyStatus
@@ -212,8 +215,8 @@ def _attempts_of(kinds_count: int, statuses_count: int) -> sa.Select[Any]:
     return query
 
 
-# Module-level statements live as long as the process: on SQLite they run on the
-# driver's connection (``Direct``); any other statement goes through SQLAlchemy.
+# Module-level statements live as long as the process: each is compiled once
+# (``Direct``'s prebuilt statements); any other is an ad-hoc one (``Direct.execute``).
 _PREBUILT: set[int] = {
     id(statement)
     for statement in (
@@ -358,20 +361,21 @@ class StoreCore:
     read sets loaded in one trip, deferred writes), and a payment's rows and first reads.
     The other aggregates' rows are the classes below it; ``Store`` composes them."""
 
-    def __init__(self, connection: Connection, *, explicit_begin: bool = False):
-        self.c = connection
-        self._lock = connection.dialect.name == "postgresql"
-        self._direct = Direct(connection, explicit_begin=explicit_begin)
+    def __init__(self, unit: Direct):
+        self._direct = unit
+        self._dialect = unit.dialect.name
+        self._lock = self._dialect == "postgresql"
 
     def commit(self) -> None:
-        before_commit(self.c)  # the database's fault port (none in production)
+        """The unit's one commit path (the database's fault port is asked there)."""
         self._direct.commit()
-        self.c.commit()
 
-    def _execute(self, statement: sa.Executable) -> sa.CursorResult[Any]:
-        """Through SQLAlchemy, after any deferred write (statements run in order)."""
-        self._direct.flush()
-        return self.c.execute(statement)
+    def _execute(self, statement: sa.Executable) -> Result:
+        """An ad-hoc statement, after any deferred write (statements run in order)."""
+        return self._direct.execute(statement)
+
+    def _rows(self, statement: sa.Executable) -> list[Row]:
+        return self._direct.execute(statement).mappings().all()
 
     @property
     def locks_rows(self) -> bool:
@@ -455,15 +459,12 @@ class StoreCore:
     def _one(self, query: sa.Select[Any], params: Mapping[str, Any] | None = None) -> Row | None:
         if id(query) in _PREBUILT:
             return self._direct.one(query, params or {})
-        self._direct.flush()
-        row = self.c.execute(query, params).mappings().first()
-        return dict(row) if row is not None else None
+        return self._direct.execute(query, params).mappings().first()
 
     def _all(self, query: sa.Select[Any], params: Mapping[str, Any]) -> list[Row]:
         if id(query) in _PREBUILT:
             return self._direct.all(query, params)
-        self._direct.flush()
-        return [dict(row) for row in self.c.execute(query, params).mappings()]
+        return self._direct.execute(query, params).mappings().all()
 
     def _write(
         self,
@@ -548,7 +549,7 @@ class StoreCore:
         if order_id is not None:
             query = query.where(t.payments.c.order_id == order_id)
         query = query.order_by(t.payments.c.created_at, t.payments.c.id).limit(limit).offset(offset)
-        return [dict(row) for row in self._execute(query).mappings()]
+        return self._rows(query)
 
 
 class MarketRows(StoreCore):
@@ -582,7 +583,7 @@ class MarketRows(StoreCore):
         """Move a wallet's balances by the given amounts (the ledger moved them too)."""
         row = {"owner_id": owner_id, "currency": currency, "pending_minor": pending_minor,
                "available_minor": available_minor, "updated_at": at}  # fmt: skip
-        self._write(_WALLET_UPSERT[self.c.dialect.name], row)
+        self._write(_WALLET_UPSERT[self._dialect], row)
 
     def wallet(self, owner_id: str, currency: str, *, lock: bool = False) -> Row | None:
         query = _WALLET_LOCKED if lock and self._lock else _WALLET
@@ -613,26 +614,23 @@ class MarketRows(StoreCore):
             .order_by(due_at, p.id)
             .limit(limit)
         )  # fmt: skip
-        return [dict(row) for row in self._execute(query).mappings()]
+        return self._rows(query)
 
     def payouts_of(self, seller_id: str | None, limit: int) -> list[Row]:
         p = t.payouts
         query = sa.select(p).order_by(p.c.created_at, p.c.id).limit(limit)
         if seller_id is not None:
             query = query.where(p.c.seller_id == seller_id)
-        return [dict(row) for row in self._execute(query).mappings()]
+        return self._rows(query)
 
     def wallets(self) -> list[Row]:
         w = t.wallets
-        return [
-            dict(row)
-            for row in self._execute(sa.select(w).order_by(w.c.owner_id, w.c.currency)).mappings()
-        ]
+        return self._rows(sa.select(w).order_by(w.c.owner_id, w.c.currency))
 
     def fee_pending_payments(self, limit: int) -> list[Row]:
         pay = t.payments
         query = sa.select(pay).where(pay.c.fee_pending == sa.true()).order_by(pay.c.id).limit(limit)
-        return [dict(row) for row in self._execute(query).mappings()]
+        return self._rows(query)
 
 
 class AttemptRows(StoreCore):
@@ -674,7 +672,7 @@ class AttemptRows(StoreCore):
             .order_by(t.attempts.c.updated_at, t.attempts.c.id)
             .limit(limit)
         )
-        return [dict(row) for row in self._execute(query).mappings()]
+        return self._rows(query)
 
     def due_attempts(self, now: datetime | None, limit: int) -> list[Row]:
         """Attempts recovery looks up whose scheduled lookup is due (an unscheduled one:
@@ -688,7 +686,7 @@ class AttemptRows(StoreCore):
             .order_by(due_at, a.id)
             .limit(limit)
         )
-        return [dict(row) for row in self._execute(query).mappings()]
+        return self._rows(query)
 
     def review_attempts(self, limit: int) -> list[Row]:
         a = t.attempts.c
@@ -698,7 +696,7 @@ class AttemptRows(StoreCore):
             .order_by(a.updated_at, a.id)
             .limit(limit)
         )
-        return [dict(row) for row in self._execute(query).mappings()]
+        return self._rows(query)
 
     def insert_refund(self, row: Row) -> None:
         self._insert(t.refunds, row)
@@ -782,7 +780,7 @@ class KeyRows(StoreCore):
         w = t.webhook_inbox.c
         dead = w.status == InboxStatus.DEAD.value
         query = sa.select(t.webhook_inbox).where(dead).order_by(w.id).limit(limit)
-        return [dict(row) for row in self._execute(query).mappings()]
+        return self._rows(query)
 
     def update_inbox(self, inbox_id: int, **values: Any) -> None:
         self._write(_UPDATE_INBOX, {"b_id": inbox_id, **values}, rowcount_expected=1)
@@ -828,19 +826,16 @@ class LedgerRows(StoreCore):
 
     def journals_of(self, payment_id: str) -> list[tuple[Row, list[Row]]]:
         j, e = t.ledger_journals, t.ledger_entries
-        journals = [
-            dict(row)
-            for row in self._execute(
-                sa.select(j)
-                .where(j.c.payment_id == payment_id)
-                .order_by(j.c.created_at, j.c.history_seq, j.c.id)
-            ).mappings()
-        ]
+        journals = self._rows(
+            sa.select(j)
+            .where(j.c.payment_id == payment_id)
+            .order_by(j.c.created_at, j.c.history_seq, j.c.id)
+        )
         entries: dict[str, list[Row]] = {journal["id"]: [] for journal in journals}
         if journals:
             query = sa.select(e).where(e.c.journal_id.in_(list(entries))).order_by(e.c.id)
-            for row in self._execute(query).mappings():
-                entries[row["journal_id"]].append(dict(row))
+            for row in self._rows(query):
+                entries[row["journal_id"]].append(row)
         return [(journal, entries[journal["id"]]) for journal in journals]
 
     def account_balances(self, accounts: Sequence[str]) -> list[tuple[str, str, int]]:
@@ -871,7 +866,7 @@ class LedgerRows(StoreCore):
     def unpublished_outbox(self, limit: int) -> list[Row]:
         o = t.outbox.c
         query = sa.select(t.outbox).where(o.published_at.is_(None)).order_by(o.id).limit(limit)
-        return [dict(row) for row in self._execute(query).mappings()]
+        return self._rows(query)
 
     def mark_outbox_published(self, ids: Sequence[int], at: datetime) -> None:
         if ids:
@@ -886,5 +881,5 @@ class Store(AttemptRows, MarketRows, KeyRows, LedgerRows):
 
 @contextmanager
 def unit_of_work(database: Database) -> Iterator[Store]:
-    with database.transaction(explicit_begin=True) as connection:
-        yield Store(connection, explicit_begin=database.sends_begin)
+    with database.transaction() as unit:
+        yield Store(unit)

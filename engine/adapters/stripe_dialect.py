@@ -23,6 +23,8 @@ from typing import Any
 
 from engine.domain.provider import (
     CallKind,
+    EventPage,
+    EventQuery,
     EventType,
     OutcomeStatus,
     ProviderCall,
@@ -241,6 +243,44 @@ ENABLED_EVENTS: tuple[str, ...] = (
     *_INTENT_EVENTS, "refund.created", "refund.updated", "charge.dispute.*",
     "payout.paid", "payout.failed",
 )  # fmt: skip
+
+# The event types the engine acts on, by name: what the event catch-up lists
+# (``GET /v1/events`` takes at most 20 names in ``types``, without wildcards). A
+# dispute's other events (updated, funds withdrawn or reinstated) change nothing.
+CAUGHT_UP_EVENTS: tuple[str, ...] = (
+    *_INTENT_EVENTS, "refund.created", "refund.updated", "charge.dispute.created",
+    "charge.dispute.closed", "payout.paid", "payout.failed",
+)  # fmt: skip
+EVENTS_PATH = "/v1/events"
+EVENT_TYPES_LISTED_MAX = 20
+
+
+def events_params(query: EventQuery) -> dict[str, str]:
+    """The query string of ``GET /v1/events`` for one page of ``query``."""
+    assert 0 < len(query.types) <= EVENT_TYPES_LISTED_MAX and 0 < query.limit <= 100
+    params = {
+        "created[gte]": str(query.created_gte_s),
+        "created[lt]": str(query.created_lt_s),
+        "limit": str(query.limit),
+        **{f"types[{index}]": kind for index, kind in enumerate(query.types)},
+    }
+    if query.starting_after is not None:
+        params["starting_after"] = query.starting_after
+    return params
+
+
+def event_page(status: int | None, body: Mapping[str, Any] | None) -> EventPage:
+    """What an answer to ``GET /v1/events`` lists (``status=None``: no answer came)."""
+    if status is None or body is None:
+        return EventPage(failure="no_answer")
+    if status != 200:
+        return EventPage(failure=f"http_{status}")
+    data = body.get("data")
+    if body.get("object") != "list" or not isinstance(data, list):
+        return EventPage(failure="not_a_list")
+    if not all(isinstance(event, Mapping) and isinstance(event.get("id"), str) for event in data):
+        return EventPage(failure="not_a_list")
+    return EventPage(tuple(data), body.get("has_more") is True)
 
 
 def _dispute_fee_minor(kind: str, dispute: Mapping[str, Any]) -> int:

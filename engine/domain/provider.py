@@ -4,14 +4,17 @@ The engine never performs a provider call. A ``begin_*`` step returns a
 ``ProviderCall``; the driver (simpy process, HTTP worker, test) performs it and
 hands the ``ProviderOutcome`` to the matching ``complete_*`` step. Webhooks
 arrive as ``ProviderEvent``s. All three are neutral of any provider's dialect:
-the adapters translate.
+the adapters translate. The events whose webhooks never came are listed through
+an ``EventFeed`` (``engine.workers.events``), a page at a time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any, Protocol
 
 
 class CallKind(StrEnum):
@@ -104,3 +107,30 @@ class ProviderEvent:
     decline_code: str | None = None
     payout_id: str | None = None  # the engine's payout id, from the payout's metadata
     provider_payout_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    """One page of the provider's events: of ``types``, created in ``[created_gte_s,
+    created_lt_s)`` (Unix seconds), newest first, after the event ``starting_after``."""
+
+    types: tuple[str, ...]
+    created_gte_s: int
+    created_lt_s: int
+    limit: int
+    starting_after: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    """The provider's events as it sent them (its dialect: translated when taken), newest
+    first, and whether more match; or, with ``failure``, why no page came (``no_answer``,
+    ``http_503``, ...): nothing was listed."""
+
+    events: tuple[Mapping[str, Any], ...] = ()
+    has_more: bool = False
+    failure: str | None = None
+
+
+class EventFeed(Protocol):
+    def list_events(self, query: EventQuery) -> EventPage: ...

@@ -56,6 +56,15 @@ Matching rules
    lacks is one ``missing_in_ledger`` whatever the bank says; a landed payout
    neither reported nor booked (arrived in the window) is ``missing_in_ledger``
    with party ``bank``.
+7. Owed rows. A row an earlier run found ``missing_in_ledger``, still open, is
+   passed in ``owed`` (the service keeps the row with its exception). The run
+   of the window holding its movement pairs the two, however long after the row
+   the ledger booked it: compared as rule 4 says (never ``outside_window``: the
+   distance is known, it is how late the ledger learned), a ``Match`` when they
+   agree. Either way the row's balance transaction is in ``paired_late``, and
+   the service closes the earlier ``missing_in_ledger`` ("booked late"). An
+   owed row wins over a row of this report with its key and another balance
+   transaction (that one is a duplicate). Owed rows raise nothing themselves.
 
 Tolerances
 ----------
@@ -69,9 +78,8 @@ Tolerances
   have landed, judged at ``end_at``.
 - ``booking_lag_s`` (0): how long after the provider moved money the ledger may
   book it (see rule 2); a movement booked later than that after its row is
-  ``outside_window`` (or, when its row's window ran before the booking, that
-  run's ``missing_in_ledger``, which the service closes when a later run
-  matches the pair).
+  ``outside_window``, unless its row's window ran before the booking: that run
+  said ``missing_in_ledger``, and the row is owed (rule 7).
 
 Categories are the seven of issue 6 plus ``missing_at_bank``, which only the
 three-way payout check gives.
@@ -87,7 +95,7 @@ the ledger's, report's and bank's amounts and currencies, and a short detail.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -221,6 +229,8 @@ class ReconciliationException:
     balance_transaction_id: str | None = None
     bank_minor: int | None = None
     bank_currency: str | None = None
+    # The report's row, kept with a ``missing_in_ledger`` so a later run can pair it.
+    row: SettlementRow | None = field(default=None, compare=False, repr=False)
 
     @property
     def currency(self) -> str | None:
@@ -244,6 +254,8 @@ class ReconciliationResult:
     matched: tuple[Match, ...]
     exceptions: tuple[ReconciliationException, ...]
     payouts_in_transit: tuple[str, ...]  # reported, booked, not yet due at the bank
+    # Owed rows (rule 7) this run paired with their late booking, by balance transaction.
+    paired_late: tuple[str, ...] = ()
 
     @property
     def clean(self) -> bool:
@@ -331,6 +343,7 @@ def _exception(
         balance_transaction_id=None if row is None else row.balance_transaction_id,
         bank_minor=None if bank is None else bank.amount_minor,
         bank_currency=None if bank is None else bank.currency,
+        row=row if category is ExceptionCategory.MISSING_IN_LEDGER else None,
     )
 
 
@@ -520,7 +533,10 @@ def _near(movement: LedgerMovement, row: SettlementRow, tolerances: Tolerances) 
 class _Run:
     """The accumulating outputs of one ``reconcile`` call; never outlives it."""
 
-    __slots__ = ("bank_by_id", "exceptions", "in_transit", "matched", "reversed", "tol", "window")
+    __slots__ = (
+        "bank_by_id", "exceptions", "in_transit", "matched", "owed", "paired_late", "reversed",
+        "tol", "window",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -528,17 +544,42 @@ class _Run:
         tolerances: Tolerances,
         bank_by_id: dict[str, BankPayout],
         reversed_payouts: set[str],
+        owed: dict[Key, SettlementRow],
     ) -> None:
         self.window = window
         self.tol = tolerances
         self.bank_by_id = bank_by_id
         self.reversed = reversed_payouts
+        self.owed = owed
         self.matched: list[Match] = []
         self.exceptions: list[ReconciliationException] = []
         self.in_transit: list[str] = []
+        self.paired_late: list[str] = []
 
     def movement(self, movement: LedgerMovement, row: SettlementRow | None) -> None:
         window = self.window
+        owed = self.owed.get(movement.key)
+        if owed is not None and window.holds(movement.at):
+            # Found missing by the run of its row's window, booked since: one movement.
+            self.paired_late.append(owed.balance_transaction_id)
+            self._pair(movement, owed)
+            if (
+                row is not None
+                and row.balance_transaction_id != owed.balance_transaction_id
+                and window.holds(row.created_at)
+            ):
+                detail = (
+                    f"{_what(*movement.key)} is reported again by {row.balance_transaction_id} "
+                    f"({row.source or 'row'}); first by {owed.balance_transaction_id}"
+                )
+                self.exceptions.append(_exception(ExceptionCategory.DUPLICATE, detail, row=row))
+            return
+        if (
+            owed is not None
+            and row is not None
+            and (row.balance_transaction_id == owed.balance_transaction_id)
+        ):
+            return  # an owed row read again: its movement's run pairs it
         if not window.holds(movement.at):
             # Its own run compares the pair; this one speaks only of a row in this
             # window that the ledger booked far from it.
@@ -637,20 +678,30 @@ def reconcile(
     bank_payouts: Sequence[BankPayout],
     window: ReconciliationWindow,
     tolerances: Tolerances | None = None,
+    owed: Sequence[SettlementRow] = (),
 ) -> ReconciliationResult:
-    """Match the ledger against the report (and payouts against the bank); see the
-    module docstring for the rules. Pure and deterministic."""
-    _check_sizes(movements=movements, rows=rows, bank_payouts=bank_payouts)
+    """Match the ledger against the report (and payouts against the bank), pairing
+    ``owed`` rows with their late bookings; see the module docstring for the rules.
+    Pure and deterministic."""
+    _check_sizes(movements=movements, rows=rows, bank_payouts=bank_payouts, owed=owed)
     rows_by_key, uncategorised, row_duplicates = _primary_rows(rows, window)
     primary, movement_duplicates = _primary_movements(movements, window)
     bank_by_id, bank_duplicates = _primary_bank(bank_payouts, window)
     reversed_payouts = {ref for kind, ref in rows_by_key if kind is MovementKind.PAYOUT_REVERSAL}
-    run = _Run(window, tolerances or Tolerances(), bank_by_id, reversed_payouts)
+    owed_by_key = {
+        row_key(row): row
+        for row in sorted(owed, key=lambda row: (row.created_at, row.balance_transaction_id))
+        if row_kind(row) is not None
+    }
+    run = _Run(window, tolerances or Tolerances(), bank_by_id, reversed_payouts, owed_by_key)
     run.exceptions += row_duplicates + movement_duplicates + bank_duplicates
     for movement in primary:
         run.movement(movement, rows_by_key.get(movement.key))
     booked = {movement.key for movement in primary}
     for key, row in rows_by_key.items():
+        owed_row = owed_by_key.get(key)
+        if owed_row is not None and owed_row.balance_transaction_id == row.balance_transaction_id:
+            continue  # found missing already, still open: nothing new to say
         if key not in booked and window.holds(row.created_at):
             run.missing_in_ledger(row)
     for row in uncategorised:
@@ -665,4 +716,7 @@ def reconcile(
         key=lambda m: (m.movement.at, m.movement.provider_ref, m.movement.kind.value),
     )
     exceptions = sorted(run.exceptions, key=ReconciliationException.sort_key)
-    return ReconciliationResult(tuple(matched), tuple(exceptions), tuple(sorted(run.in_transit)))
+    return ReconciliationResult(
+        tuple(matched), tuple(exceptions), tuple(sorted(run.in_transit)),
+        tuple(sorted(run.paired_late)),
+    )  # fmt: skip

@@ -33,7 +33,7 @@ import io
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, NoReturn
@@ -125,6 +125,34 @@ class SettlementRow:
 
     def payment_metadata_value(self, key: str) -> str | None:
         return dict(self.payment_metadata).get(key)
+
+
+_TIMES = ("created_at", "available_on_at")
+_METADATA = ("payment_metadata", "refund_metadata")
+
+
+def row_document(row: SettlementRow) -> dict[str, Any]:
+    """A row as a JSON object that ``row_from_document`` gives back equal (and with its
+    ``source``): how a row is kept with the exception an earlier run raised about it."""
+    document: dict[str, Any] = {}
+    for name in (f.name for f in fields(SettlementRow)):
+        value = getattr(row, name)
+        if name in _TIMES:
+            value = value.isoformat()
+        elif name in _METADATA:
+            value = [list(pair) for pair in value]
+        document[name] = value
+    return document
+
+
+def row_from_document(document: Mapping[str, Any]) -> SettlementRow:
+    """The row ``row_document`` wrote."""
+    values = dict(document)
+    for name in _TIMES:
+        values[name] = datetime.fromisoformat(values[name])
+    for name in _METADATA:
+        values[name] = tuple((str(key), str(value)) for key, value in values[name])
+    return SettlementRow(**values)
 
 
 @dataclass(frozen=True, slots=True)

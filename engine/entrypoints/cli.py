@@ -291,6 +291,13 @@ def serve_engine(
     payout_interval_s: Annotated[
         float, typer.Option(help="Pay every seller's available balance out this often (0: off).")
     ] = 0.0,
+    events_catch_up_s: Annotated[
+        float,
+        typer.Option(
+            help="List the provider's events this often and take those whose webhooks never "
+            "came (a lost dispute, say); 0: off."
+        ),
+    ] = 300.0,
     step_threads: Annotated[
         int,
         typer.Option(
@@ -318,7 +325,8 @@ def serve_engine(
         worker_interval_s=worker_interval_s, recovery_schedule_s=schedule,
         circuit_open_s=circuit_open_s, recon_interval_s=recon_interval_s,
         recon_delay_s=recon_delay_s, payout_interval_s=payout_interval_s,
-        step_threads=step_threads, skip_webhook_verification=insecure_skip_webhook_verification,
+        events_catch_up_s=events_catch_up_s, step_threads=step_threads,
+        skip_webhook_verification=insecure_skip_webhook_verification,
         metrics_host=metrics_host, metrics_port=metrics_port, api_processes=workers,
     )  # fmt: skip
     _refuse_serve_settings(settings, port)

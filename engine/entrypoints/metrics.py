@@ -226,6 +226,14 @@ def _worker_totals(background: BackgroundWorker) -> Iterator[Metric]:
                            ("dead", r.webhooks_dead)):  # fmt: skip
         webhooks.add_metric([outcome], count)
     yield webhooks
+    events = CounterMetricFamily(
+        "paychaos_worker_events", "The event catch-up: provider events listed, taken as new "
+        "(their webhooks never came), and passes a failed listing ended", labels=["outcome"],
+    )  # fmt: skip
+    for outcome, count in (("listed", r.events_listed), ("caught_up", r.events_caught_up),
+                           ("failed_pass", r.event_passes_failed)):  # fmt: skip
+        events.add_metric([outcome], count)
+    yield events
     yield CounterMetricFamily(
         "paychaos_worker_outbox_published", "Outbox events relayed", value=r.published
     )

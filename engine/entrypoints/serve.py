@@ -36,7 +36,7 @@ from engine.entrypoints.metrics import Metrics, MetricsListener
 from engine.entrypoints.system import RandomIds, SystemClock
 from engine.service.engine import RECOVERY_SCHEDULE, EngineSettings, PaymentEngine
 from engine.service.reconciliation import Reconciler
-from engine.workers import BackgroundWorker, InProcessPublisher, Worker, lease_for
+from engine.workers import BackgroundWorker, EventCatchUp, InProcessPublisher, Worker, lease_for
 from engine.workers.inbox import SafetyNetInbox
 from engine.workers.payouts import PayoutScheduler
 from engine.workers.reconciliation import HttpReportSource, ReconciliationWorker
@@ -49,6 +49,11 @@ RECOVERY_STEPS_MAX = 32
 RECOVERY_STEP_S_MAX = 30 * 86_400.0
 RECON_INTERVAL_S_MAX = 7 * 86_400.0
 RECON_LATENESS_S = 300
+# The event catch-up (``engine.workers.events``): a pass this often by default, and at
+# most a day apart (the provider keeps its events 30 days; its retries stop after 3).
+EVENTS_CATCH_UP_S = 300.0
+EVENTS_CATCH_UP_S_MIN = 10.0
+EVENTS_CATCH_UP_S_MAX = 86_400.0
 # Threads for the engine's steps per API process: SQLite has one writer at a time, so
 # more threads only wait; PostgreSQL runs steps side by side while others wait on I/O.
 STEP_THREADS = {"sqlite": 1, "postgresql": 8}
@@ -101,6 +106,8 @@ class ServiceSettings:
     recon_delay_s: float = 3_600.0
     # Scheduled payouts of every seller's available balance (0: off).
     payout_interval_s: float = 0.0
+    # List the provider's events and take those whose webhooks never came (0: off).
+    events_catch_up_s: float = EVENTS_CATCH_UP_S
     # Threads for the engine's steps per process (0: as suits the database, STEP_THREADS).
     step_threads: int = 0
     # Accept unsigned webhooks (tests only): never implied by a missing secret.
@@ -132,6 +139,7 @@ class ServiceSettings:
             recon_interval_s=float(env.get("PAYCHAOS_RECON_INTERVAL_S", "0")),
             recon_delay_s=float(env.get("PAYCHAOS_RECON_DELAY_S", "3600")),
             payout_interval_s=float(env.get("PAYCHAOS_PAYOUT_INTERVAL_S", "0")),
+            events_catch_up_s=float(env.get("PAYCHAOS_EVENTS_CATCH_UP_S", str(EVENTS_CATCH_UP_S))),
             step_threads=int(env.get("PAYCHAOS_STEP_THREADS", "0")),
             skip_webhook_verification=env.get(INSECURE_ENV) == "1",
             metrics_host=env.get("PAYCHAOS_METRICS_HOST", DEFAULT_METRICS_HOST),
@@ -155,6 +163,7 @@ class ServiceSettings:
             "PAYCHAOS_RECON_INTERVAL_S": str(self.recon_interval_s),
             "PAYCHAOS_RECON_DELAY_S": str(self.recon_delay_s),
             "PAYCHAOS_PAYOUT_INTERVAL_S": str(self.payout_interval_s),
+            "PAYCHAOS_EVENTS_CATCH_UP_S": str(self.events_catch_up_s),
             "PAYCHAOS_STEP_THREADS": str(self.step_threads),
             INSECURE_ENV: "1" if self.skip_webhook_verification else "0",
             "PAYCHAOS_METRICS_HOST": self.metrics_host,
@@ -194,6 +203,9 @@ class ServiceSettings:
             return "workers", "between 1 and 64"
         if not (self.payout_interval_s == 0 or 60 <= self.payout_interval_s <= 30 * 86_400):
             return "payout_interval_s", "0 (off), or 60 seconds to 30 days"
+        catch_up = events_catch_up_problem(self.events_catch_up_s)
+        if catch_up is not None:
+            return catch_up
         return recon_problem(self.recon_interval_s, self.recon_delay_s)
 
 
@@ -262,6 +274,22 @@ def build_reconciliation(
     )  # fmt: skip
 
 
+def events_catch_up_problem(every_s: float) -> tuple[str, str] | None:
+    """The event catch-up's interval: off (0), or 10 seconds to a day."""
+    if every_s != 0 and not EVENTS_CATCH_UP_S_MIN <= every_s <= EVENTS_CATCH_UP_S_MAX:
+        return "events_catch_up_s", (
+            f"0 (off), or {EVENTS_CATCH_UP_S_MIN:.0f} to {EVENTS_CATCH_UP_S_MAX:.0f} seconds"
+        )
+    return None
+
+
+def build_catch_up(
+    engine: PaymentEngine, provider: HttpProvider, every_s: float
+) -> EventCatchUp | None:
+    """The event catch-up over the workers' provider (its retries and breaker), when on."""
+    return EventCatchUp(engine, provider, every_s=every_s) if every_s > 0 else None
+
+
 def build_workers(engine: PaymentEngine, settings: ServiceSettings) -> BackgroundWorker:
     """The workers of ``paychaos serve worker``, on a thread, relaying to an in-process consumer."""
     # A provider of their own: lookups retry with the attempt's key (nobody waits on
@@ -272,7 +300,8 @@ def build_workers(engine: PaymentEngine, settings: ServiceSettings) -> Backgroun
         transport=transport_for(settings.psp_url),
     )  # fmt: skip
     reconciliation = build_reconciliation(engine, settings)
-    worker = Worker.assemble(engine, provider, InProcessPublisher(), reconciliation)
+    catch_up = build_catch_up(engine, provider, settings.events_catch_up_s)
+    worker = Worker.assemble(engine, provider, InProcessPublisher(), reconciliation, catch_up)
     # The API applies each delivery as it takes it; the workers pick up what it missed.
     worker.inbox = SafetyNetInbox(
         engine, every_s=max(INBOX_SAFETY_NET_S, settings.worker_interval_s)

@@ -119,14 +119,28 @@ def register(app: typer.Typer, serve_app: typer.Typer, console: Console) -> None
         recon_delay_s: Annotated[
             float, typer.Option(help="Reconcile a window this long after it ends.")
         ] = 3_600.0,
+        events_catch_up_s: Annotated[
+            float,
+            typer.Option(
+                help="List the provider's events this often and take those whose webhooks "
+                "never came (a lost dispute, say); 0: off."
+            ),
+        ] = 300.0,
     ) -> None:
-        """Recovery, outbox relay, webhook inbox and key expiry, in a loop (Ctrl-C stops).
+        """Recovery, outbox relay, webhook inbox, event catch-up and key expiry, in a loop
+        (Ctrl-C stops).
 
         One process per database runs them at a time (an API process with embedded
         workers included); another started on the same database stands by."""
-        from engine.entrypoints.serve import parse_schedule, recon_problem
+        from engine.entrypoints.serve import (
+            events_catch_up_problem,
+            parse_schedule,
+            recon_problem,
+        )
 
-        problem = recon_problem(recon_interval_s, recon_delay_s)
+        problem = recon_problem(recon_interval_s, recon_delay_s) or events_catch_up_problem(
+            events_catch_up_s
+        )
         if problem is not None:
             _fail(console, f"--{problem[0].replace('_', '-')}: {problem[1]}")
         if not psp.startswith(("http://", "https://")):
@@ -143,7 +157,8 @@ def register(app: typer.Typer, serve_app: typer.Typer, console: Console) -> None
                 recovery_schedule=tuple(timedelta(seconds=step) for step in steps)
             )
         _run_worker(console, _engine(console, db, settings), psp, psp_key, bus, interval_s,
-                    max_loops, provider_timeout_s, (recon_interval_s, recon_delay_s))  # fmt: skip
+                    max_loops, provider_timeout_s, (recon_interval_s, recon_delay_s),
+                    events_catch_up_s)  # fmt: skip
 
 
 def _run_worker(
@@ -156,9 +171,10 @@ def _run_worker(
     max_loops: int | None,
     provider_timeout_s: float,
     recon: tuple[float, float] = (0.0, 3_600.0),
+    events_catch_up_s: float = 0.0,
 ) -> None:
     from engine.adapters.psp_http import HttpProvider
-    from engine.entrypoints.serve import ServiceSettings, build_reconciliation
+    from engine.entrypoints.serve import ServiceSettings, build_catch_up, build_reconciliation
     from engine.workers import InProcessPublisher, Worker, lease_for
     from engine.workers.relay import Publisher
 
@@ -174,7 +190,8 @@ def _run_worker(
         engine.db.url, psp, psp_key, recon_interval_s=recon[0], recon_delay_s=recon[1]
     )
     reconciliation = build_reconciliation(engine, recon_settings)
-    worker = Worker.assemble(engine, provider, publisher, reconciliation)
+    catch_up = build_catch_up(engine, provider, events_catch_up_s)
+    worker = Worker.assemble(engine, provider, publisher, reconciliation, catch_up)
     lease = lease_for(engine.db)
     stop = threading.Event()
     previous = None
@@ -207,5 +224,6 @@ def _run_worker(
         f"{report.resolved} attempts resolved "
         f"({report.still_unknown} still unknown), {report.published} events published, "
         f"{report.webhooks_applied} webhooks applied ({report.webhooks_dead} dead), "
+        f"{report.events_caught_up} events caught up, "
         f"{report.keys_expired} keys expired" + (f"; skipped: {errors}" if errors else "")
     )

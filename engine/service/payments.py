@@ -246,7 +246,7 @@ class PaymentSteps(OutcomeSteps):
             p = self._locked(s, payment_id)
             changed = False
             seq: int | None = None
-            if is_legal(p.state, S.SETTLED) and p.state is not S.DISPUTED:
+            if self._settles(p):
                 seq = self._move(s, p, S.SETTLED, reason)
                 changed = True
             if p.lines_count:
@@ -257,6 +257,12 @@ class PaymentSteps(OutcomeSteps):
             return changed
 
         return self._run(step)
+
+    @staticmethod
+    def _settles(p: Payment) -> bool:
+        """Whether a matched settlement moves the payment to settled: not while its
+        dispute is open (only the dispute's decision moves it on from there)."""
+        return is_legal(p.state, S.SETTLED) and p.state is not S.DISPUTED
 
     def set_fee_plan(self, seller_id: str, plan: FeePlan) -> None:
         """A seller's platform fee for payments made from now on (lines keep theirs)."""

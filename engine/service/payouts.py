@@ -106,7 +106,8 @@ def complete(e: Steps, s: Store, payout_id: str, outcome: ProviderOutcome, looke
     now = e.clock.now()
     status = outcome.status
     if status is OutcomeStatus.SUCCEEDED:
-        _update(s, row, now, status=P.IN_TRANSIT, provider_payout_id=outcome.provider_payout_id)
+        _update(s, row, now, status=P.IN_TRANSIT, provider_payout_id=outcome.provider_payout_id,
+                taken_at=now)  # fmt: skip
     elif status in (OutcomeStatus.DECLINED, OutcomeStatus.NOT_FOUND):
         # NOT_FOUND comes from a lookup: the provider never saw the request, and the
         # caller resends it under its key before giving up (as for payments).
@@ -126,7 +127,7 @@ def apply_event(e: Steps, s: Store, row: Row, event: ProviderEvent) -> str:
     now = e.clock.now()
     paid = event.type == EventType.PAYOUT_PAID
     if row["provider_payout_id"] is None and event.provider_payout_id is not None:
-        _update(s, row, now, provider_payout_id=event.provider_payout_id)
+        _update(s, row, now, provider_payout_id=event.provider_payout_id, taken_at=now)
     if paid:
         money = Money(row["amount_minor"], row["currency"])
         _post(e, s, ledger.payout_paid(money), now)

@@ -8,7 +8,8 @@ exceptions and the report rows reconciliation matched. Nothing else: a view is
 added when a checker needs it.
 
 Each page is read in one unit of work that is never committed (and on PostgreSQL
-is declared ``READ ONLY``); pages are keyed by their table's primary key, in its
+is declared ``READ ONLY``, with its BEGIN), its statements run as every unit's are
+(``engine.adapters.direct.Direct``); pages are keyed by their table's primary key, in its
 order, at most ``PAGE_SIZE_MAX`` items each. Records are plain frozen data
 (strings, ints, aware datetimes; states and kinds as their string values), never
 the store's rows.
@@ -24,10 +25,10 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
 from engine.adapters import schema as t
 from engine.adapters.database import Database
+from engine.adapters.direct import Direct
 
 PAGE_SIZE = 500
 PAGE_SIZE_MAX = 1_000
@@ -231,11 +232,10 @@ class ReadApi:
         self._database = database
 
     @contextmanager
-    def _unit(self) -> Iterator[Connection]:
-        with self._database.transaction() as connection:  # rolled back on exit
-            if self._database.dialect == "postgresql":
-                connection.execute(sa.text("SET TRANSACTION READ ONLY"))
-            yield connection
+    def _unit(self) -> Iterator[Direct]:
+        with self._database.transaction() as unit:  # rolled back on exit
+            unit.read_only()
+            yield unit
 
     # -- payments ------------------------------------------------------------------------
     def payments(
@@ -257,7 +257,7 @@ class ReadApi:
             records = self._payments(c, rows)
         return records[0] if records else None
 
-    def _payments(self, c: Connection, rows: Sequence[Any]) -> list[PaymentRecord]:
+    def _payments(self, c: Direct, rows: Sequence[Any]) -> list[PaymentRecord]:
         ids = [row["id"] for row in rows]
         history = _by_payment(c, t.payment_history, ids, t.payment_history.c.seq, _history)
         attempts = _by_payment(c, t.attempts, ids, t.attempts.c.id, _attempt)
@@ -376,7 +376,7 @@ class ReadApi:
 
 
 def _by_payment(
-    c: Connection, table: sa.Table, ids: list[str], order: Any, make: Callable[[Any], T]
+    c: Direct, table: sa.Table, ids: list[str], order: Any, make: Callable[[Any], T]
 ) -> dict[str, list[T]]:
     """A child table's rows of these payments, per payment, in ``order``."""
     grouped: dict[str, list[T]] = defaultdict(list)
@@ -395,7 +395,7 @@ DISPUTE_STATUS = (
 )  # fmt: skip
 
 
-def _dispute_statuses(c: Connection, ids: list[str]) -> dict[str, str]:
+def _dispute_statuses(c: Direct, ids: list[str]) -> dict[str, str]:
     """Per payment: its dispute's status, by the dispute events the engine applied."""
     if not ids:
         return {}

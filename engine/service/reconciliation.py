@@ -8,12 +8,18 @@ the run, the rows it matched (a balance transaction once, ever) and the new
 exceptions (one per discrepancy, ever: a second run over the same report adds
 none), closes the open exceptions an earlier run raised about a row this run
 matched (``missing_in_ledger``, ``outside_window``: the ledger booked the movement
-after that run, as it does money it learns of late, within the tolerances'
-``booking_lag_s``; resolved with no journal, the reason naming this run), and
+after that run, as it does money it learns of late; resolved with no journal,
+the reason naming this run), and
 last settles each matched charge's payment (``settle_payment``, one
 unit of work each, idempotent). A malformed report raises
 ``SettlementFileInvalid`` naming the line and column before anything is read or
 written. Re-running a window is safe: that is how a run cut short is finished.
+
+A ``missing_in_ledger`` keeps its row (``reported_row``). A run reads the open
+ones about its window's movements and passes them to ``reconcile`` as owed
+rows: the run of the window holding a booking pairs it with the row an earlier
+run found missing, however late the ledger learned of the money (a dispute
+webhook retried for hours), and closes that exception "booked late".
 
 ``Reconciler.resolve`` closes an open exception with a reason and, when the
 discrepancy is money the ledger holds differently from the provider, posts a
@@ -54,10 +60,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.engine import Connection
-
 from engine.adapters import recon_store
 from engine.adapters.database import Database
+from engine.adapters.direct import Direct
 from engine.adapters.store import Row, Store
 from engine.domain.errors import Conflict, InvalidRequest, NotFound, SettlementFileInvalid
 from engine.domain.ledger import Account, Entry, Journal, Side
@@ -77,7 +82,13 @@ from engine.domain.reconciliation import (
     reconcile,
     row_key,
 )
-from engine.domain.settlement import SettlementReport, SettlementRow, parse_settlement_report
+from engine.domain.settlement import (
+    SettlementReport,
+    SettlementRow,
+    parse_settlement_report,
+    row_document,
+    row_from_document,
+)
 from engine.domain.validation import contains_pan
 from engine.service.engine import PaymentEngine
 
@@ -122,6 +133,7 @@ class RunSummary:
     landed_count: int = 0  # matched payouts the bank received too: three ways
     settled_count: int = 0
     closed_count: int = 0  # earlier runs' exceptions this run matched: booked late
+    paired_late_count: int = 0  # owed rows (found missing by earlier runs) paired here
 
     @property
     def clean(self) -> bool:
@@ -306,8 +318,8 @@ class Reconciler:
         parsed = parse_settlement_report(report)
         rows = self._report_rows(parsed)
         check_rows(rows)
-        movements, bank = self._read(rows, window, tolerances, bank_payouts)
-        result = reconcile(movements, rows, bank, window, tolerances)
+        movements, bank, owed = self._read(rows, window, tolerances, bank_payouts)
+        result = reconcile(movements, rows, bank, window, tolerances, owed)
         summary = self._record(source, parsed.format.value, window, len(rows), result)
         return replace(summary, settled_count=self._settle(result.matched))
 
@@ -321,7 +333,10 @@ class Reconciler:
         window: ReconciliationWindow,
         tolerances: Tolerances,
         bank_payouts: Sequence[BankPayout] | None,
-    ) -> tuple[list[LedgerMovement], list[BankPayout]]:
+    ) -> tuple[list[LedgerMovement], list[BankPayout], list[SettlementRow]]:
+        """The movements around the window and those the rows name, the payouts the bank
+        received, and the rows earlier runs found missing that one of the window's
+        movements may be (owed rows)."""
         refs: dict[MovementKind, set[str]] = defaultdict(set)
         for row in rows:
             kind, ref = row_key(row)
@@ -333,7 +348,10 @@ class Reconciler:
             if bank_payouts is None:
                 payout_refs = refs[K.PAYOUT] | refs[K.PAYOUT_REVERSAL]
                 bank_payouts = recon_store.bank_payouts(c, start_at, end_at, payout_refs)
-        return movements, list(bank_payouts)
+            in_window = {(m.kind.value, m.provider_ref) for m in movements if window.holds(m.at)}
+            owed = [row_from_document(row)
+                    for row in recon_store.owed_rows(c, in_window, BOOKED_LATE)]  # fmt: skip
+        return movements, list(bank_payouts), owed
 
     def _record(
         self,
@@ -361,28 +379,36 @@ class Reconciler:
             })  # fmt: skip
             recon_store.insert_settlement_rows(c, [_matched_row(run_id, m) for m in result.matched])
             recon_store.insert_exceptions(c, fresh)
-            closed = self._close_matched(c, run_id, result.matched, now)
+            closed = self._close_matched(c, run_id, result, now)
             c.commit()
         landed = sum(1 for match in result.matched if match.bank is not None)
         return RunSummary(
             run_id, source, report_format, window.start_at, window.end_at, rows_count,
             len(result.matched), result.exceptions, len(fresh), result.payouts_in_transit,
-            landed, closed_count=closed,
+            landed, closed_count=closed, paired_late_count=len(result.paired_late),
         )  # fmt: skip
 
     @staticmethod
-    def _close_matched(c: Connection, run_id: str, matched: Sequence[Match], now: datetime) -> int:
-        """An earlier run's exception about a row this run matched was the ledger booking
-        late: closed, with no journal (the ledger and the report agree). How many."""
-        bt_ids = {match.row.balance_transaction_id for match in matched}
+    def _close_matched(c: Direct, run_id: str, result: ReconciliationResult, now: datetime) -> int:
+        """An earlier run's exception about a row this run matched, or paired late (an
+        owed row), was the ledger booking late: closed, with no journal (a pair that
+        differs has this run's exception on the row). How many."""
+        matched = {match.row.balance_transaction_id for match in result.matched}
         resolved = moved(EXCEPTION_MOVES, ExceptionStatus.OPEN, ExceptionStatus.RESOLVED)
-        closing = recon_store.open_exceptions_of_rows(c, bt_ids, CLOSED_BY_MATCH)
-        for exception_id in closing:
-            recon_store.resolve_exception(
-                c, exception_id, status=resolved.value, resolved_at=now,
-                resolution_reason=f"{BOOKED_LATE}: matched by run {run_id}",
-            )  # fmt: skip
-        return len(closing)
+        closed = 0
+        for bt_ids, reason in (
+            (matched, f"{BOOKED_LATE}: matched by run {run_id}"),
+            (set(result.paired_late) - matched,
+             f"{BOOKED_LATE}: paired by run {run_id}, which found the pair differs"),
+        ):  # fmt: skip
+            closing = recon_store.open_exceptions_of_rows(c, bt_ids, CLOSED_BY_MATCH)
+            for exception_id in closing:
+                recon_store.resolve_exception(
+                    c, exception_id, status=resolved.value, resolved_at=now,
+                    resolution_reason=reason,
+                )  # fmt: skip
+            closed += len(closing)
+        return closed
 
     def _exception_row(
         self, run_id: str, key: str, found: ReconciliationException, now: datetime
@@ -402,6 +428,7 @@ class Reconciler:
             "detail": found.detail[:DETAIL_CHARS_MAX],
             "status": moved(EXCEPTION_MOVES, None, ExceptionStatus.OPEN).value,
             "resolution_reason": None, "journal_id": None, "created_at": now, "resolved_at": None,
+            "reported_row": _owed(found),
         }  # fmt: skip
 
     def _settle(self, matched: Sequence[Match]) -> int:
@@ -459,7 +486,7 @@ class Reconciler:
             self.engine.settle_payment(resolved.payment_id, "settlement_resolved")
         return resolved
 
-    def _resolve(self, c: Connection, row: Row, reason: str) -> ExceptionItem:
+    def _resolve(self, c: Direct, row: Row, reason: str) -> ExceptionItem:
         ledger_currency = None
         if row["category"] == C.CURRENCY_MISMATCH.value:
             ledger_currency = recon_store.ledger_currency(c, row["kind"], row["provider_ref"])
@@ -493,6 +520,13 @@ def _matched_row(run_id: str, match: Match) -> Row:
         "gross_minor": row.gross_minor, "fee_minor": row.fee_minor, "net_minor": row.net_minor,
         "created_at": row.created_at,
     }  # fmt: skip
+
+
+def _owed(found: ReconciliationException) -> dict[str, Any] | None:
+    """The row a ``missing_in_ledger`` about a known movement keeps, for a later run."""
+    if found.row is None or found.party is not Party.LEDGER or found.kind is None:
+        return None
+    return row_document(found.row)
 
 
 def _reported_charge(item: ExceptionItem) -> bool:

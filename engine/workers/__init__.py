@@ -8,6 +8,7 @@ simpy processes: the engine itself never does I/O.
     recovery.RecoveryWorker   the recovery policy (due attempts, 3DS polls, fees, payouts), pumped
     relay.OutboxRelay         unpublished_events -> publisher -> mark_published
     inbox.InboxProcessor      pending_webhooks -> apply_webhook (DLQ after N failures)
+    events.EventCatchUp       the provider's events -> take_webhook (webhooks that never came)
     nats_bus.NatsPublisher    JetStream, Nats-Msg-Id = event id (deduped in the window)
     lease                     one process per database runs the loop; the others stand by
     background.BackgroundWorker  the loop on a thread of the API's process (serve engine)
@@ -16,6 +17,7 @@ simpy processes: the engine itself never does I/O.
 from __future__ import annotations
 
 from engine.workers.background import BackgroundWorker, WorkerState
+from engine.workers.events import CatchUpReport, EventCatchUp
 from engine.workers.inbox import InboxProcessor, InboxReport
 from engine.workers.lease import Lease, lease_for
 from engine.workers.loop import LoopReport, Worker
@@ -30,6 +32,8 @@ from engine.workers.relay import (
 
 __all__ = [
     "BackgroundWorker",
+    "CatchUpReport",
+    "EventCatchUp",
     "InProcessPublisher",
     "InboxProcessor",
     "InboxReport",

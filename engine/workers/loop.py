@@ -1,5 +1,5 @@
 """The worker loop: recovery, outbox relay, webhook inbox, key expiry and (when set up)
-reconciliation, every interval.
+the event catch-up, reconciliation and payouts, every interval.
 
 Bounded: each task does one batch per loop, ``loops_max`` bounds the loop (for
 tests), and ``stop`` ends it between tasks. Transient trouble (the database or
@@ -25,6 +25,7 @@ from typing import Any
 from engine.domain.errors import Conflict, StoreUnavailable
 from engine.service.driver import Provider
 from engine.service.engine import PaymentEngine
+from engine.workers.events import EventCatchUp
 from engine.workers.inbox import InboxProcessor
 from engine.workers.lease import Lease
 from engine.workers.payouts import PayoutScheduler
@@ -57,6 +58,9 @@ class LoopReport:
     windows_reconciled: int = 0
     recon_exceptions_new: int = 0
     payouts_made: int = 0
+    events_listed: int = 0  # the event catch-up: provider events listed,
+    events_caught_up: int = 0  # ... taken as new (their webhooks never came),
+    event_passes_failed: int = 0  # ... and passes a failed listing ended
     errors: dict[str, int] = field(default_factory=dict)
     last_loop_at: datetime | None = None
     last_loop_s: float = 0.0
@@ -72,9 +76,11 @@ class Worker:
         monotonic: Callable[[], float] = time.monotonic,
         reconciliation: ReconciliationWorker | None = None,
         payouts: PayoutScheduler | None = None,
+        catch_up: EventCatchUp | None = None,
     ):
         self.engine = engine
         self.payouts = payouts
+        self.catch_up = catch_up
         self.recovery = recovery
         self.relay = relay
         self.inbox = inbox
@@ -89,11 +95,12 @@ class Worker:
         provider: Provider,
         publisher: Publisher,
         reconciliation: ReconciliationWorker | None = None,
+        catch_up: EventCatchUp | None = None,
     ) -> Worker:
         """Every task, with its default batch size: what ``serve`` and ``serve worker`` run."""
         return cls(
             engine, RecoveryWorker(engine, provider), OutboxRelay(engine, publisher),
-            InboxProcessor(engine), reconciliation=reconciliation,
+            InboxProcessor(engine), reconciliation=reconciliation, catch_up=catch_up,
         )  # fmt: skip
 
     def _guarded(self, name: str, task: Callable[[], Any]) -> Any:
@@ -130,12 +137,21 @@ class Worker:
                 r.webhooks_dead += inbox.dead
         if not stopping():
             r.keys_expired += self._guarded("expiry", self.engine.expire_idempotency_keys) or 0
+        catch_up = self.catch_up
+        if catch_up is not None and not stopping():
+            caught = self._guarded("events", lambda: catch_up.run_once(stopping))
+            if caught is not None:
+                r.events_listed += caught.listed
+                r.events_caught_up += caught.taken
+                r.event_passes_failed += caught.failed
         reconciliation = self.reconciliation
         if reconciliation is not None and not stopping():
             recon = self._guarded("reconciliation", lambda: reconciliation.run_once(stopping))
             if recon is not None:
                 r.windows_reconciled += recon.windows
                 r.recon_exceptions_new += recon.exceptions_new
+                if recon.unavailable:  # the report not ready: the window waits, counted
+                    r.errors["reconciliation"] = r.errors.get("reconciliation", 0) + 1
         payouts = self.payouts
         if payouts is not None and not stopping():
             round_ = self._guarded("payouts", payouts.run_once)

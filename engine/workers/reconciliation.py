@@ -17,9 +17,10 @@ takes every window that has ended without waiting for the delay, and one more
 up to now. At most ``windows_max``
 windows per loop: a worker that was away catches up over a few loops, and
 ``stopping()`` is asked between windows. A report that cannot be fetched is
-transient (``ReportUnavailable``: the loop skips, the window waits); a report
-the engine cannot read is logged and its window tried again next loop, never
-passed by: a day left unreconciled must stay loud.
+transient (``ReportUnavailable``: the pass stops there, the window waits); a report
+the engine cannot read (cut short, a bad row: the whole download is refused,
+never read as far as it goes) is logged and its window downloaded and tried
+again next loop, never passed by: a day left unreconciled must stay loud.
 """
 
 from __future__ import annotations
@@ -47,9 +48,10 @@ BOOKING_LAG_S = 3_600
 
 
 class ReportSource:
-    """Where settlement reports come from: one JSON document per time span."""
+    """Where settlement reports come from: one document per time span, as downloaded
+    (text, read by ``parse_settlement_report``) or already decoded."""
 
-    def fetch(self, start_s: int, end_s: int) -> Mapping[str, Any]:
+    def fetch(self, start_s: int, end_s: int) -> str | Mapping[str, Any]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -72,7 +74,7 @@ class HttpReportSource(ReportSource):
             headers={"Authorization": f"Bearer {api_key}"}, transport=transport,
         )  # fmt: skip
 
-    def fetch(self, start_s: int, end_s: int) -> Mapping[str, Any]:
+    def fetch(self, start_s: int, end_s: int) -> str:
         params = {"start": str(start_s), "end": str(end_s), "format": "json"}
         try:
             response = self.client.get("/_admin/settlement", params=params)
@@ -82,13 +84,7 @@ class HttpReportSource(ReportSource):
             raise ReportUnavailable(message=f"settlement report: HTTP {response.status_code}")
         if len(response.content) > REPORT_CHARS_MAX:
             raise SettlementFileInvalid("too_large", f"over {REPORT_CHARS_MAX} bytes")
-        try:
-            document = response.json()
-        except ValueError as exc:
-            raise SettlementFileInvalid("bad_json", "the report is not JSON") from exc
-        if not isinstance(document, dict):
-            raise SettlementFileInvalid("bad_json", "the report is not a JSON object")
-        return document
+        return response.text  # read whole or refused whole by the parser
 
     def close(self) -> None:
         self.client.close()
@@ -101,6 +97,7 @@ class ReconReport:
     settled: int = 0
     exceptions_new: int = 0
     refused: int = 0
+    unavailable: int = 0  # downloads that failed (not ready, unreachable): the window waits
     summaries: list[RunSummary] = field(default_factory=list)  # one per window run
     refusals: list[str] = field(default_factory=list)  # why a report was refused
 
@@ -177,11 +174,17 @@ class ReconciliationWorker:
             if window is None or stopping():
                 break
             start_at, end_at = window
-            # Rows from before the window too: money the ledger booked late matches them.
-            document = self.source.fetch(_epoch_s(start_at - slack - lag), _epoch_s(end_at + slack))
             try:
+                # Rows from before the window too: money the ledger booked late matches them.
+                document = self.source.fetch(_epoch_s(start_at - slack - lag),
+                                             _epoch_s(end_at + slack))  # fmt: skip
                 summary = self.reconciler.run(document, self.source_name, start_at, end_at,
                                               self.tolerances)  # fmt: skip
+            except ReportUnavailable as exc:
+                report.unavailable += 1
+                log.warning("the provider's settlement report is unavailable: %s", exc.message,
+                            extra={"window_start": start_at.isoformat()})  # fmt: skip
+                break
             except SettlementFileInvalid as exc:
                 report.refused += 1
                 report.refusals.append(f"{start_at.isoformat()}: {exc.code}: {exc.message}")

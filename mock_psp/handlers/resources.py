@@ -19,6 +19,7 @@ from mock_psp.truth import EffectKind
 from mock_psp.world import World, day_start_s
 
 WEBHOOK_ENDPOINTS_MAX = 16
+EVENT_TYPES_MAX = 20  # Stripe's bound on GET /v1/events?types[]=...
 EVIDENCE_FIELDS = (
     "uncategorized_text",
     "product_description",
@@ -316,17 +317,18 @@ def event_retrieve(world: World, tree: ParamTree, args: dict[str, str]) -> JsonD
 
 
 def event_list(world: World, tree: ParamTree, args: dict[str, str]) -> JsonDict:
+    """Stripe's ``GET /v1/events``: newest first, by ``type`` (``*`` a wildcard) or by
+    ``types`` (at most 20 exact names, not with ``type``), and ``created`` (a time, or a
+    range of ``gt``/``gte``/``lt``/``lte``), paged by ``starting_after``/``ending_before``."""
     reader = ParamReader(tree, (*PAGE_PARAMS, "type", "types", "created"))
     request = read_page(reader)
     type_ = reader.string("type", length_max=100)
     types = reader.string_list("types")
-    created = reader.sub("created", ("gt", "gte", "lt", "lte"))
-    bounds = {}
-    if created is not None:
-        for op in ("gt", "gte", "lt", "lte"):
-            value = created.integer(op, minimum=0)
-            if value is not None:
-                bounds[op] = value
+    if types is not None and len(types) > EVENT_TYPES_MAX:
+        raise ParameterInvalid("types", f"types takes at most {EVENT_TYPES_MAX} event names.")
+    if type_ is not None and types:
+        raise ParameterInvalid("types", "You may pass either type or types, but not both.")
+    bounds = _created_bounds(reader, tree)
     read_expand(reader, ())
     wanted = set(types or [])
 
@@ -345,6 +347,21 @@ def _type_matches(pattern: str, event_type: str) -> bool:
     if pattern.endswith("*"):
         return event_type.startswith(pattern[:-1])
     return pattern == event_type
+
+
+def _created_bounds(reader: ParamReader, tree: ParamTree) -> dict[str, int]:
+    """``created``: an exact time (``created=1700000000``) or a range (``created[gte]=...``)."""
+    if isinstance(tree.get("created"), str) and tree["created"] != "":
+        exact = reader.integer("created", minimum=0)
+        return {} if exact is None else {"gte": exact, "lte": exact}
+    created = reader.sub("created", ("gt", "gte", "lt", "lte"))
+    bounds = {}
+    if created is not None:
+        for op in ("gt", "gte", "lt", "lte"):
+            value = created.integer(op, minimum=0)
+            if value is not None:
+                bounds[op] = value
+    return bounds
 
 
 def _within(created_s: int, bounds: dict[str, int]) -> bool:

@@ -103,7 +103,7 @@ def test_entries_for_a_closed_journal_are_refused(database: Database) -> None:
 def test_ledger_rows_are_append_only(database: Database, statement: str) -> None:
     write_entries(database, "j1", [("a", "D", 5), ("b", "C", 5)])
     with pytest.raises(LedgerGuardRefused) as caught, database.transaction() as c:
-        c.exec_driver_sql(statement)
+        c.execute(sa.text(statement))
         c.commit()
     assert caught.value.code == "append_only"
 
@@ -111,7 +111,7 @@ def test_ledger_rows_are_append_only(database: Database, statement: str) -> None
 def test_payment_history_is_append_only(engine: PaymentEngine, database: Database) -> None:
     captured(engine, FakeProvider())
     with pytest.raises(LedgerGuardRefused), database.transaction() as c:
-        c.exec_driver_sql("UPDATE payment_history SET to_state = 'refunded'")
+        c.execute(sa.text("UPDATE payment_history SET to_state = 'refunded'"))
         c.commit()
 
 

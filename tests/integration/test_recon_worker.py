@@ -111,6 +111,27 @@ def test_a_provider_away_is_transient_and_a_bad_report_is_retried(setup: Setup) 
     assert fixed.run_once().windows == 1  # the same window, now readable
 
 
+def test_a_garbled_or_unready_download_is_refused_whole_and_its_window_downloaded_again(
+    setup: Setup,
+) -> None:
+    setup.advance(HOUR + timedelta(seconds=1))
+    setup.core.set_faults({"settlement": {"unavailable_rate": 1.0}})
+    worker = setup.worker()
+    for _ in range(2):  # not ready: the payments' window waits
+        report = worker.run_once()
+        assert (report.unavailable, report.windows) == (1, 0)
+    setup.core.set_faults({"settlement": {"garbled_rate": 1.0}})
+    for _ in range(4):  # cut short or a bad row, drawn per download: refused whole each time
+        report = worker.run_once()
+        assert (report.refused, report.windows, report.matched) == (1, 0, 0)
+    assert setup.reconciler.last_window_end("worker:psp") is None  # nothing recorded
+    garbled = setup.core.fault_log.counts()["settlement.garbled"]
+    assert garbled == 4
+    setup.core.set_faults({})
+    whole = worker.run_once()
+    assert (whole.windows, whole.matched, whole.settled) == (1, 2, 2)
+
+
 def test_the_service_runs_reconciliation_only_when_asked(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:

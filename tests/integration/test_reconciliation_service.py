@@ -359,6 +359,72 @@ def test_a_dispute_booked_after_its_rows_window_ran_is_matched_by_the_next_windo
     assert_audit_holds(database)
 
 
+def test_a_dispute_booked_hours_after_its_row_is_paired_with_the_row_found_missing(
+    book: Book, database: Database
+) -> None:
+    """The engine learned of a withdrawal five hours late (its webhook retried), far
+    beyond the booking lag, and the report of the booking's window no longer holds
+    the row: the run of that window pairs the booking with the row the first run
+    found missing (kept with its exception), matches it and closes the exception."""
+    payment_id, intent = book.payments["plain"], f"pi_{book.payments['plain']}"
+    later, report = START + 2 * DAY, Report()
+    tolerances = Tolerances(lateness_s=120, booking_lag_s=900)
+    withdrawn_at = later + timedelta(minutes=30)
+    report.add("txn_dispute", withdrawn_at, "USD", -2_000, 1_500, "dispute", intent=intent)
+    book.clock.set(later + timedelta(minutes=62))
+    first = book.recon.run(report.csv(), "test", later, later + HOUR, tolerances)
+    assert [(e.category.value, e.balance_transaction_id) for e in first.exceptions] == [
+        ("missing_in_ledger", "txn_dispute")
+    ]
+    booked_at = later + 5 * HOUR + timedelta(minutes=10)
+    book.clock.set(booked_at)
+    opened = ProviderEvent("evt_d1", EventType.DISPUTE_CREATED.value, withdrawn_at,
+                           payment_id=payment_id, amount_minor=2_000, fee_minor=1_500)  # fmt: skip
+    assert book.engine.apply_provider_event(opened).outcome == "applied"
+    book.clock.set(later + 6 * HOUR + timedelta(minutes=5))
+    second = book.recon.run(Report().csv(), "test", later + 5 * HOUR, later + 6 * HOUR,
+                            tolerances)  # fmt: skip
+    assert second.clean and second.matched_count == 1, second.exceptions
+    assert second.paired_late_count == 1 and second.closed_count == 1
+    (closed,) = book.recon.exceptions(status=None)
+    assert (closed.status, closed.journal_id) == ("resolved", None)
+    assert closed.resolution_reason == f"booked late: matched by run {second.run_id}"
+    again = book.recon.run(Report().csv(), "test", later + 5 * HOUR, later + 6 * HOUR,
+                           tolerances)  # fmt: skip
+    # The window run again pairs the two again (the row is kept), and closes nothing new.
+    assert again.clean and (again.paired_late_count, again.closed_count) == (1, 0)
+    assert_audit_holds(database)
+
+
+def test_a_late_booking_that_differs_from_its_owed_row_is_an_amount_mismatch(
+    book: Book, database: Database
+) -> None:
+    payment_id, intent = book.payments["plain"], f"pi_{book.payments['plain']}"
+    later, report = START + 2 * DAY, Report()
+    tolerances = Tolerances(lateness_s=120, booking_lag_s=900)
+    withdrawn_at = later + timedelta(minutes=30)
+    report.add("txn_dispute", withdrawn_at, "USD", -2_500, 1_500, "dispute", intent=intent)
+    book.clock.set(later + timedelta(minutes=62))
+    book.recon.run(report.csv(), "test", later, later + HOUR, tolerances)
+    book.clock.set(later + 5 * HOUR + timedelta(minutes=10))
+    opened = ProviderEvent("evt_d1", EventType.DISPUTE_CREATED.value, withdrawn_at,
+                           payment_id=payment_id, amount_minor=2_000, fee_minor=1_500)  # fmt: skip
+    assert book.engine.apply_provider_event(opened).outcome == "applied"
+    book.clock.set(later + 6 * HOUR + timedelta(minutes=5))
+    second = book.recon.run(Report().csv(), "test", later + 5 * HOUR, later + 6 * HOUR,
+                            tolerances)  # fmt: skip
+    assert [(e.category.value, e.balance_transaction_id) for e in second.exceptions] == [
+        ("amount_mismatch", "txn_dispute")
+    ]
+    assert second.matched_count == 0 and second.paired_late_count == 1
+    by_category = {x.category: x for x in book.recon.exceptions(status=None)}
+    assert by_category["missing_in_ledger"].status == "resolved"
+    assert by_category["missing_in_ledger"].resolution_reason == (
+        f"booked late: paired by run {second.run_id}, which found the pair differs"
+    )
+    assert by_category["amount_mismatch"].status == "open"
+
+
 def test_a_fee_learned_after_its_capture_is_the_fee_compared(book: Book) -> None:
     later, report = START + 2 * DAY, Report()
     book.clock.set(later + timedelta(hours=1))

@@ -58,14 +58,15 @@ def test_the_direct_path_reads_the_rows_sqlalchemy_reads() -> None:
             CreatePayment("m_1", "k-1", "o-1", 1_234, "JPY", "pm_card_visa", metadata={"a": "b"})
         )
         engine.begin_authorize(Authorize("m_1", "k-2", created.payment.id))
-        with db.transaction() as connection:
-            direct = Direct(connection)
-            for table in (t.payments, t.idempotency_keys, t.attempts, t.payment_history):
-                query = sa.select(table).order_by(*table.primary_key.columns)
-                slow = [dict(row) for row in connection.execute(query).mappings()]
-                assert slow and direct.all(query, {}) == slow
-            assert Store(connection).payment(created.payment.id) == dict(
-                connection.execute(sa.select(t.payments)).mappings().one()
-            )
+        tables = (t.payments, t.idempotency_keys, t.attempts, t.payment_history)
+        queries = [sa.select(table).order_by(*table.primary_key.columns) for table in tables]
+        with db.engine.connect() as connection:  # SQLAlchemy's own execution
+            slow = [[dict(row) for row in connection.execute(q).mappings()] for q in queries]
+        with db.transaction() as direct:
+            assert isinstance(direct, Direct)
+            for query, rows in zip(queries, slow, strict=True):
+                assert rows and direct.all(query, {}) == rows  # as a prebuilt statement
+                assert direct.execute(query).mappings().all() == rows  # as an ad-hoc one
+            assert Store(direct).payment(created.payment.id) == slow[0][0]
     finally:
         db.dispose()

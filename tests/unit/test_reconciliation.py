@@ -322,6 +322,47 @@ def test_the_movements_run_and_the_rows_run_judge_a_pair_by_one_rule() -> None:
     assert reconcile([charge], [near], [], next_window, tolerances).clean
 
 
+def test_an_owed_row_is_paired_with_its_booking_however_late() -> None:
+    """A row an earlier run found missing (owed), booked a day later: the booking's
+    run pairs them, never outside_window or missing_at_provider, and names the row."""
+    dispute = movement("pi_1", K.DISPUTE, fee=1_500, at_s=3_600)
+    owed = row_for(dispute, created_at=at(-DAY_S))
+    tolerances = Tolerances(lateness_s=60, booking_lag_s=900)
+    result = reconcile([dispute], [], [], WINDOW, tolerances, owed=[owed])
+    assert result.clean and [m.row for m in result.matched] == [owed]
+    assert result.paired_late == (owed.balance_transaction_id,)
+    assert found(reconcile([dispute], [], [], WINDOW, tolerances)) == [
+        ("missing_at_provider", "pi_1")
+    ]
+
+
+def test_an_owed_row_that_differs_from_its_booking_is_compared_not_matched() -> None:
+    dispute = movement("pi_1", K.DISPUTE, fee=1_500, at_s=3_600)
+    owed = row_for(dispute, created_at=at(-DAY_S), gross_minor=-2_500, net_minor=-4_000)
+    result = reconcile([dispute], [], [], WINDOW, Tolerances(), owed=[owed])
+    assert found(result) == [("amount_mismatch", "pi_1")] and not result.matched
+    assert result.paired_late == (owed.balance_transaction_id,)
+
+
+def test_an_owed_row_is_not_found_missing_again_and_waits_for_its_booking() -> None:
+    charge = movement("pi_1", at_s=-2 * DAY_S)  # only to build the row
+    owed = row_for(charge, created_at=at(100))
+    result = reconcile([], [owed], [], WINDOW, Tolerances(), owed=[owed])
+    assert result.clean and not result.matched and result.paired_late == ()
+    out_of_scope = movement("pi_1", at_s=DAY_S + 3_600)
+    later = reconcile([out_of_scope], [owed], [], WINDOW, Tolerances(), owed=[owed])
+    assert later.clean and not later.matched  # the booking's own run pairs it
+
+
+def test_a_missing_in_ledger_keeps_its_row_for_a_later_run() -> None:
+    charge = movement("pi_1")
+    row = row_for(charge)
+    (missing,) = reconcile([], [row], [], WINDOW).exceptions
+    assert missing.category is C.MISSING_IN_LEDGER and missing.row == row
+    (other,) = reconcile([charge], [], [], WINDOW).exceptions
+    assert other.row is None
+
+
 def test_a_row_in_the_window_booked_far_outside_it_is_outside_window() -> None:
     early = movement("pi_1", at_s=-3 * DAY_S)
     (exception,) = run([early], [row_for(early, created_at=at(100))]).exceptions

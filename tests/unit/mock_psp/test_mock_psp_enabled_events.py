@@ -61,3 +61,16 @@ def test_the_engine_subscribes_to_every_event_it_acts_on_and_to_few_others(psp):
     # The rest of a payment's events (created, charge.*, ...) are not sent at all.
     assert len(subscribed) < 0.6 * len(delivered["https://all.test"])
     assert "charge.succeeded" not in {events[event_id].type for event_id in subscribed}
+
+
+def test_the_catch_up_lists_every_event_the_engine_acts_on_by_name(psp):
+    from engine.adapters.stripe_dialect import CAUGHT_UP_EVENTS, EVENT_TYPES_LISTED_MAX
+    from mock_psp.faults import name_matches
+
+    _every_flow(psp)
+    events = psp.core.state.events.values()
+    acted_on = {event.type for event in events
+                if event_from_stripe(event.to_json()).type in ACTED_ON}  # fmt: skip
+    assert acted_on <= set(CAUGHT_UP_EVENTS)
+    assert len(CAUGHT_UP_EVENTS) <= EVENT_TYPES_LISTED_MAX
+    assert all(name_matches(list(ENABLED_EVENTS), kind) for kind in CAUGHT_UP_EVENTS)

@@ -142,3 +142,31 @@ def test_unexpected_rows_are_money_the_provider_never_moved(make_psp):
     unexpected = [r for r in report.rows if r.balance_transaction_id not in known]
     assert len(unexpected) == 2
     assert psp.core.fault_log.counts()["settlement.unexpected_row"] == 2
+
+
+def test_every_garbled_download_is_one_a_reader_must_refuse(psp):
+    """Cut short (JSON) or a row with an unreadable amount (JSON and CSV): the engine's
+    parser refuses each whole, naming where; the next download of the span draws anew."""
+    import pytest
+
+    from engine.domain.errors import SettlementFileInvalid
+    from engine.domain.settlement import parse_settlement_report
+
+    start = int(psp.clock.now())
+    for n in range(3):
+        psp.pay(1_000 + n)
+    psp.core.set_faults({"settlement": {"garbled_rate": 1.0}})
+    for report_format in ("json", "csv"):
+        for _ in range(20):
+            served = psp.core.settlement_download(start, start + DAY_S, report_format)
+            assert (served.status, served.fault) == (200, "settlement.garbled")
+            with pytest.raises(SettlementFileInvalid):
+                parse_settlement_report(served.text)
+    details = {r.detail.split(" ")[0] for r in psp.core.fault_log.records()}
+    assert details == {"bad", "cut"}  # both kinds drawn
+    assert psp.core.fault_log.counts()["settlement.garbled"] == 40  # once per download
+    psp.core.set_faults({"settlement": {"unavailable_rate": 1.0}})
+    assert psp.core.settlement_download(start, start + DAY_S, "json").status == 503
+    psp.core.set_faults({})
+    whole = psp.core.settlement_download(start, start + DAY_S, "json")
+    assert whole.fault is None and len(parse_settlement_report(whole.text).rows) == 3
