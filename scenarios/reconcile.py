@@ -167,8 +167,11 @@ def desk(world: World) -> Desk:
 def settlement_document(
     world: World, spec: SettlementFaultSpec, start_s: int, end_s: int
 ) -> dict[str, Any]:
-    """The provider's report for the periods covering ``[start_s, end_s)`` (seconds from
-    the world's start, the lateness already added by the worker)."""
+    """The provider's report of ``[start_s, end_s)`` (seconds from the world's start, the
+    lateness already added by the worker), as ``/_admin/settlement`` gives it: built
+    in whole periods (a period's unexpected rows are the same in every download), and
+    only the rows created in the span kept (a row of the same period outside it would
+    reach a run that, over HTTP, never reads it)."""
     config = world.scenario.reconciliation
     assert config is not None
     period_s = int(config.interval_s)
@@ -183,7 +186,8 @@ def settlement_document(
             end_s=EPOCH_INT_S + begin_s + period_s, now_s=psp.now(),
             order_ref_key=psp.config.order_ref_key,
         )  # fmt: skip
-        data.extend(report.to_json()["data"])
+        low_s, high_s = EPOCH_INT_S + start_s, EPOCH_INT_S + end_s
+        data.extend(row for row in report.to_json()["data"] if low_s <= row["created"] < high_s)
     return {"object": "settlement_report", "data": data}
 
 
