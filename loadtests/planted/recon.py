@@ -118,7 +118,7 @@ DEFECTS = [
            frozenset({"R"}), blind_spot=SPOT),
     Defect(matched_and_an_exception, "settlement-mismatch", 300.0, frozenset({"R"}),
            blind_spot=SPOT),
-    Defect(late_booking_never_paired, "disputes-and-settlement", 600.0, frozenset({"R"}),
+    Defect(late_booking_never_paired, "disputes-and-settlement", None, frozenset({"R"}),
            blind_spot=DISPUTES),
     Defect(disputed_payment_settled, "disputes-and-settlement", 600.0, frozenset({"I7"}),
            blind_spot=DISPUTES),
