@@ -120,7 +120,7 @@ DEFECTS = [
            blind_spot=SPOT),
     Defect(late_booking_never_paired, "disputes-and-settlement", None, frozenset({"R"}),
            blind_spot=DISPUTES),
-    Defect(disputed_payment_settled, "disputes-and-settlement", 600.0, frozenset({"I7"}),
+    Defect(disputed_payment_settled, "disputes-and-settlement", None, frozenset({"I7"}),
            blind_spot=DISPUTES),
     Defect(garbled_report_read_as_empty, "settlement-mismatch", 300.0, frozenset({"R"}),
            blind_spot=GARBLED),
