@@ -31,12 +31,14 @@ from engine.domain.provider import EventType, OutcomeStatus, ProviderEvent, Prov
 from engine.domain.reconciliation import MovementKind, Tolerances
 from engine.service.driver import perform
 from engine.service.engine import PaymentEngine
-from engine.service.reconciliation import RECON_ADJUSTMENTS, Reconciler
+from engine.service.reconciliation import RECON_ADJUSTMENTS, Reconciler, RunSummary
 from tests.integration.helpers import MERCHANT, authorized, refund
 
 DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
 START = datetime(2026, 1, 3, tzinfo=UTC)  # the window: one day
+# Disputes the ledger learns of late: two minutes of lateness, a quarter hour of lag.
+LATE_BOOKING = Tolerances(lateness_s=120, booking_lag_s=900)
 COLUMNS = (
     "balance_transaction_id", "created_utc", "available_on_utc", "currency", "gross", "fee",
     "net", "reporting_category", "source_id", "payment_intent_id", "refund_id",
@@ -328,6 +330,26 @@ def test_a_dispute_and_its_reversal_match_their_rows_and_a_wrong_one_is_found(
     assert_audit_holds(database)
 
 
+def _dispute_found_missing_then_booked(
+    book: Book, withdrawn_at: datetime, booked_at: datetime, reported_minor: int = -2_000
+) -> tuple[RunSummary, Report]:
+    """Day 2: the provider withdrew at ``withdrawn_at`` (its report says
+    ``reported_minor``), the 00:00-01:00 window ran at 01:02 before the engine knew,
+    and the engine booked the 2,000 dispute at ``booked_at``: that first run, and the
+    report it read."""
+    payment_id, intent = book.payments["plain"], f"pi_{book.payments['plain']}"
+    later, report = START + 2 * DAY, Report()
+    report.add("txn_dispute", withdrawn_at, "USD", reported_minor, 1_500, "dispute",
+               intent=intent)  # fmt: skip
+    book.clock.set(later + timedelta(minutes=62))
+    first = book.recon.run(report.csv(), "test", later, later + HOUR, LATE_BOOKING)
+    book.clock.set(booked_at)
+    opened = ProviderEvent("evt_d1", EventType.DISPUTE_CREATED.value, withdrawn_at,
+                           payment_id=payment_id, amount_minor=2_000, fee_minor=1_500)  # fmt: skip
+    assert book.engine.apply_provider_event(opened).outcome == "applied"
+    return first, report
+
+
 def test_a_dispute_booked_after_its_rows_window_ran_is_matched_by_the_next_window(
     book: Book, database: Database
 ) -> None:
@@ -335,22 +357,15 @@ def test_a_dispute_booked_after_its_rows_window_ran_is_matched_by_the_next_windo
     01:03, after the 00:00-01:00 window ran: that run's missing_in_ledger was true
     then, and the next window matches the pair and closes it (no outside_window, no
     missing_at_provider, no journal)."""
-    payment_id, intent = book.payments["plain"], f"pi_{book.payments['plain']}"
-    later, report = START + 2 * DAY, Report()
-    tolerances = Tolerances(lateness_s=120, booking_lag_s=900)
-    withdrawn_at = later + timedelta(minutes=59)
-    report.add("txn_dispute", withdrawn_at, "USD", -2_000, 1_500, "dispute", intent=intent)
-    book.clock.set(later + timedelta(minutes=62))
-    first = book.recon.run(report.csv(), "test", later, later + HOUR, tolerances)
+    later = START + 2 * DAY
+    first, report = _dispute_found_missing_then_booked(
+        book, later + timedelta(minutes=59), later + timedelta(minutes=63)
+    )
     assert [(e.category.value, e.balance_transaction_id) for e in first.exceptions] == [
         ("missing_in_ledger", "txn_dispute")
     ]
-    book.clock.set(later + timedelta(minutes=63))
-    opened = ProviderEvent("evt_d1", EventType.DISPUTE_CREATED.value, withdrawn_at,
-                           payment_id=payment_id, amount_minor=2_000, fee_minor=1_500)  # fmt: skip
-    assert book.engine.apply_provider_event(opened).outcome == "applied"
     book.clock.set(later + 2 * HOUR)
-    second = book.recon.run(report.csv(), "test", later + HOUR, later + 2 * HOUR, tolerances)
+    second = book.recon.run(report.csv(), "test", later + HOUR, later + 2 * HOUR, LATE_BOOKING)
     assert second.clean and second.matched_count == 1, second.exceptions
     (closed,) = book.recon.exceptions(status=None)
     assert (closed.status, closed.journal_id) == ("resolved", None)
@@ -366,31 +381,23 @@ def test_a_dispute_booked_hours_after_its_row_is_paired_with_the_row_found_missi
     beyond the booking lag, and the report of the booking's window no longer holds
     the row: the run of that window pairs the booking with the row the first run
     found missing (kept with its exception), matches it and closes the exception."""
-    payment_id, intent = book.payments["plain"], f"pi_{book.payments['plain']}"
-    later, report = START + 2 * DAY, Report()
-    tolerances = Tolerances(lateness_s=120, booking_lag_s=900)
-    withdrawn_at = later + timedelta(minutes=30)
-    report.add("txn_dispute", withdrawn_at, "USD", -2_000, 1_500, "dispute", intent=intent)
-    book.clock.set(later + timedelta(minutes=62))
-    first = book.recon.run(report.csv(), "test", later, later + HOUR, tolerances)
+    later = START + 2 * DAY
+    first, _ = _dispute_found_missing_then_booked(
+        book, later + timedelta(minutes=30), later + 5 * HOUR + timedelta(minutes=10)
+    )
     assert [(e.category.value, e.balance_transaction_id) for e in first.exceptions] == [
         ("missing_in_ledger", "txn_dispute")
     ]
-    booked_at = later + 5 * HOUR + timedelta(minutes=10)
-    book.clock.set(booked_at)
-    opened = ProviderEvent("evt_d1", EventType.DISPUTE_CREATED.value, withdrawn_at,
-                           payment_id=payment_id, amount_minor=2_000, fee_minor=1_500)  # fmt: skip
-    assert book.engine.apply_provider_event(opened).outcome == "applied"
     book.clock.set(later + 6 * HOUR + timedelta(minutes=5))
     second = book.recon.run(Report().csv(), "test", later + 5 * HOUR, later + 6 * HOUR,
-                            tolerances)  # fmt: skip
+                            LATE_BOOKING)  # fmt: skip
     assert second.clean and second.matched_count == 1, second.exceptions
     assert second.paired_late_count == 1 and second.closed_count == 1
     (closed,) = book.recon.exceptions(status=None)
     assert (closed.status, closed.journal_id) == ("resolved", None)
     assert closed.resolution_reason == f"booked late: matched by run {second.run_id}"
     again = book.recon.run(Report().csv(), "test", later + 5 * HOUR, later + 6 * HOUR,
-                           tolerances)  # fmt: skip
+                           LATE_BOOKING)  # fmt: skip
     # The window run again pairs the two again (the row is kept), and closes nothing new.
     assert again.clean and (again.paired_late_count, again.closed_count) == (1, 0)
     assert_audit_holds(database)
@@ -399,20 +406,13 @@ def test_a_dispute_booked_hours_after_its_row_is_paired_with_the_row_found_missi
 def test_a_late_booking_that_differs_from_its_owed_row_is_an_amount_mismatch(
     book: Book, database: Database
 ) -> None:
-    payment_id, intent = book.payments["plain"], f"pi_{book.payments['plain']}"
-    later, report = START + 2 * DAY, Report()
-    tolerances = Tolerances(lateness_s=120, booking_lag_s=900)
-    withdrawn_at = later + timedelta(minutes=30)
-    report.add("txn_dispute", withdrawn_at, "USD", -2_500, 1_500, "dispute", intent=intent)
-    book.clock.set(later + timedelta(minutes=62))
-    book.recon.run(report.csv(), "test", later, later + HOUR, tolerances)
-    book.clock.set(later + 5 * HOUR + timedelta(minutes=10))
-    opened = ProviderEvent("evt_d1", EventType.DISPUTE_CREATED.value, withdrawn_at,
-                           payment_id=payment_id, amount_minor=2_000, fee_minor=1_500)  # fmt: skip
-    assert book.engine.apply_provider_event(opened).outcome == "applied"
+    later = START + 2 * DAY
+    _dispute_found_missing_then_booked(
+        book, later + timedelta(minutes=30), later + 5 * HOUR + timedelta(minutes=10), -2_500
+    )
     book.clock.set(later + 6 * HOUR + timedelta(minutes=5))
     second = book.recon.run(Report().csv(), "test", later + 5 * HOUR, later + 6 * HOUR,
-                            tolerances)  # fmt: skip
+                            LATE_BOOKING)  # fmt: skip
     assert [(e.category.value, e.balance_transaction_id) for e in second.exceptions] == [
         ("amount_mismatch", "txn_dispute")
     ]
